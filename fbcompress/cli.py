@@ -1,0 +1,213 @@
+"""The `fbcompress` command line (Click). Every command explains itself with `--help` and an example.
+
+User errors (`FbError`) print one line and exit 2; long work shows a progress bar; numbers can go to `--json`.
+Heavy imports (torch, transformers) happen inside the commands so `--help` stays instant.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from fbcompress import __version__
+from fbcompress.errors import FbError
+
+EXIT_BAD_INPUT = 2
+
+
+class FbGroup(click.Group):
+    """Turns an FbError anywhere below into one line on stderr and exit code 2."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except FbError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(EXIT_BAD_INPUT)
+        except KeyboardInterrupt:
+            click.echo("interrupted: the last complete checkpoint is kept; re-run with --resume", err=True)
+            sys.exit(130)
+
+
+def _recipe(recipe: str | None, overrides: tuple[str, ...] = ()):
+    from fbcompress.recipes import Recipe, load_recipe, parse_override
+
+    merged: dict = {}
+    for text in overrides:
+        from fbcompress.recipes import _deep_merge
+
+        merged = _deep_merge(merged, parse_override(text))
+    if recipe is None:
+        from fbcompress.recipes import parse_recipe
+
+        return parse_recipe({}, "defaults", merged) if merged else Recipe()
+    return load_recipe(recipe, merged)
+
+
+recipe_option = click.option(
+    "--recipe", "-r", "recipe", metavar="R", help="recipe YAML path or name in recipes/ (smoke, quickstart, ...)"
+)
+set_option = click.option(
+    "--set", "overrides", multiple=True, metavar="KEY=VALUE",
+    help="override a recipe value, e.g. --set train.steps=200 --set train.loss_weighting=fixed",
+)
+json_option = click.option("--json", "json_path", metavar="PATH", help="also write the results as JSON ('-': stdout)")
+
+
+@click.group(cls=FbGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(__version__, prog_name="fbcompress")
+def main() -> None:
+    """fbcompress: train a FashionBERT teacher, distill, quantize and export it, and measure every form.
+
+    \b
+    Typical run on the embedded default (synthetic catalogue, packaged MiniLM backbone):
+      fbcompress data synth --recipe quickstart --out runs/qs/data
+      fbcompress train-teacher --recipe quickstart --data runs/qs/data --out runs/qs/teacher
+      fbcompress eval --model runs/qs/teacher --data runs/qs/data
+    """
+
+
+@main.group(cls=FbGroup)
+def data() -> None:
+    """Make a dataset dir (manifests + images + fixed eval sets) from synthetic or Fashion-Gen data."""
+
+
+def _eval_sizes(recipe):
+    from fbcompress.data.dataset_dir import EvalSetSizes
+
+    return EvalSetSizes(queries=recipe.data.eval_queries, negatives=recipe.data.eval_negatives)
+
+
+@data.command("synth")
+@click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="dataset dir to write")
+@recipe_option
+@click.option("--products", type=int, help="catalogue size (default: recipe data.products)")
+@click.option("--image-size", type=int, help="image side in px (default: recipe data.image_size)")
+@click.option("--seed", type=int, help="random seed (default: recipe data.seed)")
+@click.option("--poses", type=int, default=1, show_default=True, help="images per product")
+@set_option
+def data_synth(out: Path, recipe, products, image_size, seed, poses, overrides) -> None:
+    """Write the deterministic synthetic fashion catalogue (labelled synthetic everywhere).
+
+    \b
+    Example:
+      fbcompress data synth --recipe quickstart --out runs/qs/data
+      fbcompress data synth --out /tmp/cat --products 500 --image-size 64 --seed 1
+    """
+    from fbcompress.data.synth import synthesize_dataset
+
+    r = _recipe(recipe, overrides)
+    path = synthesize_dataset(
+        out,
+        products=products if products is not None else r.data.products,
+        image_size=image_size if image_size is not None else r.data.image_size,
+        seed=seed if seed is not None else r.data.seed,
+        val_fraction=r.data.val_fraction,
+        test_fraction=r.data.test_fraction,
+        eval_sizes=_eval_sizes(r),
+        poses=poses,
+    )
+    click.echo(f"wrote {path}")
+
+
+@data.command("fashiongen")
+@click.option("--h5", "h5_files", multiple=True, required=True, type=click.Path(path_type=Path),
+              help="fashiongen_256_256_{train,validation}.h5 (repeatable)")
+@click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="dataset dir to write")
+@recipe_option
+@click.option("--image-size", type=int, help="resize images to this side (default: keep 256)")
+@click.option("--limit", type=int, help="convert only the first N rows of each file (for a try-out)")
+@click.option("--seed", type=int, help="split/eval-set seed (default: recipe data.seed)")
+@set_option
+def data_fashiongen(h5_files, out: Path, recipe, image_size, limit, seed, overrides) -> None:
+    """Convert the public Fashion-Gen HDF5 files into a dataset dir (every pose kept, read lazily).
+
+    \b
+    Example:
+      fbcompress data fashiongen --h5 fashiongen_256_256_train.h5 \\
+          --h5 fashiongen_256_256_validation.h5 --out data/fashiongen
+    """
+    from fbcompress.data.fashiongen import convert_fashiongen
+
+    r = _recipe(recipe, overrides)
+    path = convert_fashiongen(
+        list(h5_files),
+        out,
+        seed=seed if seed is not None else r.data.seed,
+        val_fraction=r.data.val_fraction,
+        test_fraction=r.data.test_fraction,
+        eval_sizes=_eval_sizes(r),
+        image_size=image_size,
+        limit=limit,
+    )
+    click.echo(f"wrote {path}")
+
+
+@main.command("train-teacher")
+@click.option("--recipe", "-r", "recipe", required=True, metavar="R", help="recipe YAML path or name")
+@click.option("--data", "data_dir", required=True, type=click.Path(path_type=Path), help="dataset dir")
+@click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="checkpoint dir")
+@click.option("--resume", is_flag=True, help="continue the checkpoint in --out exactly where it stopped")
+@click.option("--force", is_flag=True, help="start over even if --out holds a checkpoint")
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda")
+@click.option("--stop-after", type=click.IntRange(min=1), metavar="N",
+              help="train at most N steps in this invocation, save, exit (continue later with --resume)")
+@set_option
+def train_teacher_cmd(recipe, data_dir, out, resume, force, device, stop_after, overrides) -> None:
+    """Train the full FashionBERT teacher (MLM + MPM + ITA, adaptive task weights).
+
+    \b
+    Examples:
+      fbcompress train-teacher --recipe quickstart --data runs/qs/data --out runs/qs/teacher
+      fbcompress train-teacher -r quickstart --data D --out runs/fixed --set train.loss_weighting=fixed
+      torchrun --nproc-per-node 8 -m fbcompress train-teacher -r fashiongen-bert-base --data D --out runs/t
+    """
+    from fbcompress.teacher import train_teacher
+
+    if resume and force:
+        raise FbError("--resume and --force contradict each other; pick one")
+    r = _recipe(recipe, overrides)
+    result = train_teacher(r, data_dir, out, resume=resume, force=force, device=device, stop_after=stop_after)
+    metrics = result.get("metrics", {})
+    if "val_auc" in metrics:
+        click.echo(f"teacher at {out}: step {result['step']}, val AUC {metrics['val_auc']:.4f}, "
+                   f"val ACC {metrics['val_accuracy']:.4f}", err=True)
+
+
+@main.command("eval")
+@click.option("--model", "-m", "model_path", required=True, type=click.Path(path_type=Path),
+              help="checkpoint dir (ONNX / TensorRT forms plug into the same interface)")
+@click.option("--data", "data_dir", required=True, type=click.Path(path_type=Path), help="dataset dir")
+@click.option("--split", default="test", show_default=True, type=click.Choice(["val", "test"]))
+@click.option("--max-queries", type=int, help="score only the first N Rank@K queries of each task")
+@click.option("--device", default="cpu", show_default=True, help="cpu | cuda")
+@json_option
+def eval_cmd(model_path, data_dir, split, max_queries, device, json_path) -> None:
+    """Score a model: ACC, AUC, ITR and TIR Rank@1/5/10 on the dataset's fixed eval sets.
+
+    \b
+    Example:
+      fbcompress eval --model runs/qs/teacher --data runs/qs/data --json runs/qs/teacher-eval.json
+    """
+    from fbcompress.artifacts import write_json_output
+    from fbcompress.backbone import load_tokenizer
+    from fbcompress.data.dataset_dir import DatasetDir
+    from fbcompress.data.loader import SplitData
+    from fbcompress.evaluate import evaluate, format_table
+    from fbcompress.scoring import open_scorer
+
+    if max_queries is not None and max_queries < 1:
+        raise FbError("--max-queries must be at least 1")
+    dataset = DatasetDir.open(data_dir)
+    scorer = open_scorer(model_path, device)
+    data_split = SplitData(dataset, split, load_tokenizer(scorer.tokenizer_dir), scorer.spec)
+    result = evaluate(scorer, dataset, data_split, split, max_queries=max_queries)
+    click.echo(format_table(result), err=json_path == "-")
+    if json_path:
+        write_json_output(json_path, result)
+
+
+if __name__ == "__main__":
+    main()

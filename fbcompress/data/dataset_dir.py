@@ -1,0 +1,284 @@
+"""The dataset directory: the one format every producer writes and every stage reads.
+
+Layout (see shared/design.md)::
+
+    DIR/dataset.json                 source, counts, seed, fingerprint
+    DIR/images/<id>.png              one image per record (a product may have several poses)
+    DIR/manifest-{train,val,test}.jsonl
+    DIR/eval-pairs.jsonl             fixed ACC/AUC pairs (matched + same-subcategory mismatched), val and test
+    DIR/eval-itr.jsonl, eval-tir.jsonl   fixed Rank@K query sets, val and test
+
+A manifest line is a record: ``id``, ``product_id``, ``image`` (path relative to DIR), ``text`` (what the model
+reads), ``title``, ``description``, ``category``, ``subcategory``, ``attributes`` (free-form dict), optionally
+``features`` (a .npy of per-patch features, relative to DIR). Splits are made by product so the poses of one
+product never straddle train and test. Eval sets are drawn once with the seed so every model is scored on the
+same candidates.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from fbcompress.artifacts import atomic_dir
+from fbcompress.errors import FbError
+
+SPLITS = ("train", "val", "test")
+REQUIRED_KEYS = ("id", "product_id", "image", "text", "category", "subcategory")
+FORMAT_VERSION = 1
+
+
+@dataclass
+class EvalSetSizes:
+    """How many Rank@K queries and negatives to draw (fewer when the split is small)."""
+
+    queries: int = 1000
+    negatives: int = 100
+
+
+@dataclass
+class DatasetWriter:
+    """Collects records and images in a temporary dir; `dataset_writer` finalises splits and eval sets."""
+
+    root: Path
+    records: list[dict] = field(default_factory=list)
+    preset_split: dict[str, str] = field(default_factory=dict)
+    _ids: set[str] = field(default_factory=set)
+
+    def add(self, record: dict, image: np.ndarray | Image.Image, split: str | None = None) -> None:
+        """Add one record and its RGB image; `split` pins its product to a split (else assigned by seed)."""
+        missing = [k for k in REQUIRED_KEYS if k not in record and k != "image"]
+        if missing:
+            raise FbError(f"record {record.get('id', '?')} lacks {', '.join(missing)}")
+        if not str(record["text"]).strip():
+            raise FbError(f"record {record['id']} has an empty text")
+        rid = str(record["id"])
+        if rid in self._ids:
+            raise FbError(f"duplicate record id {rid}")
+        if split is not None:
+            if split not in SPLITS:
+                raise FbError(f"unknown split {split!r}")
+            self.preset_split[str(record["product_id"])] = split
+        pil = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image, dtype=np.uint8))
+        rel = f"images/{rid}.png"
+        pil.convert("RGB").save(self.root / rel, optimize=False, compress_level=1)
+        self._ids.add(rid)
+        self.records.append({**record, "id": rid, "product_id": str(record["product_id"]), "image": rel})
+
+
+@contextmanager
+def dataset_writer(
+    out: str | Path,
+    *,
+    source: str,
+    seed: int,
+    val_fraction: float,
+    test_fraction: float,
+    eval_sizes: EvalSetSizes,
+    extra_meta: dict[str, Any] | None = None,
+) -> Iterator[DatasetWriter]:
+    """Write a dataset dir atomically: nothing appears at `out` unless every file was written."""
+    with atomic_dir(out) as tmp:
+        (tmp / "images").mkdir()
+        writer = DatasetWriter(tmp)
+        yield writer
+        if not writer.records:
+            raise FbError("no records were produced; nothing to write")
+        splits = assign_splits(writer.records, writer.preset_split, seed, val_fraction, test_fraction)
+        for name in SPLITS:
+            if not splits[name]:
+                raise FbError(f"split '{name}' would be empty; give more products or other split fractions")
+            _write_jsonl(tmp / f"manifest-{name}.jsonl", splits[name])
+        rng = random.Random(seed + 1)
+        pairs, itr, tir = [], [], []
+        for name in ("val", "test"):
+            pairs += build_pair_set(splits[name], name, rng)
+            q_itr, q_tir = build_rank_sets(splits[name], name, eval_sizes, rng)
+            itr += q_itr
+            tir += q_tir
+        _write_jsonl(tmp / "eval-pairs.jsonl", pairs)
+        _write_jsonl(tmp / "eval-itr.jsonl", itr)
+        _write_jsonl(tmp / "eval-tir.jsonl", tir)
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "source": source,
+            "seed": seed,
+            "counts": {name: len(splits[name]) for name in SPLITS},
+            "products": {name: len({r["product_id"] for r in splits[name]}) for name in SPLITS},
+            "eval": {"queries": eval_sizes.queries, "negatives": eval_sizes.negatives},
+            **(extra_meta or {}),
+        }
+        meta["fingerprint"] = _fingerprint(tmp)
+        (tmp / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def assign_splits(
+    records: list[dict], preset: dict[str, str], seed: int, val_fraction: float, test_fraction: float
+) -> dict[str, list[dict]]:
+    """Split by product: preset products keep their split, the rest are shuffled with the seed."""
+    products = sorted({r["product_id"] for r in records})
+    free = [p for p in products if p not in preset]
+    random.Random(seed).shuffle(free)
+    n_test = round(len(free) * test_fraction) if "test" not in preset.values() else 0
+    n_val = round(len(free) * val_fraction) if "val" not in preset.values() else 0
+    if free and "test" not in preset.values():
+        n_test = max(n_test, 1)
+    if free and "val" not in preset.values():
+        n_val = max(n_val, 1)
+    where = dict(preset)
+    for i, pid in enumerate(free):
+        where[pid] = "test" if i < n_test else "val" if i < n_test + n_val else "train"
+    out: dict[str, list[dict]] = {name: [] for name in SPLITS}
+    for record in records:
+        out[where[record["product_id"]]].append(record)
+    return out
+
+
+def _by_product(records: list[dict]) -> dict[str, list[dict]]:
+    grouped: dict[str, list[dict]] = defaultdict(list)
+    for record in records:
+        grouped[record["product_id"]].append(record)
+    return grouped
+
+
+def pick_negative_products(
+    query_pid: str, products: dict[str, dict], by_sub: dict, by_cat: dict, n: int, rng: random.Random
+) -> list[str]:
+    """N other products: same subcategory first, then same category, then anywhere (the FashionBERT protocol)."""
+    query = products[query_pid]
+    chosen: list[str] = []
+    seen = {query_pid}
+    for pool in (by_sub[query["subcategory"]], by_cat[query["category"]], sorted(products)):
+        candidates = [p for p in pool if p not in seen]
+        rng.shuffle(candidates)
+        take = candidates[: n - len(chosen)]
+        chosen += take
+        seen.update(take)
+        if len(chosen) >= n:
+            break
+    return chosen
+
+
+def _indexes(records: list[dict]) -> tuple[dict[str, list[dict]], dict[str, dict], dict, dict]:
+    grouped = _by_product(records)
+    heads = {pid: recs[0] for pid, recs in grouped.items()}
+    by_sub: dict[str, list[str]] = defaultdict(list)
+    by_cat: dict[str, list[str]] = defaultdict(list)
+    for pid in sorted(heads):
+        by_sub[heads[pid]["subcategory"]].append(pid)
+        by_cat[heads[pid]["category"]].append(pid)
+    return grouped, heads, by_sub, by_cat
+
+
+def build_pair_set(records: list[dict], split: str, rng: random.Random) -> list[dict]:
+    """Every record matched with its own text, plus one same-subcategory mismatched text (ACC/AUC)."""
+    grouped, heads, by_sub, by_cat = _indexes(records)
+    pairs = []
+    for record in records:
+        pairs.append({"split": split, "image": record["id"], "text": record["id"], "label": 1})
+        neg = pick_negative_products(record["product_id"], heads, by_sub, by_cat, 1, rng)
+        if neg:
+            other = rng.choice(grouped[neg[0]])
+            pairs.append({"split": split, "image": record["id"], "text": other["id"], "label": 0})
+    return pairs
+
+
+def build_rank_sets(
+    records: list[dict], split: str, sizes: EvalSetSizes, rng: random.Random
+) -> tuple[list[dict], list[dict]]:
+    """ITR (image query → texts) and TIR (text query → images): 1 positive + N negatives per query."""
+    grouped, heads, by_sub, by_cat = _indexes(records)
+    pids = sorted(grouped)
+    rng.shuffle(pids)
+    n_neg = min(sizes.negatives, len(pids) - 1)
+    itr, tir = [], []
+    for pid in pids[: sizes.queries]:
+        query = rng.choice(grouped[pid])
+        negatives = [rng.choice(grouped[p])["id"] for p in pick_negative_products(pid, heads, by_sub, by_cat,
+                                                                                   n_neg, rng)]
+        itr.append({"split": split, "query": query["id"], "positive": query["id"], "negatives": negatives})
+        negatives = [rng.choice(grouped[p])["id"] for p in pick_negative_products(pid, heads, by_sub, by_cat,
+                                                                                   n_neg, rng)]
+        tir.append({"split": split, "query": query["id"], "positive": query["id"], "negatives": negatives})
+    return itr, tir
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    with open(path, "w", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def _fingerprint(root: Path) -> str:
+    """Hash of the manifests and eval sets: identifies the data a checkpoint was trained on."""
+    digest = hashlib.sha256()
+    for name in sorted(p.name for p in root.glob("*.jsonl")):
+        digest.update(name.encode())
+        digest.update((root / name).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    rows = []
+    with open(path, encoding="utf-8") as handle:
+        for lineno, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise FbError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+    return rows
+
+
+@dataclass
+class DatasetDir:
+    """A validated dataset directory (read side)."""
+
+    root: Path
+    meta: dict
+
+    @classmethod
+    def open(cls, root: str | Path) -> DatasetDir:
+        root = Path(root)
+        if not root.is_dir():
+            raise FbError(f"dataset dir not found: {root}")
+        meta_path = root / "dataset.json"
+        if not meta_path.is_file():
+            raise FbError(f"{root} is not a dataset dir (no dataset.json); make one with `fbcompress data ...`")
+        try:
+            meta = json.loads(meta_path.read_text())
+        except json.JSONDecodeError as exc:
+            raise FbError(f"{meta_path} is not valid JSON: {exc.msg}") from None
+        for name in [f"manifest-{s}.jsonl" for s in SPLITS] + ["eval-pairs.jsonl", "eval-itr.jsonl",
+                                                                "eval-tir.jsonl"]:
+            if not (root / name).is_file():
+                raise FbError(f"dataset dir {root} lacks {name}")
+        return cls(root, meta)
+
+    @property
+    def fingerprint(self) -> str:
+        return str(self.meta.get("fingerprint", ""))
+
+    def records(self, split: str) -> list[dict]:
+        if split not in SPLITS:
+            raise FbError(f"unknown split {split!r} (choose from {', '.join(SPLITS)})")
+        rows = read_jsonl(self.root / f"manifest-{split}.jsonl")
+        for row in rows:
+            missing = [k for k in REQUIRED_KEYS if k not in row]
+            if missing:
+                raise FbError(f"manifest-{split}.jsonl: record {row.get('id', '?')} lacks {', '.join(missing)}")
+        return rows
+
+    def eval_rows(self, kind: str, split: str) -> list[dict]:
+        return [row for row in read_jsonl(self.root / f"eval-{kind}.jsonl") if row["split"] == split]

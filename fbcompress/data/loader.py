@@ -1,0 +1,104 @@
+"""Turning a dataset split into model batches.
+
+Texts are tokenized once up front (fast tokenizer, truncated to the model's max text length); images are decoded
+on demand and, for small datasets, cached in memory as uint8. Batches are padded only to their own longest text
+(variable sequence length): no global maximum anywhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from fbcompress.data.dataset_dir import DatasetDir
+from fbcompress.data.patches import image_to_patches, load_features, load_rgb
+from fbcompress.errors import FbError
+from fbcompress.model import PatchSpec
+
+
+@dataclass
+class TextBatch:
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    token_type_ids: torch.Tensor
+
+
+def pad_texts(token_ids: Sequence[Sequence[int]], pad_id: int) -> TextBatch:
+    """Right-pad to the longest text *of this batch* (VSL)."""
+    longest = max(len(ids) for ids in token_ids)
+    ids = torch.full((len(token_ids), longest), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(token_ids), longest), dtype=torch.long)
+    for row, seq in enumerate(token_ids):
+        ids[row, : len(seq)] = torch.as_tensor(seq, dtype=torch.long)
+        mask[row, : len(seq)] = 1
+    return TextBatch(ids, mask, torch.zeros_like(ids))
+
+
+class SplitData:
+    """One split's records with tokenized texts and patch access by record index or id."""
+
+    def __init__(
+        self,
+        dataset: DatasetDir,
+        split: str,
+        tokenizer: PreTrainedTokenizerBase,
+        spec: PatchSpec,
+        cache_images: bool = True,
+    ):
+        self.dataset = dataset
+        self.split = split
+        self.spec = spec
+        self.records = dataset.records(split)
+        if not self.records:
+            raise FbError(f"split '{split}' of {dataset.root} is empty")
+        self.index = {record["id"]: i for i, record in enumerate(self.records)}
+        texts = [str(record["text"]) for record in self.records]
+        empty = [record["id"] for record, text in zip(self.records, texts, strict=True) if not text.strip()]
+        if empty:
+            raise FbError(f"record {empty[0]} in manifest-{split}.jsonl has an empty text")
+        encoded = tokenizer(texts, truncation=True, max_length=spec.max_text_len)
+        self.token_ids: list[list[int]] = encoded["input_ids"]
+        self.token_strings = [tokenizer.convert_ids_to_tokens(ids) for ids in self.token_ids]
+        self.pad_id = int(tokenizer.pad_token_id)
+        self.products = [str(record["product_id"]) for record in self.records]
+        self._cache: dict[int, np.ndarray] = {}
+        self._cache_images = cache_images
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def position(self, record_id: str) -> int:
+        try:
+            return self.index[record_id]
+        except KeyError:
+            raise FbError(f"eval set names record {record_id}, which is not in the {self.split} split") from None
+
+    def patches(self, i: int) -> np.ndarray:
+        if i in self._cache:
+            return self._cache[i]
+        record = self.records[i]
+        if self.spec.patch_encoder == "features":
+            if "features" not in record:
+                raise FbError(f"record {record['id']} has no 'features' file but the model uses features")
+            out = load_features(self.dataset.root / record["features"], self.spec.num_patches, self.spec.patch_dim)
+        else:
+            image = load_rgb(self.dataset.root / record["image"], self.spec.image_size)
+            out = image_to_patches(image, self.spec.grid)
+        if self._cache_images:
+            self._cache[i] = out
+        return out
+
+    def batch(self, image_rows: Sequence[int], text_rows: Sequence[int]) -> dict[str, torch.Tensor]:
+        """Model inputs for pairs (image of record a, text of record b)."""
+        text = pad_texts([self.token_ids[i] for i in text_rows], self.pad_id)
+        patches = torch.from_numpy(np.stack([self.patches(i) for i in image_rows]))
+        return {
+            "input_ids": text.input_ids,
+            "attention_mask": text.attention_mask,
+            "token_type_ids": text.token_type_ids,
+            "patches": patches,
+        }

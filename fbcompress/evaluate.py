@@ -1,0 +1,128 @@
+"""Metrics exactly as design.md defines them: ACC/AUC on fixed pairs, ITR/TIR Rank@K on fixed query sets.
+
+Every number comes from the dataset dir's eval files, made once with a seed, so all models and backends are
+scored on the same candidates. A Rank@K query's candidates (1 positive + N negatives) go through the scorer as
+one batch; pair batches are grouped by text length so each is padded only to its own longest text (VSL).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+from tqdm import tqdm
+
+from fbcompress.data.dataset_dir import DatasetDir
+from fbcompress.data.loader import SplitData
+from fbcompress.scoring import Scorer, match_probability
+
+RANKS = (1, 5, 10)
+
+
+def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """ROC-AUC by the rank-sum (Mann-Whitney) formula, ties counted half."""
+    labels = np.asarray(labels).astype(bool)
+    scores = np.asarray(scores, dtype=np.float64)
+    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = np.argsort(scores, kind="mergesort")
+    ranks = np.empty(len(scores), dtype=np.float64)
+    sorted_scores = scores[order]
+    i = 0
+    while i < len(scores):
+        j = i
+        while j + 1 < len(scores) and sorted_scores[j + 1] == sorted_scores[i]:
+            j += 1
+        ranks[order[i : j + 1]] = (i + j) / 2.0 + 1.0
+        i = j + 1
+    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def rank_of_positive(scores: np.ndarray) -> int:
+    """1-based rank of candidate 0 (the positive); ties count against it (pessimistic)."""
+    return int(1 + np.sum(scores[1:] >= scores[0]))
+
+
+def score_pairs(
+    scorer: Scorer, data: SplitData, pairs: list[dict], batch_size: int = 64, progress: bool = False
+) -> np.ndarray:
+    image_rows = [data.position(p["image"]) for p in pairs]
+    text_rows = [data.position(p["text"]) for p in pairs]
+    order = np.argsort([len(data.token_ids[t]) for t in text_rows], kind="stable")
+    scores = np.empty(len(pairs), dtype=np.float64)
+    starts = range(0, len(order), batch_size)
+    for start in tqdm(starts, desc="pairs", disable=not progress, leave=False):
+        chunk = order[start : start + batch_size]
+        batch = data.batch([image_rows[i] for i in chunk], [text_rows[i] for i in chunk])
+        scores[chunk] = match_probability(scorer.logits(batch))
+    return scores
+
+
+def classification_metrics(labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
+    labels = np.asarray(labels)
+    return {
+        "accuracy": float(np.mean((scores > 0.5) == (labels == 1))),
+        "auc": roc_auc(labels, scores),
+    }
+
+
+def rank_metrics(scorer: Scorer, data: SplitData, queries: list[dict], mode: str, progress: bool) -> dict:
+    """ITR: the query image against candidate texts; TIR: the query text against candidate images."""
+    ranks = []
+    for query in tqdm(queries, desc=mode.upper(), disable=not progress, leave=False):
+        q = data.position(query["query"])
+        candidates = [data.position(query["positive"])] + [data.position(n) for n in query["negatives"]]
+        if mode == "itr":
+            batch = data.batch([q] * len(candidates), candidates)
+        else:
+            batch = data.batch(candidates, [q] * len(candidates))
+        ranks.append(rank_of_positive(match_probability(scorer.logits(batch))))
+    ranks_arr = np.asarray(ranks)
+    return {f"r{k}": float(np.mean(ranks_arr <= k)) if len(ranks) else float("nan") for k in RANKS}
+
+
+def evaluate(
+    scorer: Scorer,
+    dataset: DatasetDir,
+    data: SplitData,
+    split: str = "test",
+    max_queries: int | None = None,
+    tasks: Iterable[str] = ("pairs", "itr", "tir"),
+    progress: bool = True,
+) -> dict:
+    tasks = set(tasks)
+    result: dict = {"split": split, "model": scorer.name, "backend": scorer.backend}
+    if "pairs" in tasks:
+        pairs = dataset.eval_rows("pairs", split)
+        scores = score_pairs(scorer, data, pairs, progress=progress)
+        result.update(classification_metrics(np.array([p["label"] for p in pairs]), scores))
+        result["n_pairs"] = len(pairs)
+    n_negatives = 0
+    for mode in ("itr", "tir"):
+        if mode not in tasks:
+            continue
+        queries = dataset.eval_rows(mode, split)[:max_queries]
+        result[mode] = rank_metrics(scorer, data, queries, mode, progress)
+        result["n_queries"] = len(queries)
+        n_negatives = max((len(q["negatives"]) for q in queries), default=0)
+    if {"itr", "tir"} & tasks:
+        result["n_negatives"] = n_negatives
+    result["synthetic"] = bool(dataset.meta.get("synthetic", False))
+    return result
+
+
+def format_table(result: dict) -> str:
+    rows = [("model", result["model"]), ("backend", result["backend"]), ("split", result["split"])]
+    if "auc" in result:
+        rows += [("ACC", f"{result['accuracy']:.4f}"), ("AUC", f"{result['auc']:.4f}")]
+    for mode in ("itr", "tir"):
+        if mode in result:
+            r = result[mode]
+            rows.append((f"{mode.upper()} R@1/5/10", f"{r['r1']:.3f} / {r['r5']:.3f} / {r['r10']:.3f}"))
+    if "n_queries" in result:
+        rows.append(("queries x negatives", f"{result['n_queries']} x {result['n_negatives']}"))
+    if result.get("synthetic"):
+        rows.append(("data", "synthetic catalogue"))
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)

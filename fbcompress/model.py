@@ -1,0 +1,139 @@
+"""FashionBERT: one BERT reads `[CLS] text [SEP]` followed by 64 image tokens (one per patch).
+
+The text part is the tokenizer's own output (`[CLS] ... [SEP]`, right-padded only to the batch's longest text);
+the model appends the patch tokens inside, with their own position embeddings and segment id 1. Because patch
+positions do not depend on the text length and padded text positions are masked out, a text scores the same
+whether it is padded or not: this is what makes variable sequence length (VSL) exact.
+
+Heads:
+* ITA (text-image alignment): 2-way classifier on the pooled `[CLS]`; `logits[:, 1]` is the match score.
+* MLM: tied to the word embeddings, computed only at the masked positions (the vocabulary projection is the
+  costliest matmul of the model; unmasked positions would only be thrown away).
+* MPM: predicts a masked patch's feature distribution; trained with KL to the softmax of the original patch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import BertConfig, BertModel
+
+FASHIONBERT_KEY = "fashionbert"
+
+
+@dataclass(frozen=True)
+class PatchSpec:
+    """How images become image tokens; stored in config.json under `fashionbert`."""
+
+    patch_encoder: str  # "pixels" | "features"
+    patch_dim: int  # 3*p*p raw pixels, or the feature size
+    num_patches: int
+    image_size: int
+    grid: int
+    max_text_len: int
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def patch_spec_of(config: BertConfig) -> PatchSpec:
+    return PatchSpec(**getattr(config, FASHIONBERT_KEY))
+
+
+@dataclass
+class EncoderOutput:
+    sequence: torch.Tensor  # [B, T+P, H]
+    pooled: torch.Tensor  # [B, H]
+    hidden_states: tuple[torch.Tensor, ...] | None  # embeddings output + one per layer
+    attentions: tuple[torch.Tensor, ...] | None  # one [B, heads, S, S] per layer
+
+
+class FashionBERT(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.config = config
+        spec = patch_spec_of(config)
+        hidden = config.hidden_size
+        self.bert = BertModel(config, add_pooling_layer=True)
+        self.patch_proj = nn.Linear(spec.patch_dim, hidden)
+        self.patch_position = nn.Embedding(spec.num_patches, hidden)
+        self.mlm_transform = nn.Sequential(
+            nn.Linear(hidden, hidden), nn.GELU(), nn.LayerNorm(hidden, eps=config.layer_norm_eps)
+        )
+        self.mlm_bias = nn.Parameter(torch.zeros(config.vocab_size))
+        self.mpm_head = nn.Sequential(
+            nn.Linear(hidden, hidden), nn.GELU(), nn.LayerNorm(hidden, eps=config.layer_norm_eps),
+            nn.Linear(hidden, spec.patch_dim),
+        )
+        self.ita_head = nn.Linear(hidden, 2)
+        for module in (self.patch_proj, self.patch_position, self.mlm_transform, self.mpm_head, self.ita_head):
+            module.apply(self.bert._init_weights)
+
+    @property
+    def spec(self) -> PatchSpec:
+        return patch_spec_of(self.config)
+
+    def embed(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
+        emb = self.bert.embeddings
+        text_len, n_patches = input_ids.shape[1], patches.shape[1]
+        text_pos = torch.arange(text_len, device=input_ids.device)
+        patch_pos = torch.arange(n_patches, device=input_ids.device)
+        text = emb.word_embeddings(input_ids) + emb.position_embeddings(text_pos)[None]
+        text = text + emb.token_type_embeddings(token_type_ids)
+        image_type = torch.ones_like(patch_pos)
+        image = self.patch_proj(patches) + self.patch_position(patch_pos)[None]
+        image = image + emb.token_type_embeddings(image_type)[None]
+        return emb.dropout(emb.LayerNorm(torch.cat([text, image], dim=1)))
+
+    def encode(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor,
+        patches: torch.Tensor,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ) -> EncoderOutput:
+        hidden = self.embed(input_ids, token_type_ids, patches)
+        image_mask = torch.ones(patches.shape[:2], dtype=attention_mask.dtype, device=attention_mask.device)
+        mask = torch.cat([attention_mask, image_mask], dim=1)
+        additive = (1.0 - mask[:, None, None, :].to(hidden.dtype)) * torch.finfo(hidden.dtype).min
+        out = self.bert.encoder(
+            hidden,
+            attention_mask=additive,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+            return_dict=True,
+        )
+        pooled = self.bert.pooler(out.last_hidden_state)
+        return EncoderOutput(out.last_hidden_state, pooled, out.hidden_states, out.attentions)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor,
+        patches: torch.Tensor,
+    ) -> torch.Tensor:
+        """The scoring contract of every backend: alignment logits [B, 2]."""
+        return self.ita_head(self.encode(input_ids, attention_mask, token_type_ids, patches).pooled)
+
+    def mlm_logits(self, sequence: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Vocabulary logits at `positions` (a [N, 2] index of (row, column)) only."""
+        picked = sequence[positions[:, 0], positions[:, 1]]
+        return F.linear(self.mlm_transform(picked), self.bert.embeddings.word_embeddings.weight, self.mlm_bias)
+
+    def mpm_logits(self, sequence: torch.Tensor, text_len: int, positions: torch.Tensor) -> torch.Tensor:
+        """Predicted patch-feature logits at masked patch `positions` ([N, 2]: row, patch index)."""
+        picked = sequence[positions[:, 0], text_len + positions[:, 1]]
+        return self.mpm_head(picked)
+
+
+def build_config(backbone: BertConfig, spec: PatchSpec) -> BertConfig:
+    config = BertConfig.from_dict(backbone.to_dict())
+    setattr(config, FASHIONBERT_KEY, spec.to_dict())
+    config.architectures = ["FashionBERT"]
+    return config

@@ -1,0 +1,177 @@
+"""Recipes: one YAML per scenario, validated on load.
+
+Unknown keys and bad values are errors that name the key (`train.lr: ...`), so a typo never silently falls back
+to a default. Sections that later stages own (`distill`, `quantize`, `export`, `check`) are validated by the same
+mechanism as they grow.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from fbcompress.errors import FbError
+
+RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataSection(_Strict):
+    """How a dataset dir is made (synthetic catalogue or converted Fashion-Gen) and how its images are cut."""
+
+    products: int = Field(2000, ge=20, description="synthetic catalogue size")
+    image_size: int = Field(64, ge=8, description="square side in pixels the model sees")
+    grid: int = Field(8, ge=1, description="patch grid side: grid*grid image tokens")
+    max_text_len: int = Field(64, ge=4, description="wordpieces kept per text, [CLS]/[SEP] included")
+    val_fraction: float = Field(0.1, gt=0, lt=0.5)
+    test_fraction: float = Field(0.1, gt=0, lt=0.5)
+    eval_queries: int = Field(1000, ge=1, description="Rank@K queries per task (fewer if the split is small)")
+    eval_negatives: int = Field(100, ge=1, description="negatives per Rank@K query")
+    seed: int = 0
+    cache_images: bool = Field(True, description="decode all images once into memory (small datasets only)")
+
+    @model_validator(mode="after")
+    def _grid_divides_image(self) -> DataSection:
+        if self.image_size % self.grid:
+            raise ValueError(f"image_size {self.image_size} is not divisible by grid {self.grid}")
+        return self
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid * self.grid
+
+    @property
+    def patch_pixels(self) -> int:
+        return self.image_size // self.grid
+
+
+class TeacherSection(_Strict):
+    """The FashionBERT backbone: a local pretrained BERT directory, the packaged MiniLM, or random init."""
+
+    backbone: str = Field("minilm", description="'minilm' (packaged), 'random', or a local HF BERT directory")
+    hidden_size: int = Field(384, ge=8)
+    num_layers: int = Field(6, ge=1)
+    num_heads: int = Field(12, ge=1)
+    intermediate_size: int = Field(1536, ge=8)
+    patch_encoder: Literal["pixels", "features"] = "pixels"
+    feature_dim: int | None = Field(None, ge=1, description="per-patch feature size for patch_encoder=features")
+    dropout: float = Field(0.1, ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> TeacherSection:
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+        if self.patch_encoder == "features" and self.feature_dim is None:
+            raise ValueError("patch_encoder 'features' needs feature_dim")
+        return self
+
+
+class TaskWeights(_Strict):
+    mlm: float = Field(1.0, ge=0)
+    mpm: float = Field(1.0, ge=0)
+    ita: float = Field(1.0, ge=0)
+
+
+class TrainSection(_Strict):
+    """Optimisation of the teacher (and, with a `distill` section, of the student)."""
+
+    steps: int = Field(1000, ge=1)
+    batch_size: int = Field(32, ge=1, description="per process, per micro-batch")
+    grad_accum: int = Field(1, ge=1)
+    lr: float = Field(5e-5, gt=0)
+    new_params_lr: float | None = Field(None, gt=0, description="lr for patch encoder/heads (default: lr)")
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_ratio: float = Field(0.06, ge=0, lt=1)
+    clip_norm: float = Field(1.0, gt=0)
+    eval_every: int = Field(200, ge=1)
+    save_every: int = Field(200, ge=1)
+    log_every: int = Field(1, ge=1)
+    val_pairs: int = Field(400, ge=2, description="val pairs scored at each validation")
+    seed: int = 0
+    loss_weighting: Literal["adaptive", "fixed"] = "adaptive"
+    fixed_weights: TaskWeights = TaskWeights()
+    mismatch_ratio: float = Field(0.5, ge=0, lt=1, description="share of mismatched pairs in a batch")
+    mlm_probability: float = Field(0.15, ge=0, lt=1)
+    mpm_probability: float = Field(0.1, ge=0, lt=1)
+    amp: bool = Field(True, description="mixed precision on CUDA (ignored on CPU)")
+    num_threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice)")
+
+
+class Recipe(_Strict):
+    name: str = ""
+    data: DataSection = DataSection()
+    teacher: TeacherSection = TeacherSection()
+    train: TrainSection = TrainSection()
+
+
+def _format_validation_error(source: str, exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    key = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    if first["type"] == "extra_forbidden":
+        return f"{source}: unknown recipe key '{key}'"
+    return f"{source}: recipe key '{key}': {first['msg']}"
+
+
+def resolve_recipe_path(name_or_path: str | Path) -> Path:
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    candidate = RECIPES_DIR / f"{name_or_path}.yaml"
+    if candidate.is_file():
+        return candidate
+    raise FbError(f"recipe not found: {name_or_path}")
+
+
+def parse_recipe(payload: object, source: str = "recipe", overrides: dict | None = None) -> Recipe:
+    if payload is None:
+        payload = {}
+    if not isinstance(payload, dict):
+        raise FbError(f"{source}: a recipe is a YAML mapping of sections, got {type(payload).__name__}")
+    merged = _deep_merge(payload, overrides or {})
+    try:
+        return Recipe.model_validate(merged)
+    except ValidationError as exc:
+        raise FbError(_format_validation_error(source, exc)) from None
+
+
+def load_recipe(name_or_path: str | Path, overrides: dict | None = None) -> Recipe:
+    path = resolve_recipe_path(name_or_path)
+    try:
+        payload = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise FbError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
+    recipe = parse_recipe(payload, str(path), overrides)
+    if not recipe.name:
+        recipe = recipe.model_copy(update={"name": path.stem})
+    return recipe
+
+
+def _deep_merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def parse_override(text: str) -> dict:
+    """`train.steps=10` → {'train': {'steps': 10}} (value parsed as YAML)."""
+    if "=" not in text:
+        raise FbError(f"override '{text}' is not KEY=VALUE (e.g. train.steps=100)")
+    key, raw = text.split("=", 1)
+    value = yaml.safe_load(raw)
+    out: dict = {}
+    node = out
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return out

@@ -1,0 +1,67 @@
+"""The scoring interface shared by eval, check and bench.
+
+A `Scorer` takes the design.md model inputs (numpy or torch, any batch size and text length) and returns the
+match probability softmax(logits)[:, 1] as a numpy vector. The PyTorch backend lives here; ONNX Runtime and
+TensorRT backends implement the same protocol, and `open_scorer` picks the backend from the model path.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from fbcompress.errors import FbError
+from fbcompress.model import FashionBERT, PatchSpec
+
+INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids", "patches")
+
+
+class Scorer(Protocol):
+    backend: str
+    spec: PatchSpec
+    tokenizer_dir: Path
+    name: str
+
+    def logits(self, inputs: dict[str, torch.Tensor]) -> np.ndarray: ...
+
+
+def match_probability(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp[:, 1] / exp.sum(axis=1)
+
+
+class TorchScorer:
+    """PyTorch eager backend (CPU or CUDA)."""
+
+    backend = "pytorch"
+
+    def __init__(self, model: FashionBERT, tokenizer_dir: Path, name: str, device: str = "cpu"):
+        self.model = model.to(device).eval()
+        self.device = torch.device(device)
+        self.spec = model.spec
+        self.tokenizer_dir = tokenizer_dir
+        self.name = name
+
+    @torch.inference_mode()
+    def logits(self, inputs: dict[str, torch.Tensor]) -> np.ndarray:
+        moved = {k: torch.as_tensor(inputs[k]).to(self.device) for k in INPUT_NAMES}
+        return self.model(**moved).float().cpu().numpy()
+
+
+def open_scorer(path: str | Path, device: str = "cpu") -> Scorer:
+    """Backend from the path: a checkpoint dir → PyTorch. (.onnx and .plan backends plug in here.)"""
+    path = Path(path)
+    if path.is_dir():
+        from fbcompress.checkpoint import load_model
+
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise FbError("--device cuda asked for, but torch sees no CUDA device")
+        model, ckpt = load_model(path, device)
+        return TorchScorer(model, ckpt.directory, str(path), device)
+    if not path.exists():
+        raise FbError(f"model not found: {path}")
+    raise FbError(f"{path}: unsupported model form (expected a checkpoint directory)")

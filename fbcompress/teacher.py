@@ -1,0 +1,239 @@
+"""The FashionBERT teacher: how it is built from a recipe and what it learns from (MLM + MPM + ITA).
+
+Which losses see mismatched pairs, and why:
+* ITA sees every pair, matched and mismatched: telling them apart is its whole job.
+* MLM and MPM are computed on matched pairs only. For a mismatched pair the other modality describes another
+  product, so predicting a masked word from the image (or a masked patch from the text) would teach the model
+  to reconstruct from wrong evidence. (FashionBERT masks both kinds of pair the same way, so the presence of a
+  mask never leaks the label.)
+Mismatched texts come from another product of the same subcategory (the paper's rule), which makes the
+negatives hard: the model has to read colours, patterns and small details, not the garment type.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from transformers import BertConfig, BertModel, PreTrainedTokenizerBase
+
+from fbcompress.backbone import load_backbone_config, resolve_backbone_dir
+from fbcompress.data.loader import SplitData
+from fbcompress.errors import FbError
+from fbcompress.masking import mask_patches, whole_word_mask
+from fbcompress.model import FashionBERT, PatchSpec, build_config
+from fbcompress.recipes import Recipe
+
+
+def patch_spec_from_recipe(recipe: Recipe) -> PatchSpec:
+    data, teacher = recipe.data, recipe.teacher
+    if teacher.patch_encoder == "features":
+        patch_dim = int(teacher.feature_dim or 0)
+    else:
+        patch_dim = 3 * data.patch_pixels**2
+    return PatchSpec(
+        patch_encoder=teacher.patch_encoder,
+        patch_dim=patch_dim,
+        num_patches=data.num_patches,
+        image_size=data.image_size,
+        grid=data.grid,
+        max_text_len=data.max_text_len,
+    )
+
+
+def build_teacher(recipe: Recipe, vocab_size: int) -> FashionBERT:
+    """Pretrained backbone weights where the recipe names one, else random init from the recipe's sizes."""
+    t = recipe.teacher
+    backbone_dir = resolve_backbone_dir(t.backbone)
+    spec = patch_spec_from_recipe(recipe)
+    if backbone_dir is None:
+        backbone_config = BertConfig(
+            vocab_size=vocab_size,
+            hidden_size=t.hidden_size,
+            num_hidden_layers=t.num_layers,
+            num_attention_heads=t.num_heads,
+            intermediate_size=t.intermediate_size,
+            max_position_embeddings=max(64, spec.max_text_len),
+            type_vocab_size=2,
+        )
+    else:
+        backbone_config = load_backbone_config(backbone_dir)
+    backbone_config.hidden_dropout_prob = t.dropout
+    backbone_config.attention_probs_dropout_prob = t.dropout
+    if spec.max_text_len > backbone_config.max_position_embeddings:
+        raise FbError(
+            f"data.max_text_len {spec.max_text_len} exceeds the backbone's "
+            f"{backbone_config.max_position_embeddings} positions"
+        )
+    if backbone_config.type_vocab_size < 2:
+        raise FbError("the backbone has a single segment embedding; FashionBERT needs two (text, image)")
+    model = FashionBERT(build_config(backbone_config, spec))
+    if backbone_dir is not None:
+        pretrained = BertModel.from_pretrained(str(backbone_dir), add_pooling_layer=True)
+        missing, unexpected = model.bert.load_state_dict(pretrained.state_dict(), strict=False)
+        if unexpected or [m for m in missing if not m.startswith("pooler")]:
+            raise FbError(f"backbone {backbone_dir} does not fit: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    return model
+
+
+@dataclass
+class PairBatch:
+    inputs: dict[str, torch.Tensor]
+    labels: torch.Tensor
+    text_rows: list[int]
+
+
+class MismatchSampler:
+    """Draws a same-subcategory other product's text (else any other product's) for a mismatched pair."""
+
+    def __init__(self, data: SplitData):
+        self.data = data
+        self.by_sub: dict[str, list[int]] = defaultdict(list)
+        for i, record in enumerate(data.records):
+            self.by_sub[str(record["subcategory"])].append(i)
+        if len(set(data.products)) < 2:
+            raise FbError("the training split needs at least two products to draw mismatched pairs")
+
+    def draw(self, row: int, rng: random.Random) -> int:
+        product = self.data.products[row]
+        pool = self.by_sub[str(self.data.records[row]["subcategory"])]
+        for _ in range(8):
+            other = rng.choice(pool)
+            if self.data.products[other] != product:
+                return other
+        while True:
+            other = rng.randrange(len(self.data))
+            if self.data.products[other] != product:
+                return other
+
+
+def make_pair_batch(
+    data: SplitData, sampler: MismatchSampler, rows: list[int], mismatch_ratio: float, rng: random.Random
+) -> PairBatch:
+    text_rows, labels = [], []
+    for row in rows:
+        if rng.random() < mismatch_ratio:
+            text_rows.append(sampler.draw(row, rng))
+            labels.append(0)
+        else:
+            text_rows.append(row)
+            labels.append(1)
+    return PairBatch(data.batch(rows, text_rows), torch.tensor(labels), text_rows)
+
+
+def pretraining_losses(
+    model: FashionBERT,
+    batch: PairBatch,
+    data: SplitData,
+    tokenizer: PreTrainedTokenizerBase,
+    recipe: Recipe,
+    generator: torch.Generator,
+    device: torch.device,
+) -> dict[str, torch.Tensor]:
+    """The three FashionBERT task losses for one batch (a task with no target this batch is left out)."""
+    train = recipe.train
+    inputs = batch.inputs
+    ids, labels_mlm = whole_word_mask(
+        inputs["input_ids"],
+        [data.token_strings[i] for i in batch.text_rows],
+        train.mlm_probability,
+        int(tokenizer.mask_token_id),
+        len(tokenizer),
+        generator,
+    )
+    patches, patch_mask = mask_patches(inputs["patches"], train.mpm_probability, generator)
+    ids, labels_mlm = ids.to(device), labels_mlm.to(device)
+    original_patches = inputs["patches"].to(device)
+    patch_mask = patch_mask.to(device)
+    match = batch.labels.to(device)
+    out = model.encode(
+        ids, inputs["attention_mask"].to(device), inputs["token_type_ids"].to(device), patches.to(device)
+    )
+    losses = {"ita": F.cross_entropy(model.ita_head(out.pooled).float(), match)}
+    matched = match == 1
+    mlm_where = (labels_mlm != -100) & matched[:, None]
+    if mlm_where.any():
+        positions = mlm_where.nonzero()
+        logits = model.mlm_logits(out.sequence, positions).float()
+        losses["mlm"] = F.cross_entropy(logits, labels_mlm[mlm_where])
+    mpm_where = patch_mask & matched[:, None]
+    if mpm_where.any():
+        positions = mpm_where.nonzero()
+        predicted = F.log_softmax(model.mpm_logits(out.sequence, ids.shape[1], positions).float(), dim=-1)
+        target = F.softmax(original_patches[mpm_where].float(), dim=-1)
+        losses["mpm"] = F.kl_div(predicted, target, reduction="batchmean")
+    return losses
+
+
+class TeacherObjective(torch.nn.Module):
+    """forward(global batch index) → the task losses; a Module so DistributedDataParallel can wrap it."""
+
+    def __init__(self, model: FashionBERT, data: SplitData, tokenizer: PreTrainedTokenizerBase, recipe: Recipe):
+        super().__init__()
+        from fbcompress.train import ResumableBatchOrder
+
+        self.model = model
+        self.data = data
+        self.tokenizer = tokenizer
+        self.recipe = recipe
+        self.order = ResumableBatchOrder(len(data), recipe.train.batch_size, recipe.train.seed)
+        self.sampler = MismatchSampler(data)
+
+    def forward(self, global_index: int) -> dict[str, torch.Tensor]:
+        from fbcompress.train import seeded_streams
+
+        rng, generator = seeded_streams(self.recipe.train.seed, global_index)
+        rows = self.order.rows(global_index)
+        batch = make_pair_batch(self.data, self.sampler, rows, self.recipe.train.mismatch_ratio, rng)
+        device = next(self.model.parameters()).device
+        return pretraining_losses(self.model, batch, self.data, self.tokenizer, self.recipe, generator, device)
+
+
+def train_teacher(
+    recipe: Recipe,
+    data_dir,
+    out,
+    resume: bool,
+    force: bool,
+    device: str | None = None,
+    stop_after: int | None = None,
+) -> dict:
+    """`fbcompress train-teacher`: build (or resume) the teacher and train it with the recipe."""
+    from pathlib import Path
+
+    from fbcompress import distributed
+    from fbcompress.backbone import load_tokenizer, tokenizer_dir_for
+    from fbcompress.data.dataset_dir import DatasetDir
+    from fbcompress.train import TrainSetup, run_training
+
+    if recipe.train.num_threads:
+        torch.set_num_threads(recipe.train.num_threads)
+    ctx = distributed.setup(device)
+    try:
+        dataset = DatasetDir.open(data_dir)
+        tokenizer = load_tokenizer(tokenizer_dir_for(recipe.teacher.backbone))
+        spec = patch_spec_from_recipe(recipe)
+        cache = recipe.data.cache_images
+        train_data = SplitData(dataset, "train", tokenizer, spec, cache)
+        val_data = SplitData(dataset, "val", tokenizer, spec, cache)
+        torch.manual_seed(recipe.train.seed)
+        model = build_teacher(recipe, len(tokenizer))
+        setup = TrainSetup(
+            kind="teacher",
+            recipe=recipe,
+            model=model,
+            objective=TeacherObjective(model, train_data, tokenizer, recipe),
+            tokenizer=tokenizer,
+            dataset=dataset,
+            val_data=val_data,
+            out=Path(out),
+            weighting=recipe.train.loss_weighting,
+            fixed_weights=recipe.train.fixed_weights.model_dump(),
+            extra_meta={"backbone": recipe.teacher.backbone},
+        )
+        return run_training(setup, ctx, resume=resume, force=force, stop_after=stop_after)
+    finally:
+        distributed.teardown(ctx)

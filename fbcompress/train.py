@@ -1,0 +1,275 @@
+"""The training machinery shared by `train-teacher` and `distill`.
+
+What makes resume exact: the batch of every step is a pure function of (seed, step, rank): a resumable
+distributed sampler walks per-epoch permutations of the training split, and the masking/mismatch/dropout random
+streams are re-seeded from the step. So a resumed run needs only the weights, the optimiser and the scheduler
+(all in the checkpoint) to continue exactly where it stopped: N steps + resume N steps equals 2N steps.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+from transformers import PreTrainedTokenizerBase, get_linear_schedule_with_warmup
+
+from fbcompress.adaptive_loss import combine_losses
+from fbcompress.checkpoint import META_FILE, STATE_FILE, load_training_state, open_checkpoint, save_checkpoint
+from fbcompress.data.dataset_dir import DatasetDir
+from fbcompress.data.loader import SplitData
+from fbcompress.distributed import RunContext, barrier
+from fbcompress.errors import FbError
+from fbcompress.evaluate import classification_metrics, score_pairs
+from fbcompress.model import FashionBERT
+from fbcompress.recipes import Recipe
+from fbcompress.scoring import TorchScorer
+
+LOG_FILE = "train-log.jsonl"
+NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm", ".norm", "mlm_transform.2")
+
+
+class ResumableBatchOrder:
+    """Global batch g of a run = B consecutive items of an endless stream of seeded per-epoch permutations.
+
+    Rank r of W processes takes global batch index g·W + r, which splits every step's data across ranks like
+    DistributedSampler does, while staying a pure function of the step (so resume needs no sampler state).
+    """
+
+    def __init__(self, n_items: int, batch_size: int, seed: int):
+        self.n = n_items
+        self.batch_size = batch_size
+        self.seed = seed
+        self._perms: dict[int, np.ndarray] = {}
+
+    def _perm(self, epoch: int) -> np.ndarray:
+        if epoch not in self._perms:
+            self._perms = {epoch: np.random.default_rng([self.seed, epoch]).permutation(self.n)}
+        return self._perms[epoch]
+
+    def rows(self, global_index: int) -> list[int]:
+        start = global_index * self.batch_size
+        return [int(self._perm(pos // self.n)[pos % self.n]) for pos in range(start, start + self.batch_size)]
+
+
+def seeded_streams(seed: int, global_index: int) -> tuple[random.Random, torch.Generator]:
+    """Per-batch random streams (python for sampling choices, torch for masking) and the dropout seed."""
+    mixed = (seed * 1_000_003 + global_index) % (2**63)
+    torch.manual_seed(mixed)
+    return random.Random(mixed), torch.Generator().manual_seed(mixed)
+
+
+@dataclass
+class TrainSetup:
+    """Everything a stage hands to the trainer."""
+
+    kind: str  # "teacher" | "student"
+    recipe: Recipe
+    model: FashionBERT  # what is saved
+    objective: nn.Module  # forward(global_index) -> dict of task losses; holds `model`
+    tokenizer: PreTrainedTokenizerBase
+    dataset: DatasetDir
+    val_data: SplitData
+    out: Path
+    weighting: str  # "adaptive" | "fixed" | "sum"
+    fixed_weights: dict[str, float] = field(default_factory=dict)
+    extra_meta: dict[str, Any] = field(default_factory=dict)
+    log_extras: Callable[[], dict[str, Any]] | None = None
+
+
+def param_groups(model: FashionBERT, lr: float, new_lr: float, weight_decay: float) -> list[dict]:
+    """Backbone at `lr`, freshly added parts (patch encoder, heads) at `new_lr`; no decay on biases and norms."""
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        is_new = not name.startswith("bert.")
+        decay = not any(tag in name for tag in NO_DECAY)
+        groups.setdefault((is_new, decay), []).append(param)
+    return [
+        {"params": params, "lr": new_lr if is_new else lr, "weight_decay": weight_decay if decay else 0.0}
+        for (is_new, decay), params in groups.items()
+    ]
+
+
+def _recipe_fingerprint(recipe: Recipe) -> dict:
+    dump = recipe.model_dump()
+    dump["train"].pop("eval_every", None)
+    dump["train"].pop("save_every", None)
+    return dump
+
+
+def validate(model: FashionBERT, setup: TrainSetup, ctx: RunContext) -> dict[str, float]:
+    pairs = setup.dataset.eval_rows("pairs", "val")[: setup.recipe.train.val_pairs]
+    scorer = TorchScorer(model, setup.out, "training", str(ctx.device))
+    scores = score_pairs(scorer, setup.val_data, pairs, batch_size=64)
+    metrics = classification_metrics(np.array([p["label"] for p in pairs]), scores)
+    model.train()
+    return {f"val_{k}": v for k, v in metrics.items()}
+
+
+def run_training(
+    setup: TrainSetup, ctx: RunContext, resume: bool, force: bool, stop_after: int | None = None
+) -> dict[str, Any]:
+    """Train to `recipe.train.steps` (or `stop_after` more steps, then save a resumable checkpoint)."""
+    recipe, train = setup.recipe, setup.recipe.train
+    out = setup.out
+    model = setup.model.to(ctx.device)
+    start_step = 0
+    state: dict[str, Any] | None = None
+    existing = (out / META_FILE).is_file()
+    if existing and not resume and not force:
+        raise FbError(f"{out} already holds a checkpoint: pass --resume to continue it or --force to start over")
+    if existing and resume:
+        ckpt = open_checkpoint(out)
+        if ckpt.meta.get("recipe_fingerprint") != _recipe_fingerprint(recipe):
+            raise FbError(f"{out} was trained with another recipe; use another --out or --force")
+        if ckpt.meta.get("data_fingerprint") != setup.dataset.fingerprint:
+            raise FbError(f"{out} was trained on other data (fingerprint differs); use another --out or --force")
+        if ckpt.meta.get("finished"):
+            if ctx.is_main:
+                print(f"{out}: already trained to step {ckpt.meta['step']}; nothing to do", file=sys.stderr)
+            return ckpt.meta
+        if (out / STATE_FILE).is_file():
+            state = load_training_state(out)
+            start_step = int(state["step"])
+
+    optimizer = torch.optim.AdamW(
+        param_groups(model, train.lr, train.new_params_lr or train.lr, train.weight_decay), lr=train.lr
+    )
+    scheduler = get_linear_schedule_with_warmup(
+        optimizer, math.ceil(train.warmup_ratio * train.steps), train.steps
+    )
+    if state is not None:
+        from safetensors.torch import load_file
+
+        model.load_state_dict(load_file(str(out / "model.safetensors"), device=str(ctx.device)))
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+
+    objective = setup.objective.to(ctx.device)
+    if ctx.distributed:
+        objective = DistributedDataParallel(objective, find_unused_parameters=True)
+    use_amp = train.amp and ctx.device.type == "cuda"
+    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+
+    log_path = out / LOG_FILE
+    if ctx.is_main:
+        _truncate_log(log_path, start_step if state is not None else 0)
+
+    meta_base = {
+        "kind": setup.kind,
+        "produced_by": f"fbcompress {' '.join(sys.argv[1:2]) or setup.kind}",
+        "recipe": recipe.model_dump(),
+        "recipe_fingerprint": _recipe_fingerprint(recipe),
+        "data_fingerprint": setup.dataset.fingerprint,
+        "data_dir": str(setup.dataset.root),
+        "synthetic_data": bool(setup.dataset.meta.get("synthetic", False)),
+        "world_size": ctx.world_size,
+        **setup.extra_meta,
+    }
+    metrics: dict[str, float] = {}
+
+    def save(step: int, finished: bool) -> None:
+        if not ctx.is_main:
+            return
+        training_state = None
+        if not finished:
+            training_state = {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
+        meta = {**meta_base, "step": step, "steps_total": train.steps, "finished": finished, "metrics": metrics}
+        save_checkpoint(out, model, setup.tokenizer, meta, training_state)
+
+    model.train()
+    started = time.perf_counter()
+    bar = tqdm(total=train.steps, initial=start_step, desc=f"train {setup.kind}", disable=not ctx.is_main,
+               dynamic_ncols=True, mininterval=1.0)
+    for step in range(start_step, train.steps):
+        optimizer.zero_grad(set_to_none=True)
+        step_losses: dict[str, float] = {}
+        step_weights: dict[str, float] = {}
+        for micro in range(train.grad_accum):
+            global_index = (step * train.grad_accum + micro) * ctx.world_size + ctx.rank
+            with torch.autocast(device_type=ctx.device.type, dtype=amp_dtype, enabled=use_amp):
+                losses = objective(global_index)
+            total, weights = _combine(losses, setup)
+            scaler.scale(total / train.grad_accum).backward()
+            for name, value in losses.items():
+                step_losses[name] = step_losses.get(name, 0.0) + float(value.detach()) / train.grad_accum
+            step_weights = weights
+        scaler.unscale_(optimizer)
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), train.clip_norm))
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        done = step + 1
+        record: dict[str, Any] = {
+            "step": done,
+            "loss": sum(step_weights.get(k, 1.0) * v for k, v in step_losses.items()),
+            "losses": step_losses,
+            "weights": step_weights,
+            "lr": scheduler.get_last_lr()[0],
+            "grad_norm": grad_norm,
+            "elapsed_s": round(time.perf_counter() - started, 3),
+        }
+        if setup.log_extras is not None:
+            record.update(setup.log_extras())
+        if done % train.eval_every == 0 or done == train.steps:
+            if ctx.is_main:
+                metrics = validate(model, setup, ctx)
+                record.update(metrics)
+            barrier(ctx)
+        if ctx.is_main:
+            if done % train.log_every == 0 or done == train.steps or "val_auc" in record:
+                out.mkdir(parents=True, exist_ok=True)  # only once a step has succeeded: bad input leaves nothing
+                with open(log_path, "a", encoding="utf-8") as handle:
+                    handle.write(json.dumps(record) + "\n")
+            postfix = {k: f"{v:.3f}" for k, v in step_losses.items()}
+            if "val_auc" in metrics:
+                postfix["val_auc"] = f"{metrics['val_auc']:.3f}"
+            bar.set_postfix(postfix, refresh=False)
+            bar.update(1)
+        stopping = stop_after is not None and done - start_step >= stop_after and done != train.steps
+        if (done % train.save_every == 0 or stopping) and done != train.steps:
+            save(done, finished=False)
+            barrier(ctx)
+        if stopping:
+            bar.close()
+            return {**meta_base, "step": done, "metrics": metrics, "finished": False}
+    bar.close()
+    metrics["train_seconds"] = round(time.perf_counter() - started, 1)
+    save(train.steps, finished=True)
+    barrier(ctx)
+    return {**meta_base, "step": train.steps, "metrics": metrics}
+
+
+def _combine(losses: dict[str, torch.Tensor], setup: TrainSetup) -> tuple[torch.Tensor, dict[str, float]]:
+    if setup.weighting == "sum":
+        total = sum(setup.fixed_weights.get(k, 1.0) * v for k, v in losses.items())
+        return total, {k: setup.fixed_weights.get(k, 1.0) for k in losses}
+    return combine_losses(losses, setup.weighting, setup.fixed_weights)
+
+
+def _truncate_log(path: Path, keep_until_step: int) -> None:
+    """On resume, drop log lines past the checkpoint's step (they will be produced again)."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= keep_until_step:
+                kept.append(line)
+        except json.JSONDecodeError:
+            break
+    path.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
