@@ -195,59 +195,60 @@ def run_training(
     started = time.perf_counter()
     bar = tqdm(total=train.steps, initial=start_step, desc=f"train {setup.kind}", disable=not ctx.is_main,
                dynamic_ncols=True, mininterval=1.0)
-    for step in range(start_step, train.steps):
-        optimizer.zero_grad(set_to_none=True)
-        step_losses: dict[str, float] = {}
-        step_weights: dict[str, float] = {}
-        for micro in range(train.grad_accum):
-            global_index = (step * train.grad_accum + micro) * ctx.world_size + ctx.rank
-            with torch.autocast(device_type=ctx.device.type, dtype=amp_dtype, enabled=use_amp):
-                losses = objective(global_index)
-            total, weights = _combine(losses, setup)
-            scaler.scale(total / train.grad_accum).backward()
-            for name, value in losses.items():
-                step_losses[name] = step_losses.get(name, 0.0) + float(value.detach()) / train.grad_accum
-            step_weights = weights
-        scaler.unscale_(optimizer)
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), train.clip_norm))
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
-        done = step + 1
-        record: dict[str, Any] = {
-            "step": done,
-            "loss": sum(step_weights.get(k, 1.0) * v for k, v in step_losses.items()),
-            "losses": step_losses,
-            "weights": step_weights,
-            "lr": scheduler.get_last_lr()[0],
-            "grad_norm": grad_norm,
-            "elapsed_s": round(time.perf_counter() - started, 3),
-        }
-        if setup.log_extras is not None:
-            record.update(setup.log_extras())
-        if done % train.eval_every == 0 or done == train.steps:
+    try:
+        for step in range(start_step, train.steps):
+            optimizer.zero_grad(set_to_none=True)
+            step_losses: dict[str, float] = {}
+            step_weights: dict[str, float] = {}
+            for micro in range(train.grad_accum):
+                global_index = (step * train.grad_accum + micro) * ctx.world_size + ctx.rank
+                with torch.autocast(device_type=ctx.device.type, dtype=amp_dtype, enabled=use_amp):
+                    losses = objective(global_index)
+                total, weights = _combine(losses, setup)
+                scaler.scale(total / train.grad_accum).backward()
+                for name, value in losses.items():
+                    step_losses[name] = step_losses.get(name, 0.0) + float(value.detach()) / train.grad_accum
+                step_weights = weights
+            scaler.unscale_(optimizer)
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), train.clip_norm))
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            done = step + 1
+            record: dict[str, Any] = {
+                "step": done,
+                "loss": sum(step_weights.get(k, 1.0) * v for k, v in step_losses.items()),
+                "losses": step_losses,
+                "weights": step_weights,
+                "lr": scheduler.get_last_lr()[0],
+                "grad_norm": grad_norm,
+                "elapsed_s": round(time.perf_counter() - started, 3),
+            }
+            if setup.log_extras is not None:
+                record.update(setup.log_extras())
+            if done % train.eval_every == 0 or done == train.steps:
+                if ctx.is_main:
+                    metrics = validate(model, setup, ctx)
+                    record.update(metrics)
+                barrier(ctx)
             if ctx.is_main:
-                metrics = validate(model, setup, ctx)
-                record.update(metrics)
-            barrier(ctx)
-        if ctx.is_main:
-            if done % train.log_every == 0 or done == train.steps or "val_auc" in record:
-                out.mkdir(parents=True, exist_ok=True)  # only once a step has succeeded: bad input leaves nothing
-                with open(log_path, "a", encoding="utf-8") as handle:
-                    handle.write(json.dumps(record) + "\n")
-            postfix = {k: f"{v:.3f}" for k, v in step_losses.items()}
-            if "val_auc" in metrics:
-                postfix["val_auc"] = f"{metrics['val_auc']:.3f}"
-            bar.set_postfix(postfix, refresh=False)
-            bar.update(1)
-        stopping = stop_after is not None and done - start_step >= stop_after and done != train.steps
-        if (done % train.save_every == 0 or stopping) and done != train.steps:
-            save(done, finished=False)
-            barrier(ctx)
-        if stopping:
-            bar.close()
-            return {**meta_base, "step": done, "metrics": metrics, "finished": False}
-    bar.close()
+                if done % train.log_every == 0 or done == train.steps or "val_auc" in record:
+                    out.mkdir(parents=True, exist_ok=True)  # only once a step has succeeded: bad input leaves nothing
+                    with open(log_path, "a", encoding="utf-8") as handle:
+                        handle.write(json.dumps(record) + "\n")
+                postfix = {k: f"{v:.3f}" for k, v in step_losses.items()}
+                if "val_auc" in metrics:
+                    postfix["val_auc"] = f"{metrics['val_auc']:.3f}"
+                bar.set_postfix(postfix, refresh=False)
+                bar.update(1)
+            stopping = stop_after is not None and done - start_step >= stop_after and done != train.steps
+            if (done % train.save_every == 0 or stopping) and done != train.steps:
+                save(done, finished=False)
+                barrier(ctx)
+            if stopping:
+                return {**meta_base, "step": done, "metrics": metrics, "finished": False}
+    finally:
+        bar.close()  # a newline after the bar, so an error message gets a line of its own
     metrics["train_seconds"] = round(time.perf_counter() - started, 1)
     save(train.steps, finished=True)
     barrier(ctx)

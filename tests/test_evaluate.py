@@ -1,0 +1,59 @@
+import numpy as np
+import pytest
+
+from fbcompress.data.dataset_dir import DatasetDir
+from fbcompress.evaluate import rank_of_positive, roc_auc
+
+
+def test_auc_hand_computed_with_ties():
+    labels = np.array([1, 1, 0, 0, 1, 0])
+    scores = np.array([0.9, 0.4, 0.4, 0.1, 0.8, 0.7])
+    # positives 0.9, 0.4, 0.8 vs negatives 0.4, 0.1, 0.7: wins = 3 + (0.5 + 1) + 3 = 7.5 of 9
+    assert roc_auc(labels, scores) == pytest.approx(7.5 / 9)
+    assert roc_auc(np.array([1, 0]), np.array([0.2, 0.1])) == 1.0
+    assert np.isnan(roc_auc(np.array([1, 1]), np.array([0.2, 0.1])))
+
+
+def test_rank_counts_ties_against_the_positive():
+    assert rank_of_positive(np.array([0.9, 0.1, 0.2])) == 1
+    assert rank_of_positive(np.array([0.5, 0.5, 0.9, 0.1])) == 3
+
+
+def test_eval_sets_are_fixed_and_follow_the_protocol(tiny_data):
+    dataset = DatasetDir.open(tiny_data)
+    test = {r["id"]: r for r in dataset.records("test")}
+    for kind in ("itr", "tir"):
+        queries = dataset.eval_rows(kind, "test")
+        assert queries and all(q["query"] in test for q in queries)
+        for q in queries:
+            negs = q["negatives"]
+            assert len(negs) == 8 and len(set(negs)) == 8
+            assert all(test[n]["product_id"] != test[q["query"]]["product_id"] for n in negs)
+            sub = test[q["query"]]["subcategory"]
+            same = [n for n in negs if test[n]["subcategory"] == sub]
+            available = sum(1 for r in test.values() if r["subcategory"] == sub) - 1
+            assert len(same) == min(8, available), "same subcategory first"
+    pairs = dataset.eval_rows("pairs", "test")
+    assert sum(p["label"] for p in pairs) == len(pairs) / 2
+    for p in pairs:
+        if p["label"] == 0:
+            assert test[p["image"]]["subcategory"] == test[p["text"]]["subcategory"]
+
+
+def test_eval_cli_json_keys(trained_smoke, tiny_data, tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from fbcompress.cli import main
+
+    out = tmp_path / "eval.json"
+    result = CliRunner().invoke(main, ["eval", "--model", str(trained_smoke), "--data", str(tiny_data),
+                                       "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(out.read_text())
+    for key in ("accuracy", "auc", "n_queries", "n_negatives", "model", "backend"):
+        assert key in payload
+    assert set(payload["itr"]) == set(payload["tir"]) == {"r1", "r5", "r10"}
+    assert payload["n_negatives"] == 8 and payload["backend"] == "pytorch"
+    assert 0 <= payload["auc"] <= 1 and payload["itr"]["r10"] >= payload["itr"]["r1"]
