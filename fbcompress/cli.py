@@ -176,6 +176,43 @@ def train_teacher_cmd(recipe, data_dir, out, resume, force, device, stop_after, 
                    f"val ACC {metrics['val_accuracy']:.4f}", err=True)
 
 
+@main.command("distill")
+@click.option("--recipe", "-r", "recipe", required=True, metavar="R", help="recipe YAML path or name")
+@click.option("--teacher", "teacher_dir", required=True, type=click.Path(path_type=Path), help="teacher checkpoint")
+@click.option("--data", "data_dir", required=True, type=click.Path(path_type=Path), help="dataset dir")
+@click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="student checkpoint dir")
+@click.option("--resume", is_flag=True, help="continue the checkpoint in --out exactly where it stopped")
+@click.option("--force", is_flag=True, help="start over even if --out holds a checkpoint")
+@click.option("--no-teacher", is_flag=True,
+              help="ablation: same student, same initialisation and steps, hard labels only")
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda")
+@click.option("--stop-after", type=click.IntRange(min=1), metavar="N",
+              help="train at most N steps in this invocation, save, exit (continue later with --resume)")
+@set_option
+def distill_cmd(recipe, teacher_dir, data_dir, out, resume, force, no_teacher, device, stop_after, overrides) -> None:
+    """Distill the teacher into a 2-layer student with variable sequence length (VSL).
+
+    \b
+    Examples:
+      fbcompress distill --recipe quickstart --teacher runs/qs/teacher --data runs/qs/data --out runs/qs/student
+      fbcompress distill -r quickstart --teacher T --data D --out runs/qs/no-teacher --no-teacher
+      fbcompress distill -r quickstart --teacher T --data D --out runs/h256 --set distill.hidden_size=256
+    """
+    from fbcompress.distill import distill
+
+    if resume and force:
+        raise FbError("--resume and --force contradict each other; pick one")
+    r = _recipe(recipe, overrides)
+    result = distill(r, teacher_dir, data_dir, out, resume=resume, force=force, no_teacher=no_teacher,
+                     device=device, stop_after=stop_after)
+    metrics = result.get("metrics", {})
+    if "val_auc" in metrics:
+        pad = result.get("padding", {})
+        click.echo(f"student at {out}: step {result['step']}, val AUC {metrics['val_auc']:.4f}; padding "
+                   f"{pad.get('pad_share', float('nan')):.1%} (fixed-length: "
+                   f"{pad.get('pad_share_fixed_length', float('nan')):.1%})", err=True)
+
+
 @main.command("eval")
 @click.option("--model", "-m", "model_path", required=True, type=click.Path(path_type=Path),
               help="checkpoint dir (ONNX / TensorRT forms plug into the same interface)")

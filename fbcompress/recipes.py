@@ -103,11 +103,46 @@ class TrainSection(_Strict):
     num_threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice)")
 
 
+class DistillWeights(_Strict):
+    """Weight of each distillation term (0 switches a term off)."""
+
+    soft: float = Field(1.0, ge=0, description="KL to the teacher's alignment logits at temperature T")
+    hard: float = Field(1.0, ge=0, description="cross-entropy to the matched/mismatched labels")
+    hidden: float = Field(1.0, ge=0, description="MSE of hidden states under the layer map")
+    attention: float = Field(1.0, ge=0, description="KL of last-layer self-attention distributions (MiniLM)")
+    embedding: float = Field(1.0, ge=0, description="MSE of the embedding outputs")
+
+
+class DistillSection(_Strict):
+    """The 2-layer VSL student and how it learns from the frozen teacher."""
+
+    layers: int = Field(2, ge=1)
+    hidden_size: int | None = Field(None, ge=8, description="narrower student width (default: the teacher's)")
+    num_heads: int | None = Field(None, ge=1)
+    intermediate_size: int | None = Field(None, ge=8)
+    layer_map: list[int] | None = Field(None, description="teacher layer (0-based) per student layer")
+    temperature: float = Field(2.0, gt=0)
+    weights: DistillWeights = DistillWeights()
+    extra_hard_pairs: int = Field(8, ge=0, description="extra same-subcategory negatives per batch, teacher-scored")
+    bucket_batches: int = Field(32, ge=1, description="VSL: batches sorted by length together in one bucket")
+    steps: int | None = Field(None, ge=1, description="default: train.steps")
+    lr: float | None = Field(None, gt=0, description="default: train.new_params_lr or train.lr")
+
+    @model_validator(mode="after")
+    def _check(self) -> DistillSection:
+        if self.layer_map is not None and len(self.layer_map) != self.layers:
+            raise ValueError(f"layer_map has {len(self.layer_map)} entries for {self.layers} student layers")
+        if self.hidden_size is not None and self.num_heads is not None and self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+        return self
+
+
 class Recipe(_Strict):
     name: str = ""
     data: DataSection = DataSection()
     teacher: TeacherSection = TeacherSection()
     train: TrainSection = TrainSection()
+    distill: DistillSection = DistillSection()
 
 
 def _format_validation_error(source: str, exc: ValidationError) -> str:

@@ -37,6 +37,7 @@ from fbcompress.recipes import Recipe
 from fbcompress.scoring import TorchScorer
 
 LOG_FILE = "train-log.jsonl"
+PATH_KEYS = ("teacher",)  # meta entries that may legitimately differ on resume (paths move)
 NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm", ".norm", "mlm_transform.2")
 
 
@@ -86,6 +87,9 @@ class TrainSetup:
     fixed_weights: dict[str, float] = field(default_factory=dict)
     extra_meta: dict[str, Any] = field(default_factory=dict)
     log_extras: Callable[[], dict[str, Any]] | None = None
+    aux_module: nn.Module | None = None  # trained beside the model but not part of it (e.g. a projection)
+    lr: float | None = None  # overrides recipe.train.lr / new_params_lr for every group
+    steps: int | None = None  # overrides recipe.train.steps
 
 
 def param_groups(model: FashionBERT, lr: float, new_lr: float, weight_decay: float) -> list[dict]:
@@ -124,6 +128,7 @@ def run_training(
 ) -> dict[str, Any]:
     """Train to `recipe.train.steps` (or `stop_after` more steps, then save a resumable checkpoint)."""
     recipe, train = setup.recipe, setup.recipe.train
+    steps = setup.steps or train.steps
     out = setup.out
     model = setup.model.to(ctx.device)
     start_step = 0
@@ -137,6 +142,9 @@ def run_training(
             raise FbError(f"{out} was trained with another recipe; use another --out or --force")
         if ckpt.meta.get("data_fingerprint") != setup.dataset.fingerprint:
             raise FbError(f"{out} was trained on other data (fingerprint differs); use another --out or --force")
+        changed = [k for k, v in setup.extra_meta.items() if k not in PATH_KEYS and ckpt.meta.get(k) != v]
+        if changed:
+            raise FbError(f"{out} was made with another {changed[0]}; use another --out or --force")
         if ckpt.meta.get("finished"):
             if ctx.is_main:
                 print(f"{out}: already trained to step {ckpt.meta['step']}; nothing to do", file=sys.stderr)
@@ -145,18 +153,23 @@ def run_training(
             state = load_training_state(out)
             start_step = int(state["step"])
 
-    optimizer = torch.optim.AdamW(
-        param_groups(model, train.lr, train.new_params_lr or train.lr, train.weight_decay), lr=train.lr
-    )
-    scheduler = get_linear_schedule_with_warmup(
-        optimizer, math.ceil(train.warmup_ratio * train.steps), train.steps
-    )
+    lr = setup.lr or train.lr
+    new_lr = setup.lr or train.new_params_lr or train.lr
+    groups = param_groups(model, lr, new_lr, train.weight_decay)
+    aux = setup.aux_module.to(ctx.device) if setup.aux_module is not None else None
+    if aux is not None:
+        groups.append({"params": list(aux.parameters()), "lr": new_lr, "weight_decay": train.weight_decay})
+    trained = [p for group in groups for p in group["params"]]
+    optimizer = torch.optim.AdamW(groups, lr=lr)
+    scheduler = get_linear_schedule_with_warmup(optimizer, math.ceil(train.warmup_ratio * steps), steps)
     if state is not None:
         from safetensors.torch import load_file
 
         model.load_state_dict(load_file(str(out / "model.safetensors"), device=str(ctx.device)))
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        if aux is not None:
+            aux.load_state_dict(state["aux"])
 
     objective = setup.objective.to(ctx.device)
     if ctx.distributed:
@@ -188,15 +201,17 @@ def run_training(
         training_state = None
         if not finished:
             training_state = {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
-        meta = {**meta_base, "step": step, "steps_total": train.steps, "finished": finished, "metrics": metrics}
+            if aux is not None:
+                training_state["aux"] = aux.state_dict()
+        meta = {**meta_base, "step": step, "steps_total": steps, "finished": finished, "metrics": metrics}
         save_checkpoint(out, model, setup.tokenizer, meta, training_state)
 
     model.train()
     started = time.perf_counter()
-    bar = tqdm(total=train.steps, initial=start_step, desc=f"train {setup.kind}", disable=not ctx.is_main,
+    bar = tqdm(total=steps, initial=start_step, desc=f"train {setup.kind}", disable=not ctx.is_main,
                dynamic_ncols=True, mininterval=1.0)
     try:
-        for step in range(start_step, train.steps):
+        for step in range(start_step, steps):
             optimizer.zero_grad(set_to_none=True)
             step_losses: dict[str, float] = {}
             step_weights: dict[str, float] = {}
@@ -210,7 +225,7 @@ def run_training(
                     step_losses[name] = step_losses.get(name, 0.0) + float(value.detach()) / train.grad_accum
                 step_weights = weights
             scaler.unscale_(optimizer)
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), train.clip_norm))
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(trained, train.clip_norm))
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
@@ -226,13 +241,13 @@ def run_training(
             }
             if setup.log_extras is not None:
                 record.update(setup.log_extras())
-            if done % train.eval_every == 0 or done == train.steps:
+            if done % train.eval_every == 0 or done == steps:
                 if ctx.is_main:
                     metrics = validate(model, setup, ctx)
                     record.update(metrics)
                 barrier(ctx)
             if ctx.is_main:
-                if done % train.log_every == 0 or done == train.steps or "val_auc" in record:
+                if done % train.log_every == 0 or done == steps or "val_auc" in record:
                     out.mkdir(parents=True, exist_ok=True)  # only once a step has succeeded: bad input leaves nothing
                     with open(log_path, "a", encoding="utf-8") as handle:
                         handle.write(json.dumps(record) + "\n")
@@ -241,8 +256,8 @@ def run_training(
                     postfix["val_auc"] = f"{metrics['val_auc']:.3f}"
                 bar.set_postfix(postfix, refresh=False)
                 bar.update(1)
-            stopping = stop_after is not None and done - start_step >= stop_after and done != train.steps
-            if (done % train.save_every == 0 or stopping) and done != train.steps:
+            stopping = stop_after is not None and done - start_step >= stop_after and done != steps
+            if (done % train.save_every == 0 or stopping) and done != steps:
                 save(done, finished=False)
                 barrier(ctx)
             if stopping:
@@ -250,9 +265,9 @@ def run_training(
     finally:
         bar.close()  # a newline after the bar, so an error message gets a line of its own
     metrics["train_seconds"] = round(time.perf_counter() - started, 1)
-    save(train.steps, finished=True)
+    save(steps, finished=True)
     barrier(ctx)
-    return {**meta_base, "step": train.steps, "metrics": metrics}
+    return {**meta_base, "step": steps, "metrics": metrics}
 
 
 def _combine(losses: dict[str, torch.Tensor], setup: TrainSetup) -> tuple[torch.Tensor, dict[str, float]]:
