@@ -246,5 +246,10 @@ def eval_cmd(model_path, data_dir, split, max_queries, device, json_path) -> Non
         write_json_output(json_path, result)
 
 
+from fbcompress.export.cli import export_cmd  # noqa: E402 - registered after the group exists
+
+main.add_command(export_cmd)
+
+
 if __name__ == "__main__":
     main()

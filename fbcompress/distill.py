@@ -23,12 +23,12 @@ import random
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import BertConfig
 
+from fbcompress.data.batching import LengthBucketedBatches
 from fbcompress.data.loader import SplitData
 from fbcompress.errors import FbError
 from fbcompress.model import FashionBERT
@@ -94,43 +94,6 @@ def build_student(teacher: FashionBERT, section: DistillSection) -> tuple[Fashio
     return student, layer_map, projection
 
 
-class LengthBucketedBatches:
-    """VSL batches: per epoch, shuffle, cut into buckets of `bucket_batches` batches, sort each bucket by text
-    length, cut it into batches and shuffle the batch order. Every example appears exactly once per epoch, and a
-    batch's texts have similar lengths, so padding to the batch's own longest text wastes little.
-
-    Like `ResumableBatchOrder`, batch g is a pure function of (seed, g): resume needs no sampler state.
-    """
-
-    def __init__(self, lengths: list[int], batch_size: int, bucket_batches: int, seed: int):
-        if not lengths:
-            raise FbError("no examples to batch")
-        self.lengths = np.asarray(lengths)
-        self.batch_size = batch_size
-        self.bucket = batch_size * bucket_batches
-        self.seed = seed
-        self._cache: tuple[int, list[list[int]]] | None = None
-        self.per_epoch = len(self.epoch_batches(0))
-
-    def epoch_batches(self, epoch: int) -> list[list[int]]:
-        if self._cache is not None and self._cache[0] == epoch:
-            return self._cache[1]
-        rng = np.random.default_rng([self.seed, epoch, 17])
-        order = rng.permutation(len(self.lengths))
-        batches: list[list[int]] = []
-        for start in range(0, len(order), self.bucket):
-            bucket = order[start : start + self.bucket]
-            bucket = bucket[np.argsort(self.lengths[bucket], kind="stable")]
-            batches += [bucket[i : i + self.batch_size].tolist() for i in range(0, len(bucket), self.batch_size)]
-        batches = [batches[i] for i in rng.permutation(len(batches))]
-        self._cache = (epoch, batches)
-        return batches
-
-    def rows(self, global_index: int) -> list[int]:
-        epoch, index = divmod(global_index, self.per_epoch)
-        return self.epoch_batches(epoch)[index]
-
-
 def soft_logit_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
     """KL(teacher ‖ student) of temperature-softened distributions, scaled by T² (Hinton et al.)."""
     t = temperature
@@ -177,9 +140,7 @@ class DistillObjective(nn.Module):
         self.recipe = recipe
         section = recipe.distill
         self.weights = section.weights.model_dump()
-        self.batches = LengthBucketedBatches(
-            [len(ids) for ids in data.token_ids], recipe.train.batch_size, section.bucket_batches, recipe.train.seed
-        )
+        self.batches = LengthBucketedBatches.for_split(data, recipe.train)
         self.sampler = MismatchSampler(data)
         self.padding = {"real": 0, "batch": 0, "fixed": 0}
         if teacher is not None:

@@ -101,6 +101,7 @@ class TrainSection(_Strict):
     mpm_probability: float = Field(0.1, ge=0, lt=1)
     amp: bool = Field(True, description="mixed precision on CUDA (ignored on CPU)")
     num_threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice)")
+    bucket_batches: int = Field(32, ge=1, description="VSL: this many batches are sorted by text length together")
 
 
 class DistillWeights(_Strict):
@@ -124,7 +125,6 @@ class DistillSection(_Strict):
     temperature: float = Field(2.0, gt=0)
     weights: DistillWeights = DistillWeights()
     extra_hard_pairs: int = Field(8, ge=0, description="extra same-subcategory negatives per batch, teacher-scored")
-    bucket_batches: int = Field(32, ge=1, description="VSL: batches sorted by length together in one bucket")
     steps: int | None = Field(None, ge=1, description="default: train.steps")
     lr: float | None = Field(None, gt=0, description="default: train.new_params_lr or train.lr")
 
@@ -137,12 +137,60 @@ class DistillSection(_Strict):
         return self
 
 
+class ShapeProfile(_Strict):
+    """One TensorRT optimisation profile: [min, opt, max] of the batch size and of the text length (tokens)."""
+
+    name: str = Field(..., min_length=1, pattern=r"^[A-Za-z0-9_-]+$")
+    batch: tuple[int, int, int]
+    text: tuple[int, int, int]
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ShapeProfile:
+        for axis in ("batch", "text"):
+            low, opt, high = getattr(self, axis)
+            if not 1 <= low <= opt <= high:
+                raise ValueError(f"{axis} must be [min, opt, max] with 1 <= min <= opt <= max, got {[low, opt, high]}")
+        return self
+
+
+def _default_profiles() -> tuple[ShapeProfile, ...]:
+    # online: one request at a time, short texts most common; offline: re-ranking batches of candidates.
+    return (
+        ShapeProfile(name="online", batch=(1, 1, 8), text=(1, 16, 64)),
+        ShapeProfile(name="offline", batch=(1, 32, 64), text=(1, 32, 64)),
+    )
+
+
+class ExportSection(_Strict):
+    """What `fbcompress export` produces: shape profiles (TensorRT, Triton), engine precisions, ONNX opset, gates.
+
+    Profile text maxima above the model's position table are refused at export time (the model cannot read them).
+    """
+
+    opset: int = Field(17, ge=17, le=23, description="ONNX opset of model.onnx")
+    profiles: tuple[ShapeProfile, ...] = Field(default_factory=_default_profiles, min_length=1)
+    precisions: tuple[Literal["fp32", "fp16", "int8"], ...] = Field(("fp16",), min_length=1,
+                                                                   description="TensorRT engines to build")
+    parity_tolerance: float = Field(1e-4, gt=0, description="max |logit diff| ONNX vs PyTorch before export fails")
+    max_auc_drop: float = Field(0.001, ge=0, description="max AUC drop of the ONNX model vs the checkpoint")
+    workspace_mib: int = Field(4096, ge=64, description="TensorRT builder workspace")
+    triton_max_queue_delay_us: int = Field(100, ge=0, description="Triton dynamic batching queue delay")
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> ExportSection:
+        names = [p.name for p in self.profiles]
+        if len(set(names)) != len(names):
+            raise ValueError(f"profile names must be unique, got {names}")
+        return self
+
+
 class Recipe(_Strict):
     name: str = ""
     data: DataSection = DataSection()
     teacher: TeacherSection = TeacherSection()
     train: TrainSection = TrainSection()
     distill: DistillSection = DistillSection()
+    export: ExportSection = ExportSection()
 
 
 def _format_validation_error(source: str, exc: ValidationError) -> str:

@@ -53,8 +53,21 @@ class TorchScorer:
 
 
 def open_scorer(path: str | Path, device: str = "cpu") -> Scorer:
-    """Backend from the path: a checkpoint dir → PyTorch. (.onnx and .plan backends plug in here.)"""
+    """Backend from the path: a checkpoint dir → PyTorch; `.onnx` → ONNX Runtime; `.plan` → TensorRT; an export
+    bundle dir → its primary model. Bundle files are hash-checked against the bundle's manifest.json first."""
     path = Path(path)
+    if path.is_dir() and (path / "manifest.json").is_file() and not (path / "fbcompress.json").is_file():
+        from fbcompress.export.bundle import Bundle
+
+        path = path / Bundle.open(path).primary_model()
+    if path.suffix == ".onnx":
+        from fbcompress.export.ort_scorer import OrtScorer
+
+        return OrtScorer.open(path, device)
+    if path.suffix == ".plan":
+        from fbcompress.export.trt_runner import TrtScorer
+
+        return TrtScorer.open(path, "cuda" if device == "cpu" else device)
     if path.is_dir():
         from fbcompress.checkpoint import load_model
 
@@ -64,4 +77,4 @@ def open_scorer(path: str | Path, device: str = "cpu") -> Scorer:
         return TorchScorer(model, ckpt.directory, str(path), device)
     if not path.exists():
         raise FbError(f"model not found: {path}")
-    raise FbError(f"{path}: unsupported model form (expected a checkpoint directory)")
+    raise FbError(f"{path}: unsupported model form (expected a checkpoint directory, an .onnx or a .plan file)")

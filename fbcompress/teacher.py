@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from transformers import BertConfig, BertModel, PreTrainedTokenizerBase
 
 from fbcompress.backbone import load_backbone_config, resolve_backbone_dir
+from fbcompress.data.batching import LengthBucketedBatches
 from fbcompress.data.loader import SplitData
 from fbcompress.errors import FbError
 from fbcompress.masking import mask_patches, whole_word_mask
@@ -173,13 +174,11 @@ class TeacherObjective(torch.nn.Module):
 
     def __init__(self, model: FashionBERT, data: SplitData, tokenizer: PreTrainedTokenizerBase, recipe: Recipe):
         super().__init__()
-        from fbcompress.train import ResumableBatchOrder
-
         self.model = model
         self.data = data
         self.tokenizer = tokenizer
         self.recipe = recipe
-        self.order = ResumableBatchOrder(len(data), recipe.train.batch_size, recipe.train.seed)
+        self.order = LengthBucketedBatches.for_split(data, recipe.train)
         self.sampler = MismatchSampler(data)
 
     def forward(self, global_index: int) -> dict[str, torch.Tensor]:

@@ -1,8 +1,8 @@
 """The training machinery shared by `train-teacher` and `distill`.
 
-What makes resume exact: the batch of every step is a pure function of (seed, step, rank): a resumable
-distributed sampler walks per-epoch permutations of the training split, and the masking/mismatch/dropout random
-streams are re-seeded from the step. So a resumed run needs only the weights, the optimiser and the scheduler
+What makes resume exact: the batch of every step is a pure function of (seed, step, rank): the length-bucketed
+sampler (data/batching.py) walks seeded per-epoch orders of the training split, and the masking/mismatch/dropout
+random streams are re-seeded from the step. So a resumed run needs only the weights, the optimiser and the scheduler
 (all in the checkpoint) to continue exactly where it stopped: N steps + resume N steps equals 2N steps.
 """
 
@@ -39,29 +39,6 @@ from fbcompress.scoring import TorchScorer
 LOG_FILE = "train-log.jsonl"
 PATH_KEYS = ("teacher",)  # meta entries that may legitimately differ on resume (paths move)
 NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm", ".norm", "mlm_transform.2")
-
-
-class ResumableBatchOrder:
-    """Global batch g of a run = B consecutive items of an endless stream of seeded per-epoch permutations.
-
-    Rank r of W processes takes global batch index g·W + r, which splits every step's data across ranks like
-    DistributedSampler does, while staying a pure function of the step (so resume needs no sampler state).
-    """
-
-    def __init__(self, n_items: int, batch_size: int, seed: int):
-        self.n = n_items
-        self.batch_size = batch_size
-        self.seed = seed
-        self._perms: dict[int, np.ndarray] = {}
-
-    def _perm(self, epoch: int) -> np.ndarray:
-        if epoch not in self._perms:
-            self._perms = {epoch: np.random.default_rng([self.seed, epoch]).permutation(self.n)}
-        return self._perms[epoch]
-
-    def rows(self, global_index: int) -> list[int]:
-        start = global_index * self.batch_size
-        return [int(self._perm(pos // self.n)[pos % self.n]) for pos in range(start, start + self.batch_size)]
 
 
 def seeded_streams(seed: int, global_index: int) -> tuple[random.Random, torch.Generator]:
@@ -108,7 +85,8 @@ def param_groups(model: FashionBERT, lr: float, new_lr: float, weight_decay: flo
 
 
 def _recipe_fingerprint(recipe: Recipe) -> dict:
-    dump = recipe.model_dump()
+    """The recipe as JSON would store it (tuples become lists), less the settings that may change on resume."""
+    dump = recipe.model_dump(mode="json")
     dump["train"].pop("eval_every", None)
     dump["train"].pop("save_every", None)
     return dump
@@ -185,7 +163,7 @@ def run_training(
     meta_base = {
         "kind": setup.kind,
         "produced_by": f"fbcompress {' '.join(sys.argv[1:2]) or setup.kind}",
-        "recipe": recipe.model_dump(),
+        "recipe": recipe.model_dump(mode="json"),
         "recipe_fingerprint": _recipe_fingerprint(recipe),
         "data_fingerprint": setup.dataset.fingerprint,
         "data_dir": str(setup.dataset.root),

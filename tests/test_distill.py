@@ -11,8 +11,8 @@ from safetensors.torch import load_file
 
 from fbcompress.checkpoint import load_model, open_checkpoint
 from fbcompress.cli import main
+from fbcompress.data.batching import LengthBucketedBatches
 from fbcompress.distill import (
-    LengthBucketedBatches,
     attention_kl,
     build_student,
     evenly_spaced_layers,

@@ -1,0 +1,129 @@
+"""`fbcompress export`: the Click command. Registered on the main group at the end of `fbcompress/cli.py`.
+
+Kept out of `fbcompress/cli.py` so the export subsystem owns its options; heavy imports stay inside the command.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from fbcompress.errors import FbError
+
+
+def _export_section(recipe: str | None, overrides: tuple[str, ...], model_dir: Path):
+    """The export settings and where they came from: --recipe, else the checkpoint's recipe, else defaults.
+
+    A checkpoint trained before recipes had an `export` section still names its recipe (e.g. `smoke`); when that
+    recipe file exists its export section is used, so the smoke checkpoint exports with the smoke profiles.
+    """
+    from fbcompress.recipes import RECIPES_DIR, _deep_merge, load_recipe, parse_override, parse_recipe
+
+    merged: dict = {}
+    for text in overrides:
+        merged = _deep_merge(merged, parse_override(text))
+    if recipe is not None:
+        return load_recipe(recipe, merged).export, f"recipe {recipe}"
+    meta_path = model_dir / "fbcompress.json"
+    meta_recipe: dict = {}
+    if meta_path.is_file():
+        import json
+
+        try:
+            meta_recipe = json.loads(meta_path.read_text()).get("recipe") or {}
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            meta_recipe = {}
+    if isinstance(meta_recipe.get("export"), dict):
+        return parse_recipe({"export": meta_recipe["export"]}, f"{meta_path} recipe", merged).export, \
+            "the checkpoint's recipe"
+    name = meta_recipe.get("name")
+    if isinstance(name, str) and name and (RECIPES_DIR / f"{name}.yaml").is_file():
+        return load_recipe(name, merged).export, f"recipe {name} (named by the checkpoint)"
+    return parse_recipe({}, "defaults", merged).export, "defaults"
+
+
+@click.command("export")
+@click.option("--model", "-m", "model_dir", required=True, type=click.Path(path_type=Path),
+              help="checkpoint dir (teacher or student) to export")
+@click.option("--target", "-t", required=True, type=click.Choice(["onnx", "tensorrt", "triton"]),
+              help="onnx: model.onnx (+ ORT-fused); tensorrt: engines; triton: model repository")
+@click.option("--out", "-o", required=True, type=click.Path(path_type=Path),
+              help="bundle dir, e.g. exported/NAME (updated in place: other stages' files are kept)")
+@click.option("--recipe", "-r", "recipe", metavar="R",
+              help="recipe for export.* (profiles, precisions, opset); default: the checkpoint's recipe")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="override a recipe value, e.g. --set export.parity_tolerance=1e-5")
+@click.option("--opset", type=click.IntRange(min=17), help="ONNX opset (default: recipe export.opset, 17)")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]),
+              help="tensorrt: the one engine to build (default: recipe export.precisions); triton: which engine")
+@click.option("--data", "data_dir", type=click.Path(path_type=Path),
+              help="dataset dir: measure AUC of the exported model vs the checkpoint and record it")
+@click.option("--split", default="test", show_default=True, type=click.Choice(["val", "test"]))
+@click.option("--exporter", default="torchscript", show_default=True, type=click.Choice(["torchscript", "dynamo"]),
+              help="torch.onnx exporter (torchscript: the attention subgraph ONNX Runtime fuses)")
+@click.option("--timing-cache", type=click.Path(path_type=Path),
+              help="TensorRT timing cache file to reuse and update (default: the bundle's timing.cache)")
+@click.option("--triton-name", default="fashionbert", show_default=True, help="Triton model name")
+@click.option("--triton-kind", default="gpu", show_default=True, type=click.Choice(["gpu", "cpu"]),
+              help="Triton instance kind")
+@click.option("--device", default="cuda", show_default=True, help="GPU for TensorRT engines (cuda or cuda:N)")
+@click.option("--force", is_flag=True, help="replace a bundle exported from another checkpoint")
+@click.option("--json", "json_path", metavar="PATH", help="also write the results as JSON ('-': stdout)")
+def export_cmd(model_dir: Path, target: str, out: Path, recipe: str | None, overrides: tuple[str, ...],
+               opset: int | None, precision: str | None, data_dir: Path | None, split: str, exporter: str,
+               timing_cache: Path | None, triton_name: str, triton_kind: str, device: str, force: bool,
+               json_path: str | None) -> None:
+    """Export a checkpoint into a serving bundle: ONNX, TensorRT engines, Triton repository + manifest + README.
+
+    \b
+    The ONNX export fails if ONNX Runtime's logits differ from PyTorch's by more than export.parity_tolerance
+    (1e-4) at batch 1/8 and text length 1/8/64, or (with --data) if its AUC differs by more than
+    export.max_auc_drop. TensorRT needs the tensorrt package and an NVIDIA GPU; without them it stops with
+    one line and writes nothing.
+
+    \b
+    Examples:
+      fbcompress export --model runs/qs/student --target onnx --out exported/qs --data runs/qs/data
+      fbcompress export --model runs/qs/student --target tensorrt --precision fp16 --out exported/qs
+      fbcompress export --model runs/qs/student --target triton --out exported/qs --json exported/qs-triton.json
+      fbcompress eval --model exported/qs/model.onnx --data runs/qs/data
+    """
+    import sys
+
+    from fbcompress.artifacts import write_json_output
+    from fbcompress.export.pipeline import ExportOptions, run_export
+
+    if not model_dir.exists():
+        raise FbError(f"model not found: {model_dir}")
+    if not model_dir.is_dir():
+        raise FbError(f"--model {model_dir} is not a checkpoint directory (export starts from a checkpoint)")
+    section, source = _export_section(recipe, overrides, model_dir)
+    opts = ExportOptions(
+        model_dir=model_dir, out=out, target=target, export=section, recipe_source=source, opset=opset,
+        precision=precision, exporter=exporter, data_dir=data_dir, split=split, force=force,
+        timing_cache=timing_cache, triton_name=triton_name, triton_kind=triton_kind, device=device,
+        progress=sys.stderr.isatty(), log=lambda line: click.echo(line, err=True),
+    )
+    summary = run_export(opts)
+    click.echo(format_summary(summary), err=json_path == "-")
+    if json_path:
+        write_json_output(json_path, summary)
+
+
+def format_summary(summary: dict) -> str:
+    rows = [("bundle", summary["bundle"]), ("target", summary["target"])]
+    for rel, parity in summary.get("parity", {}).items():
+        if "max_abs_diff" in parity:
+            rows.append((f"parity {rel}", f"max |logit diff| {parity['max_abs_diff']:.2e}"))
+    for rel, acc in summary.get("accuracy", {}).items():
+        rows.append((f"AUC {rel}", f"{acc['auc']:.4f} (checkpoint {acc['checkpoint_auc']:.4f}, "
+                                   f"drop {acc['auc_drop']:+.4f})"))
+    if summary.get("fusions") is not None:
+        fused = ", ".join(f"{op} x{n}" for op, n in summary["fusions"].items()) or "none"
+        rows.append(("ORT fusions", fused))
+    if "triton" in summary:
+        rows.append(("triton", f"{summary['triton']['model_name']} ({summary['triton']['platform']})"))
+    rows.append(("written", ", ".join(summary["files_written"])))
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)

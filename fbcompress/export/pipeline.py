@@ -1,0 +1,460 @@
+"""`fbcompress export`: checkpoint → bundle (ONNX, TensorRT engines, Triton repository), gated by parity and AUC.
+
+Order of work, so that a failure never leaves a half-written bundle:
+1. everything that can be checked without writing (checkpoint hash, recipe profiles vs the model, TensorRT and a
+   GPU for engines, the INT8 QDQ source, the data dir) is checked first;
+2. the bundle is staged in a temporary directory (other stages' files carried over) and only renamed into place
+   after every gate passed (ONNX parity <= tolerance, AUC drop <= tolerance, engines built).
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fbcompress.errors import FbError
+from fbcompress.export import bundle as B
+from fbcompress.export.shapes import Profile, input_specs, output_specs, resolve_profiles
+
+TARGETS = ("onnx", "tensorrt", "triton")
+PRECISIONS = ("fp32", "fp16", "int8")
+ONNX_FILE = "model.onnx"
+ORT_FILE = "model.ort.onnx"
+FP16_FILE = "model.fp16.onnx"
+INT8_QDQ_FILE = "model.int8.trt.onnx"
+TIMING_CACHE = "timing.cache"
+ENGINE_TOLERANCE = {"fp32": 1e-2, "fp16": 5e-2, "int8": None}  # informational: TF32/FP16 kernels, QDQ scales
+
+
+def engine_file(precision: str) -> str:
+    return f"model.{precision}.plan"
+
+
+def engine_source(precision: str) -> str:
+    return {"fp32": ONNX_FILE, "fp16": FP16_FILE, "int8": INT8_QDQ_FILE}[precision]
+
+
+@dataclass
+class ExportOptions:
+    model_dir: Path
+    out: Path
+    target: str
+    export: Any  # recipes.ExportSection
+    recipe_source: str = "defaults"
+    opset: int | None = None
+    precision: str | None = None
+    exporter: str = "torchscript"
+    data_dir: Path | None = None
+    split: str = "test"
+    force: bool = False
+    timing_cache: Path | None = None
+    triton_name: str = "fashionbert"
+    triton_kind: str = "gpu"
+    device: str = "cpu"
+    progress: bool = True
+    log: Any = field(default=None, repr=False)  # callable(str) for progress lines
+
+
+class _Ctx:
+    """What the steps share: the loaded model, its spec, the staging writer, and the optional eval data."""
+
+    def __init__(self, opts: ExportOptions, model, ckpt, profiles: list[Profile]):
+        self.opts = opts
+        self.model = model
+        self.ckpt = ckpt
+        self.spec = model.spec
+        self.profiles = profiles
+        self.max_positions = int(model.config.max_position_embeddings)
+        self.vocab_size = int(model.config.vocab_size)
+        self.writer: B.BundleWriter | None = None
+        self.eval_data = None  # (dataset, split data) when --data
+        self.reference: dict[str, Any] | None = None  # the checkpoint's own AUC on --data
+        self.summary: dict[str, Any] = {"files_written": []}
+
+    def say(self, text: str) -> None:
+        if self.opts.log:
+            self.opts.log(text)
+
+    @property
+    def w(self) -> B.BundleWriter:
+        assert self.writer is not None
+        return self.writer
+
+
+# -------------------------------------------------------------------------------------------------------- helpers
+
+
+def _source(ckpt) -> dict[str, Any]:
+    return {
+        "checkpoint": str(ckpt.directory),
+        "kind": ckpt.kind,
+        "weights_sha256": ckpt.weights_sha256,
+        "recipe": (ckpt.meta.get("recipe") or {}).get("name"),
+        "produced_by": ckpt.meta.get("produced_by"),
+    }
+
+
+def _tokenizer_files(ckpt_dir: Path) -> list[Path]:
+    from fbcompress.backbone import TOKENIZER_FILES
+
+    files = [ckpt_dir / name for name in TOKENIZER_FILES if (ckpt_dir / name).is_file()]
+    if not any(f.name == "vocab.txt" for f in files):
+        raise FbError(f"checkpoint {ckpt_dir} has no vocab.txt: the bundle needs the tokenizer")
+    return files
+
+
+def _tokenizer_info(ckpt_dir: Path, files: list[Path]) -> dict[str, Any]:
+    from fbcompress.backbone import load_tokenizer
+
+    tok = load_tokenizer(ckpt_dir)
+    return {
+        "dir": B.TOKENIZER_DIR,
+        "files": [f"{B.TOKENIZER_DIR}/{f.name}" for f in files],
+        "class": type(tok).__name__,
+        "vocab_size": int(tok.vocab_size),
+        "do_lower_case": bool(getattr(tok, "do_lower_case", True)),
+        "pad_token_id": int(tok.pad_token_id),
+        "cls_token_id": int(tok.cls_token_id),
+        "sep_token_id": int(tok.sep_token_id),
+    }
+
+
+def _evaluate_auc(ctx: _Ctx, scorer) -> dict[str, Any]:
+    from fbcompress.evaluate import evaluate
+
+    dataset, data = ctx.eval_data
+    result = evaluate(scorer, dataset, data, ctx.opts.split, tasks=("pairs",), progress=ctx.opts.progress)
+    return {"auc": result["auc"], "accuracy": result["accuracy"], "n_pairs": result["n_pairs"]}
+
+
+def _reference_auc(ctx: _Ctx) -> dict[str, Any] | None:
+    if ctx.eval_data is None:
+        return None
+    if ctx.reference is None:
+        from fbcompress.scoring import TorchScorer
+
+        ctx.say("measuring the checkpoint's AUC (PyTorch) ...")
+        scorer = TorchScorer(ctx.model, ctx.ckpt.directory, str(ctx.ckpt.directory), "cpu")
+        ctx.reference = _evaluate_auc(ctx, scorer)
+    return ctx.reference
+
+
+def _accuracy_entry(ctx: _Ctx, scorer, gate: float | None, what: str) -> dict[str, Any] | None:
+    reference = _reference_auc(ctx)
+    if reference is None:
+        return None
+    ctx.say(f"measuring the AUC of {what} ...")
+    got = _evaluate_auc(ctx, scorer)
+    drop = reference["auc"] - got["auc"]
+    dataset, _ = ctx.eval_data
+    entry = {
+        "data": str(dataset.root),
+        "split": ctx.opts.split,
+        "synthetic": bool(dataset.meta.get("synthetic", False)),
+        **got,
+        "checkpoint_auc": reference["auc"],
+        "auc_drop": drop,
+        "max_auc_drop": gate,
+        "passed": gate is None or abs(drop) <= gate,
+    }
+    if not entry["passed"]:
+        raise FbError(f"{what}: AUC {got['auc']:.4f} vs the checkpoint's {reference['auc']:.4f} (|drop| "
+                      f"{abs(drop):.4f} > export.max_auc_drop {gate}); export refused")
+    return entry
+
+
+# ---------------------------------------------------------------------------------------------------------- steps
+
+
+def _onnx_step(ctx: _Ctx) -> None:
+    """model.onnx (portable) + model.ort.onnx (fused), both parity-gated and, with --data, AUC-gated."""
+    from fbcompress.export.onnx_export import (
+        export_onnx,
+        measure_parity,
+        metadata_for,
+        optimize_for_ort,
+        parity_grid,
+    )
+    from fbcompress.export.ort_scorer import OrtScorer
+
+    w, opts, export = ctx.w, ctx.opts, ctx.opts.export
+    opset = opts.opset or export.opset
+    ctx.say(f"exporting ONNX (opset {opset}, {opts.exporter} exporter) ...")
+    onnx_path = w.path(ONNX_FILE, B.ROLE_ONNX)
+    info = export_onnx(ctx.model, onnx_path, opset, opts.exporter, metadata_for(ctx.spec, w.source))
+    ctx.say("ONNX Runtime transformer fusions ...")
+    config = ctx.model.config
+    ort_path = w.path(ORT_FILE, B.ROLE_ONNX_ORT)
+    fusions = optimize_for_ort(onnx_path, ort_path, int(config.num_attention_heads), int(config.hidden_size))
+    grid = parity_grid(ctx.max_positions)
+    tolerance = float(export.parity_tolerance)
+    tokenizer_dir = w.dir / B.TOKENIZER_DIR
+    common = {"format": "onnx", "precision": "fp32", "opset": info["opset"], "exporter": info["exporter"],
+              "source_weights_sha256": w.source["weights_sha256"], "io": info["io"]}
+    for rel, role, extra in (
+        (ONNX_FILE, B.ROLE_ONNX, {"runtime": "any ONNX runtime (standard ops only)", "export": info}),
+        (ORT_FILE, B.ROLE_ONNX_ORT, {"runtime": "ONNX Runtime (com.microsoft fused ops)", "derived_from": ONNX_FILE,
+                                     "fusions": fusions}),
+    ):
+        scorer = OrtScorer(w.dir / rel, ctx.spec, tokenizer_dir, rel, "cpu")
+        ctx.say(f"parity of {rel} vs PyTorch at (batch, text) {grid} ...")
+        parity = measure_parity(ctx.model, scorer.logits, ctx.spec, ctx.vocab_size, grid)
+        parity.update({"tolerance": tolerance, "runtime": f"onnxruntime {_ort_version()} CPUExecutionProvider",
+                       "passed": parity["max_abs_diff"] <= tolerance})
+        if not parity["passed"]:
+            worst = max(parity["cases"], key=lambda c: c["max_abs_diff"])
+            raise FbError(f"{rel}: max |logit diff| vs PyTorch {parity['max_abs_diff']:.3g} > tolerance {tolerance:g} "
+                          f"(worst at batch {worst['batch']}, text {worst['text']}); export refused")
+        entry = {**common, "role": role, **extra, "parity": parity}
+        accuracy = _accuracy_entry(ctx, scorer, float(export.max_auc_drop), rel)
+        if accuracy:
+            entry["accuracy"] = accuracy
+        w.add_model(rel, entry)
+        ctx.summary.setdefault("parity", {})[rel] = parity
+        if accuracy:
+            ctx.summary.setdefault("accuracy", {})[rel] = accuracy
+        ctx.summary["files_written"].append(rel)
+    ctx.summary["fusions"] = fusions["fused_operators"]
+    ctx.summary["fusion_notes"] = fusions["notes"]
+
+
+def _ort_version() -> str:
+    import onnxruntime
+
+    return onnxruntime.__version__
+
+
+def _onnx_reusable(ctx: _Ctx) -> bool:
+    """Keep an existing model.onnx when it is intact, from this checkpoint, and of the opset asked for."""
+    w = ctx.w
+    entry = w.manifest.get("models", {}).get(ONNX_FILE)
+    if not entry or not w.has_verified(ONNX_FILE) or not w.has_verified(ORT_FILE):
+        return False
+    if entry.get("source_weights_sha256") != w.source["weights_sha256"]:
+        return False
+    return not (ctx.opts.opset and int(entry.get("opset", 0)) != ctx.opts.opset)
+
+
+def _ensure_onnx(ctx: _Ctx) -> None:
+    if _onnx_reusable(ctx):
+        ctx.say(f"reusing the bundle's verified {ONNX_FILE}")
+        return
+    _onnx_step(ctx)
+
+
+def _fp16_source(ctx: _Ctx) -> None:
+    from fbcompress.export.onnx_export import convert_fp16, measure_parity, parity_grid
+    from fbcompress.export.ort_scorer import OrtScorer
+
+    w = ctx.w
+    ctx.say("converting to a mixed FP16 graph (LayerNorm, Softmax, logits in FP32) ...")
+    info = convert_fp16(w.dir / ONNX_FILE, w.path(FP16_FILE, B.ROLE_ONNX_FP16))
+    entry: dict[str, Any] = {"role": B.ROLE_ONNX_FP16, "format": "onnx", "precision": "fp16",
+                             "derived_from": ONNX_FILE, "conversion": info,
+                             "source_weights_sha256": w.source["weights_sha256"]}
+    try:
+        scorer = OrtScorer(w.dir / FP16_FILE, ctx.spec, w.dir / B.TOKENIZER_DIR, FP16_FILE, "cpu")
+        parity = measure_parity(ctx.model, scorer.logits, ctx.spec, ctx.vocab_size, parity_grid(ctx.max_positions))
+        entry["parity"] = {**parity, "runtime": f"onnxruntime {_ort_version()} CPU", "gated": False}
+    except FbError as exc:  # some ORT builds lack FP16 CPU kernels; TensorRT is the consumer anyway
+        entry["parity"] = {"skipped": str(exc)}
+    w.add_model(FP16_FILE, entry)
+    ctx.summary["files_written"].append(FP16_FILE)
+
+
+def _tensorrt_step(ctx: _Ctx, precisions: list[str], gpu: dict[str, Any]) -> None:
+    from fbcompress.export.onnx_export import measure_parity, parity_grid
+    from fbcompress.export.tensorrt_build import build_engine
+    from fbcompress.export.trt_runner import TrtScorer
+
+    w, opts = ctx.w, ctx.opts
+    # The timing cache: --timing-cache PATH if given, else the bundle's own from an earlier build. It is written
+    # as a fresh file (carried-over files are hard links into the live bundle: never write through them).
+    carried = w.dir / TIMING_CACHE
+    previous = carried.read_bytes() if carried.is_file() else b""
+    if opts.timing_cache and opts.timing_cache.is_file():
+        previous = opts.timing_cache.read_bytes()
+    cache = w.path(TIMING_CACHE, B.ROLE_TIMING_CACHE)
+    if previous:
+        cache.write_bytes(previous)
+    for precision in precisions:
+        if precision == "fp16":
+            _fp16_source(ctx)
+        source = engine_source(precision)
+        plan_rel = engine_file(precision)
+        log_rel = f"model.{precision}.build.log"
+        ctx.say(f"building the TensorRT {precision} engine from {source} ({len(ctx.profiles)} profiles) ...")
+        info = build_engine(w.dir / source, w.path(plan_rel, B.ROLE_ENGINE), ctx.profiles, ctx.spec, cache,
+                            w.path(log_rel, B.ROLE_BUILD_LOG), int(opts.export.workspace_mib))
+        entry: dict[str, Any] = {"role": B.ROLE_ENGINE, "format": "tensorrt-plan", "precision": precision,
+                                 "derived_from": source, "tensorrt": info,
+                                 "source_weights_sha256": w.source["weights_sha256"]}
+        scorer = TrtScorer(w.dir / plan_rel, ctx.spec, w.dir / B.TOKENIZER_DIR, plan_rel, info, opts.device
+                           if opts.device.startswith("cuda") else "cuda", precision)
+        grid = [(b, t) for b, t in parity_grid(ctx.max_positions) if any(p.fits(b, t) for p in ctx.profiles)]
+        parity = measure_parity(ctx.model, scorer.logits, ctx.spec, ctx.vocab_size, grid)
+        entry["parity"] = {**parity, "tolerance": ENGINE_TOLERANCE[precision], "gated": False,
+                           "runtime": f"TensorRT {info['version']} on {gpu['gpu']}"}
+        accuracy = _accuracy_entry(ctx, scorer, None, plan_rel)
+        if accuracy:
+            entry["accuracy"] = accuracy
+        w.add_model(plan_rel, entry)
+        ctx.summary.setdefault("parity", {})[plan_rel] = entry["parity"]
+        ctx.summary["files_written"] += [plan_rel, log_rel, TIMING_CACHE]
+    if opts.timing_cache:
+        from fbcompress.artifacts import atomic_write_bytes
+
+        atomic_write_bytes(opts.timing_cache, cache.read_bytes())
+
+
+def _triton_step(ctx: _Ctx) -> None:
+    from fbcompress.export.onnx_export import graph_io
+    from fbcompress.export.triton import (
+        MODEL_FILES,
+        PLATFORM_ONNX,
+        PLATFORM_PLAN,
+        check_config_matches,
+        make_config,
+        read_config,
+    )
+
+    w, opts = ctx.w, ctx.opts
+    plan = None
+    if opts.precision:
+        if (w.dir / engine_file(opts.precision)).is_file():
+            plan = engine_file(opts.precision)
+        elif opts.precision != "fp32":
+            raise FbError(f"bundle has no {engine_file(opts.precision)}: build it first with --target tensorrt "
+                          f"--precision {opts.precision}, or omit --precision for the ONNX Runtime model")
+    else:
+        plan = next((engine_file(p) for p in ("fp16", "int8", "fp32") if (w.dir / engine_file(p)).is_file()), None)
+    if plan and opts.triton_kind != "gpu":
+        raise FbError("a TensorRT engine runs on a GPU: --triton-kind cpu only works with the ONNX model")
+    platform = PLATFORM_PLAN if plan else PLATFORM_ONNX
+    source = plan or (ORT_FILE if (w.dir / ORT_FILE).is_file() else ONNX_FILE)
+    root = w.replace_tree("triton", B.ROLE_TRITON)
+    model_dir = root / opts.triton_name
+    (model_dir / "1").mkdir(parents=True)
+    target = model_dir / "1" / MODEL_FILES[platform]
+    B.link_or_copy(w.dir / source, target)
+    io = graph_io(w.dir / ONNX_FILE)
+    max_batch = max(p.batch[2] for p in ctx.profiles)
+    text = make_config(
+        opts.triton_name, platform, io["inputs"], io["outputs"], max_batch,
+        preferred_batch_sizes=[p.batch[1] for p in ctx.profiles],
+        max_queue_delay_us=int(opts.export.triton_max_queue_delay_us),
+        kind="KIND_GPU" if opts.triton_kind == "gpu" else "KIND_CPU",
+        profiles=list(range(len(ctx.profiles))) if plan else (),
+    )
+    (model_dir / "config.pbtxt").write_text(text)
+    check_config_matches(read_config(text), io)  # round trip: what we wrote parses back to the graph's I/O
+    rel = target.relative_to(w.dir).as_posix()
+    source_entry = w.manifest["models"].get(source, {})
+    w.add_model(rel, {"role": B.ROLE_TRITON, "format": "tensorrt-plan" if plan else "onnx",
+                      "precision": source_entry.get("precision", "fp32"), "copy_of": source,
+                      **({"tensorrt": source_entry["tensorrt"]} if plan and "tensorrt" in source_entry else {})})
+    w.manifest["triton"] = {
+        "repository": "triton",
+        "model_name": opts.triton_name,
+        "platform": platform,
+        "model_file": rel,
+        "copy_of": source,
+        "max_batch_size": max_batch,
+        "instance_kind": "KIND_GPU" if opts.triton_kind == "gpu" else "KIND_CPU",
+        "config": f"triton/{opts.triton_name}/config.pbtxt",
+    }
+    ctx.summary["triton"] = w.manifest["triton"]
+    ctx.summary["files_written"] += [rel, f"triton/{opts.triton_name}/config.pbtxt"]
+
+
+# ------------------------------------------------------------------------------------------------------------ main
+
+
+def _precheck(opts: ExportOptions) -> tuple[list[str], dict[str, Any] | None]:
+    """Everything that can fail before any write: target, precision, TensorRT + GPU, the INT8 source."""
+    if opts.target not in TARGETS:
+        raise FbError(f"--target {opts.target} is not one of {', '.join(TARGETS)}")
+    if opts.precision and opts.precision not in PRECISIONS:
+        raise FbError(f"--precision {opts.precision} is not one of {', '.join(PRECISIONS)}")
+    if opts.precision and opts.target == "onnx":
+        raise FbError("--precision applies to --target tensorrt (and triton); the ONNX export is fp32")
+    precisions: list[str] = []
+    gpu = None
+    if opts.target == "tensorrt":
+        precisions = [opts.precision] if opts.precision else list(dict.fromkeys(opts.export.precisions))
+        if "int8" in precisions:
+            existing = B.Bundle.open(opts.out) if (opts.out / B.MANIFEST).is_file() else None
+            if existing is None or INT8_QDQ_FILE not in existing.files:
+                raise FbError(f"an int8 engine needs {INT8_QDQ_FILE} (symmetric QDQ) in {opts.out}: run "
+                              "`fbcompress quantize` into this bundle first, or ask for --precision fp16")
+            existing.verify(INT8_QDQ_FILE)
+        from fbcompress.export.tensorrt_build import require_tensorrt
+
+        _, gpu = require_tensorrt()
+    if opts.triton_kind not in ("gpu", "cpu"):
+        raise FbError(f"--triton-kind {opts.triton_kind} is not gpu or cpu")
+    return precisions, gpu
+
+
+def run_export(opts: ExportOptions) -> dict[str, Any]:
+    """Run one export target into the bundle `opts.out`; returns the summary (also what --json writes)."""
+    from fbcompress.checkpoint import load_model
+    from fbcompress.export.readme import render_readme
+
+    precisions, gpu = _precheck(opts)
+    model, ckpt = load_model(opts.model_dir, "cpu")
+    profiles = resolve_profiles(opts.export.profiles, int(model.config.max_position_embeddings))
+    tokenizer_files = _tokenizer_files(ckpt.directory)
+    ctx = _Ctx(opts, model, ckpt, profiles)
+    if opts.data_dir is not None:
+        from fbcompress.backbone import load_tokenizer
+        from fbcompress.data.dataset_dir import DatasetDir
+        from fbcompress.data.loader import SplitData
+
+        dataset = DatasetDir.open(opts.data_dir)
+        ctx.eval_data = (dataset, SplitData(dataset, opts.split, load_tokenizer(ckpt.directory), ctx.spec))
+
+    with B.update_bundle(opts.out, _source(ckpt), replace=opts.force) as writer:
+        ctx.writer = writer
+        for path in tokenizer_files:
+            shutil.copyfile(path, writer.path(f"{B.TOKENIZER_DIR}/{path.name}", B.ROLE_TOKENIZER))
+        if opts.target == "onnx":
+            _onnx_step(ctx)
+        else:
+            _ensure_onnx(ctx)
+        if opts.target == "tensorrt":
+            assert gpu is not None
+            _tensorrt_step(ctx, precisions, gpu)
+        if opts.target == "triton":
+            _triton_step(ctx)
+        manifest = writer.manifest
+        manifest.update({
+            "name": opts.out.name,
+            "primary_model": ONNX_FILE,
+            "patch_spec": ctx.spec.to_dict(),
+            "inputs": input_specs(ctx.spec),
+            "outputs": output_specs(),
+            "dynamic_axes": {
+                "batch": "any size >= 1 in ONNX; within a profile's [min, max] for TensorRT engines",
+                "text": f"1..{ctx.max_positions} tokens in ONNX (the tokenizer emits at most "
+                        f"{ctx.spec.max_text_len}); within a profile's [min, max] for TensorRT engines",
+            },
+            "max_text_len": ctx.spec.max_text_len,
+            "max_text_positions": ctx.max_positions,
+            "shape_profiles": [p.to_dict() for p in profiles],
+            "preprocessing": B.preprocessing(ctx.spec),
+            "tokenizer": _tokenizer_info(ckpt.directory, tokenizer_files),
+            "recipe": {"source": opts.recipe_source, "export": opts.export.model_dump(mode="json")},
+        })
+        manifest["history"] = [*manifest.get("history", []), {
+            "at": B.now_iso(), "command": f"fbcompress export --target {opts.target}",
+            "precision": opts.precision, "written": sorted(set(ctx.summary["files_written"])),
+        }][-50:]
+        writer.finalize(render_readme)
+    ctx.summary.update({"bundle": str(opts.out), "target": opts.target, "source": _source(ckpt),
+                        "files_written": sorted(set(ctx.summary["files_written"]))})
+    if ctx.reference:
+        ctx.summary["checkpoint_accuracy"] = ctx.reference
+    return ctx.summary

@@ -1,0 +1,233 @@
+"""The bundle's README.md for the serving team, rendered from the manifest (so it never disagrees with it)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fbcompress.export.bundle import (
+    ROLE_ENGINE,
+    ROLE_ONNX,
+    ROLE_ONNX_FP16,
+    ROLE_ONNX_INT8_QDQ,
+    ROLE_ONNX_ORT,
+    TOKENIZER_DIR,
+    spec_from_manifest,
+)
+from fbcompress.export.shapes import Profile, format_command, trtexec_command
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 1e-3 else f"{value:.4f}"
+    return str(value)
+
+
+def _model_rows(manifest: dict) -> list[str]:
+    rows = ["| file | role | precision | parity (max abs logit diff) | AUC at export |", "|---|---|---|---|---|"]
+    for rel, entry in manifest.get("models", {}).items():
+        parity = entry.get("parity", {})
+        acc = entry.get("accuracy", {})
+        rows.append(
+            f"| `{rel}` | {entry.get('role', '?')} | {entry.get('precision', '?')} | "
+            f"{_fmt(parity['max_abs_diff']) if 'max_abs_diff' in parity else '-'} | "
+            f"{_fmt(acc['auc']) if 'auc' in acc else '-'} |"
+        )
+    return rows
+
+
+def _io_rows(manifest: dict) -> list[str]:
+    rows = ["| tensor | dtype | shape | meaning |", "|---|---|---|---|"]
+    for kind in ("inputs", "outputs"):
+        for item in manifest.get(kind, []):
+            shape = "[" + ", ".join(str(d) for d in item["shape"]) + "]"
+            meaning = item.get("description", "")
+            rows.append(f"| `{item['name']}` ({kind[:-1]}) | {item['dtype']} | {shape} | {meaning} |")
+    return rows
+
+
+def _preprocessing_snippet(manifest: dict) -> str:
+    spec = spec_from_manifest(manifest)
+    name = manifest.get("name", "NAME")
+    head = f'''```python
+import numpy as np
+from PIL import Image
+from transformers import BertTokenizerFast
+
+BUNDLE = "exported/{name}"
+tokenizer = BertTokenizerFast.from_pretrained(f"{{BUNDLE}}/{TOKENIZER_DIR}")
+
+
+def text_inputs(texts: list[str]) -> dict[str, np.ndarray]:
+    """[CLS] text [SEP], truncated to {spec.max_text_len} wordpieces, right-padded to the batch's longest text."""
+    enc = tokenizer(texts, truncation=True, max_length={spec.max_text_len}, padding="longest", return_tensors="np")
+    ids = enc["input_ids"].astype(np.int64)
+    return {{"input_ids": ids, "attention_mask": enc["attention_mask"].astype(np.int64),
+            "token_type_ids": np.zeros_like(ids)}}
+'''
+    if spec.patch_encoder == "pixels":
+        p = spec.image_size // spec.grid
+        image = f'''
+
+def image_patches(path: str) -> np.ndarray:
+    """RGB {spec.image_size}px square image -> float32 [{spec.num_patches}, {spec.patch_dim}] in [-1, 1]."""
+    img = np.asarray(Image.open(path).convert("RGB"), dtype=np.float32)
+    assert img.shape == ({spec.image_size}, {spec.image_size}, 3), "resize/crop to {spec.image_size}px beforehand"
+    x = (img / 255.0 - 0.5) / 0.5
+    x = x.reshape({spec.grid}, {p}, {spec.grid}, {p}, 3).transpose(0, 2, 1, 3, 4)  # grid row, grid col, py, px, c
+    return x.reshape({spec.num_patches}, {spec.patch_dim})
+'''
+    else:
+        image = f'''
+
+def image_patches(path: str) -> np.ndarray:
+    """Precomputed patch features, float32 [{spec.num_patches}, {spec.patch_dim}] (as used in training)."""
+    return np.load(path).astype(np.float32)
+'''
+    tail = '''
+
+def match_score(logits: np.ndarray) -> np.ndarray:
+    z = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return z[:, 1] / z.sum(axis=1)
+
+
+if __name__ == "__main__":
+    texts = ["black leather biker jacket with silver zip"]
+    feed = {**text_inputs(texts), "patches": np.stack([image_patches("jacket.png")])}
+```'''
+    return head + image + tail
+
+
+def _trtexec_section(manifest: dict) -> list[str]:
+    spec = spec_from_manifest(manifest)
+    profiles = [Profile.from_dict(p) for p in manifest.get("shape_profiles", [])]
+    lines = []
+    engines = {rel: e for rel, e in manifest.get("models", {}).items() if e.get("role") == ROLE_ENGINE}
+    for rel, entry in engines.items():
+        info = entry.get("tensorrt", {})
+        lines += [
+            f"`{rel}` was built with TensorRT {info.get('version', '?')} (major {info.get('major', '?')}) for "
+            f"{info.get('gpu', '?')} (compute capability {info.get('compute_capability', '?')}). It only runs "
+            "there; fbcompress refuses it elsewhere. The equivalent trtexec build:",
+            "",
+            "```bash",
+            format_command(info.get("trtexec") or []),
+            "```",
+            "",
+        ]
+    sources = {rel: e for rel, e in manifest.get("models", {}).items()
+               if e.get("role") in (ROLE_ONNX, ROLE_ONNX_FP16, ROLE_ONNX_INT8_QDQ)}
+    built_from = {e.get("tensorrt", {}).get("onnx_source") for e in engines.values()}
+    for rel, entry in sources.items():
+        if rel in built_from or not profiles:
+            continue
+        precision = entry.get("precision", "fp32")
+        cmd = trtexec_command(rel, f"model.{precision}.plan", profiles, spec, "timing.cache",
+                              manifest.get("recipe", {}).get("export", {}).get("workspace_mib"))
+        lines += [f"Build an engine from `{rel}` ({precision}) on the serving GPU:", "", "```bash",
+                  format_command(cmd), "```", ""]
+    return lines
+
+
+def render_readme(manifest: dict) -> str:
+    """Markdown for people: what is in the bundle, how to make inputs, how to run it in ORT, TensorRT, Triton."""
+    spec = spec_from_manifest(manifest)
+    source = manifest.get("source", {})
+    name = manifest.get("name", "NAME")
+    profiles = manifest.get("shape_profiles", [])
+    ort_file = next((rel for rel, e in manifest.get("models", {}).items() if e.get("role") == ROLE_ONNX_ORT),
+                    "model.onnx")
+    out: list[str] = [
+        f"# FashionBERT scoring bundle `{name}`",
+        "",
+        "Scores how well a product text matches a product image: `logits` [B, 2], match score = "
+        "`softmax(logits)[:, 1]`.",
+        f"Exported by fbcompress {manifest.get('fbcompress_version', '?')} on {manifest.get('updated_at', '?')} from "
+        f"the {source.get('kind', '?')} checkpoint `{source.get('checkpoint', '?')}` (weights sha256 "
+        f"`{source.get('weights_sha256', '?')}`).",
+        "",
+        "## Files",
+        "",
+        *_model_rows(manifest),
+        "",
+        "`manifest.json` lists every file with its sha256 and role; fbcompress refuses any file whose hash no longer "
+        "matches. Check by hand with `python -c \"import json,hashlib,sys; m=json.load(open('manifest.json')); "
+        "[print(f, 'OK' if hashlib.sha256(open(f,'rb').read()).hexdigest()==e['sha256'] else 'CHANGED') "
+        "for f,e in m['files'].items()]\"` inside the bundle.",
+        "",
+        "`model.onnx` is the portable FP32 graph (standard ONNX ops: ONNX Runtime, TensorRT, quantization all start "
+        f"here). `{ort_file}` is the same model with ONNX Runtime's transformer fusions (runs in ONNX Runtime only).",
+        "",
+        "## Inputs and outputs",
+        "",
+        *_io_rows(manifest),
+        "",
+        f"`batch` and `text` are dynamic: any batch size, text length 1..{manifest.get('max_text_positions', '?')} "
+        f"(the tokenizer emits at most {spec.max_text_len}). Pad each batch only to its own longest text: padding is "
+        "masked, so a text scores the same padded or not.",
+        "",
+        "## Making inputs from an image and a text",
+        "",
+    ]
+    if spec.patch_encoder == "pixels":
+        p = spec.image_size // spec.grid
+        out += [
+            f"* Image: RGB, exactly {spec.image_size}x{spec.image_size} px (no resize is done for you), pixels "
+            f"/ 255 then (x - 0.5) / 0.5, cut into a {spec.grid}x{spec.grid} grid of {p}x{p} patches in row-major "
+            f"order, each patch flattened (row, column, channel) into {spec.patch_dim} values.",
+        ]
+    else:
+        out += [f"* Image: {spec.num_patches} precomputed patch features of {spec.patch_dim} floats each."]
+    out += [
+        f"* Text: BERT WordPiece tokenizer in `{TOKENIZER_DIR}/`, `[CLS] text [SEP]`, at most {spec.max_text_len} "
+        "wordpieces, right-padded with id 0; `token_type_ids` all 0.",
+        "",
+        _preprocessing_snippet(manifest),
+        "",
+        "## ONNX Runtime",
+        "",
+        "```python",
+        "import onnxruntime as ort",
+        "",
+        f'session = ort.InferenceSession(f"{{BUNDLE}}/{ort_file}",',
+        '                               providers=["CUDAExecutionProvider", "CPUExecutionProvider"])',
+        'logits = session.run(["logits"], feed)[0]',
+        "print(match_score(logits))",
+        "```",
+        "",
+        f"With fbcompress: `fbcompress eval --model exported/{name}/model.onnx --data DATA [--device cpu|cuda]`.",
+        "",
+        "## TensorRT",
+        "",
+        "Engines are strongly typed: precision comes from the ONNX file (`model.fp16.onnx` keeps LayerNorm, Softmax "
+        "and the logits layer in FP32; `model.int8.trt.onnx` carries Q/DQ nodes). Shape profiles (min/opt/max):",
+        "",
+        "| profile | batch | text |",
+        "|---|---|---|",
+        *[f"| {p['name']} | {' / '.join(map(str, p['batch']))} | {' / '.join(map(str, p['text']))} |"
+          for p in profiles],
+        "",
+        *_trtexec_section(manifest),
+        "Run engines with `fbcompress eval --model exported/NAME/model.fp16.plan --device cuda` or any TensorRT "
+        "runtime: set the optimisation profile that fits the batch, `set_input_shape` per call, then execute.",
+        "",
+        "## Triton Inference Server",
+        "",
+    ]
+    triton = manifest.get("triton")
+    if triton:
+        out += [
+            f"`triton/` is a model repository holding model `{triton['model_name']}` ({triton['platform']}, "
+            f"max_batch_size {triton['max_batch_size']}, dynamic batching). Serve it with the tritonserver container:",
+            "",
+            "```bash",
+            f"docker run --gpus all --rm -p 8000:8000 -p 8001:8001 -v $PWD/exported/{name}/triton:/models \\",
+            "    tritonserver:<release>-py3 tritonserver --model-repository=/models",
+            "```",
+            "",
+            "Triton owns the batch axis (`dims` omit it; text is -1). Its dynamic batcher merges only requests with "
+            "the same text length, so pad texts client-side to a few fixed lengths (e.g. 16/32/64) to batch well.",
+        ]
+    else:
+        out += [f"Not generated yet: `fbcompress export --model CKPT --target triton --out exported/{name}`."]
+    out.append("")
+    return "\n".join(out)

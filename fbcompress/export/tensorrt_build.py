@@ -1,0 +1,159 @@
+"""Build TensorRT engines from the bundle's ONNX with the TensorRT Python API (10.x and 11.x).
+
+* Strongly typed network: precision comes from the ONNX itself (FP16 graph from `convert_fp16`, INT8 from the QDQ
+  graph `fbcompress quantize` writes), never from builder flags. TensorRT 11 removed the weak-typing flags
+  (`BuilderFlag.FP16/INT8`) and makes every network strongly typed (the creation flag is accepted and ignored), so
+  the same code builds on 10.x (where the flag is required) and 11.x.
+* One optimisation profile per recipe entry (min/opt/max of batch and text length; patches follow the batch).
+* A timing cache file is loaded when present and saved after the build, so rebuilding (another precision, another
+  bundle on the same GPU) skips kernel timing.
+* The builder's log is saved next to the engine; TensorRT version, its major version (10 vs 11), the GPU and its
+  compute capability go into the manifest, because an engine only runs on what built it.
+
+`tensorrt` is imported lazily: this module imports (and its pure helpers are tested) without it.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from fbcompress.errors import FbError
+from fbcompress.export.shapes import Profile, trtexec_command
+from fbcompress.model import PatchSpec
+
+TENSORRT_MISSING = ("TensorRT is not installed (pip install tensorrt on a machine with an NVIDIA GPU and driver): "
+                    "cannot build or run TensorRT engines here")
+
+
+def import_tensorrt():
+    """The `tensorrt` module, or an FbError naming what is missing."""
+    try:
+        import tensorrt  # noqa: PLC0415 - optional, GPU-only dependency
+    except ImportError:
+        raise FbError(TENSORRT_MISSING) from None
+    except OSError as exc:  # the wheel is there but libnvinfer or the CUDA libraries are not loadable
+        raise FbError(f"TensorRT is installed but cannot load its libraries ({exc})") from None
+    return tensorrt
+
+
+def gpu_identity(device_index: int = 0) -> dict[str, Any]:
+    """Name and compute capability of the GPU (via torch, which the project already needs)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        raise FbError("no CUDA GPU is visible (torch.cuda.is_available() is False): TensorRT engines are built for, "
+                      "and on, the GPU that will run them")
+    major, minor = torch.cuda.get_device_capability(device_index)
+    return {
+        "gpu": torch.cuda.get_device_name(device_index),
+        "compute_capability": f"{major}.{minor}",
+        "cuda_runtime": torch.version.cuda,
+    }
+
+
+def require_tensorrt(device_index: int = 0) -> tuple[Any, dict[str, Any]]:
+    """Check TensorRT and a GPU before anything is written, so a failed export leaves no trace."""
+    trt = import_tensorrt()
+    return trt, gpu_identity(device_index)
+
+
+def tensorrt_major(version: str) -> int:
+    try:
+        return int(str(version).split(".", 1)[0])
+    except ValueError:
+        raise FbError(f"unrecognised TensorRT version string '{version}'") from None
+
+
+def engine_compatibility_problem(recorded: dict[str, Any], trt_version: str, compute_capability: str) -> str | None:
+    """Why an engine cannot run here (TensorRT version or GPU compute capability differ), or None."""
+    built_version = str(recorded.get("version", "?"))
+    built_cc = str(recorded.get("compute_capability", "?"))
+    if built_version != trt_version:
+        return (f"it was built with TensorRT {built_version}, this machine has TensorRT {trt_version}: "
+                "engines are not portable across TensorRT versions; rebuild it here "
+                "(fbcompress export --target tensorrt)")
+    if built_cc != compute_capability:
+        return (f"it was built for GPU compute capability {built_cc} ({recorded.get('gpu', '?')}), this GPU is "
+                f"{compute_capability}: rebuild it on the GPU that will run it")
+    return None
+
+
+def _make_logger(trt, lines: list[str]):
+    severities = {}
+    for name in ("INTERNAL_ERROR", "ERROR", "WARNING", "INFO", "VERBOSE"):
+        if hasattr(trt.ILogger.Severity, name):
+            severities[getattr(trt.ILogger.Severity, name)] = name
+
+    class CapturingLogger(trt.ILogger):
+        """Keeps every builder message for the saved build log (INFO and up)."""
+
+        def __init__(self):
+            trt.ILogger.__init__(self)
+            self.min_severity = trt.ILogger.Severity.INFO
+
+        def log(self, severity, msg):  # noqa: D401 - TensorRT callback
+            lines.append(f"[{severities.get(severity, str(severity))}] {msg}")
+
+    return CapturingLogger()
+
+
+def build_engine(
+    onnx_path: Path,
+    plan_path: Path,
+    profiles: list[Profile],
+    spec: PatchSpec,
+    timing_cache: Path,
+    log_path: Path,
+    workspace_mib: int = 4096,
+    device_index: int = 0,
+) -> dict[str, Any]:
+    """Parse `onnx_path` into a strongly typed network, add the profiles, build and save `plan_path`."""
+    trt, gpu = require_tensorrt(device_index)
+    lines: list[str] = []
+    logger = _make_logger(trt, lines)
+    start = time.perf_counter()
+    try:
+        builder = trt.Builder(logger)
+        strongly_typed = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+        flags = 1 << int(strongly_typed) if strongly_typed is not None else 0
+        network = builder.create_network(flags)
+        parser = trt.OnnxParser(network, logger)
+        if not parser.parse_from_file(str(onnx_path)):
+            errors = [str(parser.get_error(i).desc()) for i in range(parser.num_errors)]
+            raise FbError(f"TensorRT cannot parse {onnx_path.name}: {'; '.join(errors) or 'unknown error'}")
+        config = builder.create_builder_config()
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mib) << 20)
+        cache_bytes = timing_cache.read_bytes() if timing_cache.is_file() else b""
+        cache = config.create_timing_cache(cache_bytes)
+        config.set_timing_cache(cache, False)
+        input_names = [network.get_input(i).name for i in range(network.num_inputs)]
+        for profile in profiles:
+            trt_profile = builder.create_optimization_profile()
+            for name, (low, opt, high) in profile.tensor_shapes(spec).items():
+                if name in input_names:
+                    trt_profile.set_shape(name, low, opt, high)
+            config.add_optimization_profile(trt_profile)
+        serialized = builder.build_serialized_network(network, config)
+        if serialized is None:
+            tail = " | ".join(line for line in lines[-5:] if "ERROR" in line) or "see the build log"
+            raise FbError(f"TensorRT failed to build an engine from {onnx_path.name}: {tail}")
+        plan_path.write_bytes(bytes(serialized))
+        timing_cache.write_bytes(bytes(config.get_timing_cache().serialize()))
+    finally:
+        log_path.write_text("\n".join(lines) + "\n")
+    version = str(trt.__version__)
+    return {
+        "version": version,
+        "major": tensorrt_major(version),
+        **gpu,
+        "strongly_typed": True,
+        "profiles": [p.to_dict() for p in profiles],
+        "workspace_mib": workspace_mib,
+        "build_seconds": round(time.perf_counter() - start, 2),
+        "onnx_source": onnx_path.name,
+        "timing_cache": timing_cache.name,
+        "build_log": log_path.name,
+        "trtexec": trtexec_command(onnx_path.name, plan_path.name, profiles, spec, timing_cache.name, workspace_mib),
+    }
