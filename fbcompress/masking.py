@@ -10,6 +10,15 @@ from __future__ import annotations
 import torch
 
 
+def group_repeated_words(token_strings: list[str], spans: list[list[int]]) -> list[list[int]]:
+    """Merge the spans of a word that occurs several times into one unit (all occurrences masked together)."""
+    groups: dict[tuple[str, ...], list[int]] = {}
+    for span in spans:
+        key = tuple(token_strings[p] for p in span)
+        groups.setdefault(key, []).extend(span)
+    return list(groups.values())
+
+
 def word_spans(token_strings: list[str]) -> list[list[int]]:
     """Group positions into words: a `##` piece joins the previous word. Special tokens are never included."""
     spans: list[list[int]] = []
@@ -30,13 +39,21 @@ def whole_word_mask(
     mask_token_id: int,
     vocab_size: int,
     generator: torch.Generator,
+    all_occurrences: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Return (masked input_ids, labels) where labels are -100 except at masked positions."""
+    """Return (masked input_ids, labels) where labels are -100 except at masked positions.
+
+    With `all_occurrences`, a picked word is masked wherever it occurs in the text. Catalogue texts repeat their
+    attributes (title and description both say "green"), so masking one occurrence lets the model copy it from
+    the other and never look at the image; masking all of them makes the image the only evidence.
+    """
     masked = input_ids.clone()
     labels = torch.full_like(input_ids, -100)
     for row, tokens in enumerate(token_strings):
         spans = word_spans(tokens)
         n_tokens = sum(len(s) for s in spans)
+        if all_occurrences:
+            spans = group_repeated_words(tokens, spans)
         if not spans or probability <= 0:
             continue
         budget = max(1, round(n_tokens * probability))

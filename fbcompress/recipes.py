@@ -97,7 +97,12 @@ class TrainSection(_Strict):
     loss_weighting: Literal["adaptive", "fixed"] = "adaptive"
     fixed_weights: TaskWeights = TaskWeights()
     mismatch_ratio: float = Field(0.5, ge=0, lt=1, description="share of mismatched pairs in a batch")
+    hard_negative_share: float = Field(
+        1.0, ge=0, le=1, description="share of mismatched texts from the same subcategory (the paper: 1.0); "
+        "the rest come from any other product"
+    )
     mlm_probability: float = Field(0.15, ge=0, lt=1)
+    mlm_all_occurrences: bool = Field(False, description="mask every occurrence of a picked word together")
     mpm_probability: float = Field(0.1, ge=0, lt=1)
     amp: bool = Field(True, description="mixed precision on CUDA (ignored on CPU)")
     num_threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice)")

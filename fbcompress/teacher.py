@@ -88,10 +88,13 @@ class PairBatch:
 
 
 class MismatchSampler:
-    """Draws a same-subcategory other product's text (else any other product's) for a mismatched pair."""
+    """Draws the text of a mismatched pair: another product of the same subcategory (the paper's rule) with
+    probability `hard_share`, else any other product. Easy negatives early on give the alignment head a coarse
+    signal (garment type) to start from on a short CPU budget; hard ones teach colours, patterns and details."""
 
-    def __init__(self, data: SplitData):
+    def __init__(self, data: SplitData, hard_share: float = 1.0):
         self.data = data
+        self.hard_share = hard_share
         self.by_sub: dict[str, list[int]] = defaultdict(list)
         for i, record in enumerate(data.records):
             self.by_sub[str(record["subcategory"])].append(i)
@@ -101,6 +104,8 @@ class MismatchSampler:
     def draw(self, row: int, rng: random.Random) -> int:
         product = self.data.products[row]
         pool = self.by_sub[str(self.data.records[row]["subcategory"])]
+        if self.hard_share < 1.0 and rng.random() >= self.hard_share:
+            pool = range(len(self.data))
         for _ in range(8):
             other = rng.choice(pool)
             if self.data.products[other] != product:
@@ -144,6 +149,7 @@ def pretraining_losses(
         int(tokenizer.mask_token_id),
         len(tokenizer),
         generator,
+        all_occurrences=train.mlm_all_occurrences,
     )
     patches, patch_mask = mask_patches(inputs["patches"], train.mpm_probability, generator)
     ids, labels_mlm = ids.to(device), labels_mlm.to(device)
@@ -179,7 +185,7 @@ class TeacherObjective(torch.nn.Module):
         self.tokenizer = tokenizer
         self.recipe = recipe
         self.order = LengthBucketedBatches.for_split(data, recipe.train)
-        self.sampler = MismatchSampler(data)
+        self.sampler = MismatchSampler(data, recipe.train.hard_negative_share)
 
     def forward(self, global_index: int) -> dict[str, torch.Tensor]:
         from fbcompress.train import seeded_streams

@@ -12,6 +12,16 @@ Why it looks the way it does:
   with a new export unless `--force` replaces it whole.
 * Loading any bundle file (`verify_bundle_file`) checks its hash against the manifest and refuses a tampered or
   corrupted file with one line, so a serving team never silently runs something other than what was measured.
+
+How another stage adds a file (e.g. `fbcompress quantize`)::
+
+    with update_bundle(out, source={"weights_sha256": ..., ...}) as writer:
+        if "patch_spec" not in writer.manifest:       # first stage to touch this bundle
+            pipeline.describe_bundle(writer, ckpt_dir, spec, max_positions, profiles, settings, "recipe R")
+        path = writer.path("model.int8.onnx", ROLE_ONNX_INT8)   # a fresh file, never a carried-over link
+        ...write path...
+        writer.add_model("model.int8.onnx", {"role": ROLE_ONNX_INT8, "format": "onnx", "precision": "int8", ...})
+        writer.finalize(readme.render_readme)
 """
 
 from __future__ import annotations
@@ -41,6 +51,7 @@ LOCK_SUFFIX = ".lock"
 ROLE_ONNX = "onnx"  # portable fp32 graph, standard ONNX ops only: ORT, TensorRT, quantization all start here
 ROLE_ONNX_ORT = "onnx-ort-optimized"  # ORT transformer fusions (com.microsoft ops): what ONNX Runtime serves
 ROLE_ONNX_FP16 = "onnx-fp16"  # mixed precision graph, the TensorRT fp16 engine's source
+ROLE_ONNX_INT8 = "onnx-int8"  # ORT-quantized graph from `fbcompress quantize` (CPU / ONNX Runtime)
 ROLE_ONNX_INT8_QDQ = "onnx-int8-qdq"  # QDQ graph from `fbcompress quantize`, the TensorRT int8 engine's source
 ROLE_ENGINE = "tensorrt-engine"
 ROLE_TIMING_CACHE = "tensorrt-timing-cache"
@@ -193,12 +204,15 @@ def find_bundle(path: str | Path, max_up: int = 4) -> tuple[Bundle, str] | None:
     directory = path.parent
     for _ in range(max_up + 1):
         if (directory / MANIFEST).is_file():
-            bundle = Bundle.open(directory)
+            try:
+                bundle = Bundle.open(directory)
+            except FbError:
+                if directory == path.parent:
+                    raise
+                bundle = None  # some other project's manifest.json further up: not ours, keep looking
             rel = path.relative_to(directory).as_posix()
-            if rel in bundle.files:
-                return bundle, rel
-            if directory == path.parent:
-                return bundle, rel  # the manifest beside the file does not list it: verify() says so
+            if bundle is not None and (rel in bundle.files or directory == path.parent):
+                return bundle, rel  # a manifest beside the file that does not list it: verify() says so
         if directory.parent == directory:
             break
         directory = directory.parent
@@ -326,6 +340,8 @@ class BundleWriter:
         for prefix, role in self._roles.items():
             if prefix.endswith("/") and rel.startswith(prefix):
                 return role
+        if rel.endswith(".data") and rel[: -len(".data")] in self._roles:  # weights of a >2 GiB ONNX file
+            return f"{self._roles[rel[: -len('.data')]]}-external-data"
         if self.old is not None and rel in self.old.files:
             return str(self.old.files[rel].get("role", ROLE_EXTRA))
         return ROLE_EXTRA

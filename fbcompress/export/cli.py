@@ -68,12 +68,14 @@ def _export_section(recipe: str | None, overrides: tuple[str, ...], model_dir: P
 @click.option("--triton-kind", default="gpu", show_default=True, type=click.Choice(["gpu", "cpu"]),
               help="Triton instance kind")
 @click.option("--device", default="cuda", show_default=True, help="GPU for TensorRT engines (cuda or cuda:N)")
+@click.option("--latency-runs", default=100, show_default=True, type=click.IntRange(min=0),
+              help="timed runs per profile's opt shape recorded in the manifest (0: skip)")
 @click.option("--force", is_flag=True, help="replace a bundle exported from another checkpoint")
 @click.option("--json", "json_path", metavar="PATH", help="also write the results as JSON ('-': stdout)")
 def export_cmd(model_dir: Path, target: str, out: Path, recipe: str | None, overrides: tuple[str, ...],
                opset: int | None, precision: str | None, data_dir: Path | None, split: str, exporter: str,
-               timing_cache: Path | None, triton_name: str, triton_kind: str, device: str, force: bool,
-               json_path: str | None) -> None:
+               timing_cache: Path | None, triton_name: str, triton_kind: str, device: str, latency_runs: int,
+               force: bool, json_path: str | None) -> None:
     """Export a checkpoint into a serving bundle: ONNX, TensorRT engines, Triton repository + manifest + README.
 
     \b
@@ -103,7 +105,7 @@ def export_cmd(model_dir: Path, target: str, out: Path, recipe: str | None, over
         model_dir=model_dir, out=out, target=target, export=section, recipe_source=source, opset=opset,
         precision=precision, exporter=exporter, data_dir=data_dir, split=split, force=force,
         timing_cache=timing_cache, triton_name=triton_name, triton_kind=triton_kind, device=device,
-        progress=sys.stderr.isatty(), log=lambda line: click.echo(line, err=True),
+        latency_runs=latency_runs, progress=sys.stderr.isatty(), log=lambda line: click.echo(line, err=True),
     )
     summary = run_export(opts)
     click.echo(format_summary(summary), err=json_path == "-")

@@ -54,6 +54,7 @@ class ExportOptions:
     triton_kind: str = "gpu"
     device: str = "cpu"
     progress: bool = True
+    latency_runs: int = 100  # timed runs per profile's opt shape (design.md: >= 100 after warm-up); 0: skip
     log: Any = field(default=None, repr=False)  # callable(str) for progress lines
 
 
@@ -165,6 +166,51 @@ def _accuracy_entry(ctx: _Ctx, scorer, gate: float | None, what: str) -> dict[st
     return entry
 
 
+def machine_info() -> dict[str, Any]:
+    """What a latency figure was measured on (design.md: always report the machine beside the number)."""
+    import os
+    import platform
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "onnxruntime": _ort_version()}
+
+
+def _latency(ctx: _Ctx, run: Any, device: str) -> dict[str, Any] | None:
+    """p50/p90/p99 of `run(inputs)` at each profile's opt (batch, text), after 10 warm-up calls."""
+    import time
+
+    import numpy as np
+
+    from fbcompress.export.onnx_export import parity_inputs
+
+    runs = int(ctx.opts.latency_runs)
+    if runs <= 0:
+        return None
+    cases = []
+    for profile in ctx.profiles:
+        batch, text = profile.batch[1], profile.text[1]
+        inputs = parity_inputs(ctx.spec, batch, text, ctx.vocab_size)
+        for _ in range(10):
+            run(inputs)
+        times = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            run(inputs)
+            times.append(time.perf_counter() - start)
+        ms = np.asarray(times) * 1000.0
+        p50, p90, p99 = (float(v) for v in np.percentile(ms, [50, 90, 99]))
+        cases.append({"profile": profile.name, "batch": batch, "text": text, "p50_ms": p50, "p90_ms": p90,
+                      "p99_ms": p99, "pairs_per_s": batch / (p50 / 1000.0) if p50 > 0 else None})
+    return {"device": device, "runs": runs, "warmup": 10, "machine": machine_info(), "cases": cases}
+
+
 # ---------------------------------------------------------------------------------------------------------- steps
 
 
@@ -211,6 +257,9 @@ def _onnx_step(ctx: _Ctx) -> None:
         accuracy = _accuracy_entry(ctx, scorer, float(export.max_auc_drop), rel)
         if accuracy:
             entry["accuracy"] = accuracy
+        latency = _latency(ctx, scorer.logits, "cpu (onnxruntime CPUExecutionProvider)")
+        if latency:
+            entry["latency"] = latency
         w.add_model(rel, entry)
         ctx.summary.setdefault("parity", {})[rel] = parity
         if accuracy:
@@ -300,6 +349,9 @@ def _tensorrt_step(ctx: _Ctx, precisions: list[str], gpu: dict[str, Any]) -> Non
         accuracy = _accuracy_entry(ctx, scorer, None, plan_rel)
         if accuracy:
             entry["accuracy"] = accuracy
+        latency = _latency(ctx, scorer.logits, f"{gpu['gpu']} (TensorRT {info['version']}, incl. host copies)")
+        if latency:
+            entry["latency"] = {**latency, "gpu": gpu}
         w.add_model(plan_rel, entry)
         ctx.summary.setdefault("parity", {})[plan_rel] = entry["parity"]
         ctx.summary["files_written"] += [plan_rel, log_rel, TIMING_CACHE]
@@ -309,7 +361,7 @@ def _tensorrt_step(ctx: _Ctx, precisions: list[str], gpu: dict[str, Any]) -> Non
         atomic_write_bytes(opts.timing_cache, cache.read_bytes())
 
 
-def _triton_step(ctx: _Ctx) -> None:
+def _triton_step(ctx: _Ctx, force_onnx: bool = False) -> None:
     from fbcompress.export.onnx_export import graph_io
     from fbcompress.export.triton import (
         MODEL_FILES,
@@ -322,7 +374,9 @@ def _triton_step(ctx: _Ctx) -> None:
 
     w, opts = ctx.w, ctx.opts
     plan = None
-    if opts.precision:
+    if force_onnx:
+        pass
+    elif opts.precision:
         if (w.dir / engine_file(opts.precision)).is_file():
             plan = engine_file(opts.precision)
         elif opts.precision != "fp32":
@@ -369,6 +423,23 @@ def _triton_step(ctx: _Ctx) -> None:
     ctx.summary["files_written"] += [rel, f"triton/{opts.triton_name}/config.pbtxt"]
 
 
+def _refresh_triton(ctx: _Ctx) -> None:
+    """Regenerate an existing Triton repository whose model file this run rewrote, so it never serves a stale copy."""
+    triton = ctx.w.manifest.get("triton")
+    if not triton or triton.get("copy_of") not in ctx.summary["files_written"]:
+        return
+    ctx.say(f"refreshing triton/{triton['model_name']} (its source {triton['copy_of']} was rewritten) ...")
+    saved = (ctx.opts.triton_name, ctx.opts.triton_kind, ctx.opts.precision)
+    ctx.opts.triton_name = triton["model_name"]
+    ctx.opts.triton_kind = "cpu" if triton.get("instance_kind") == "KIND_CPU" else "gpu"
+    plan = triton["copy_of"] if str(triton["copy_of"]).endswith(".plan") else None
+    ctx.opts.precision = plan.split(".")[1] if plan else None
+    try:
+        _triton_step(ctx, force_onnx=plan is None)
+    finally:
+        ctx.opts.triton_name, ctx.opts.triton_kind, ctx.opts.precision = saved
+
+
 # ------------------------------------------------------------------------------------------------------------ main
 
 
@@ -398,6 +469,36 @@ def _precheck(opts: ExportOptions) -> tuple[list[str], dict[str, Any] | None]:
     return precisions, gpu
 
 
+def describe_bundle(writer: B.BundleWriter, ckpt_dir: Path, spec, max_positions: int, profiles: list[Profile],
+                    export_settings: dict[str, Any], recipe_source: str) -> None:
+    """Tokenizer files and the model-independent manifest sections (inputs, preprocessing, profiles, ...).
+
+    Every stage that may create a bundle calls this (export here; `quantize` may too), so a bundle is always
+    self-describing whichever stage wrote it first.
+    """
+    files = _tokenizer_files(ckpt_dir)
+    for path in files:
+        shutil.copyfile(path, writer.path(f"{B.TOKENIZER_DIR}/{path.name}", B.ROLE_TOKENIZER))
+    writer.manifest.update({
+        "name": writer.root.name,
+        "primary_model": ONNX_FILE,
+        "patch_spec": spec.to_dict(),
+        "inputs": input_specs(spec),
+        "outputs": output_specs(),
+        "dynamic_axes": {
+            "batch": "any size >= 1 in ONNX; within a profile's [min, max] for TensorRT engines",
+            "text": f"1..{max_positions} tokens in ONNX (the tokenizer emits at most {spec.max_text_len}); "
+                    "within a profile's [min, max] for TensorRT engines",
+        },
+        "max_text_len": spec.max_text_len,
+        "max_text_positions": max_positions,
+        "shape_profiles": [p.to_dict() for p in profiles],
+        "preprocessing": B.preprocessing(spec),
+        "tokenizer": _tokenizer_info(ckpt_dir, files),
+        "recipe": {"source": recipe_source, "export": export_settings},
+    })
+
+
 def run_export(opts: ExportOptions) -> dict[str, Any]:
     """Run one export target into the bundle `opts.out`; returns the summary (also what --json writes)."""
     from fbcompress.checkpoint import load_model
@@ -406,7 +507,7 @@ def run_export(opts: ExportOptions) -> dict[str, Any]:
     precisions, gpu = _precheck(opts)
     model, ckpt = load_model(opts.model_dir, "cpu")
     profiles = resolve_profiles(opts.export.profiles, int(model.config.max_position_embeddings))
-    tokenizer_files = _tokenizer_files(ckpt.directory)
+    _tokenizer_files(ckpt.directory)  # fail before writing anything if the tokenizer is missing
     ctx = _Ctx(opts, model, ckpt, profiles)
     if opts.data_dir is not None:
         from fbcompress.backbone import load_tokenizer
@@ -418,8 +519,8 @@ def run_export(opts: ExportOptions) -> dict[str, Any]:
 
     with B.update_bundle(opts.out, _source(ckpt), replace=opts.force) as writer:
         ctx.writer = writer
-        for path in tokenizer_files:
-            shutil.copyfile(path, writer.path(f"{B.TOKENIZER_DIR}/{path.name}", B.ROLE_TOKENIZER))
+        describe_bundle(writer, ckpt.directory, ctx.spec, ctx.max_positions, profiles,
+                        opts.export.model_dump(mode="json"), opts.recipe_source)
         if opts.target == "onnx":
             _onnx_step(ctx)
         else:
@@ -429,25 +530,9 @@ def run_export(opts: ExportOptions) -> dict[str, Any]:
             _tensorrt_step(ctx, precisions, gpu)
         if opts.target == "triton":
             _triton_step(ctx)
+        else:
+            _refresh_triton(ctx)
         manifest = writer.manifest
-        manifest.update({
-            "name": opts.out.name,
-            "primary_model": ONNX_FILE,
-            "patch_spec": ctx.spec.to_dict(),
-            "inputs": input_specs(ctx.spec),
-            "outputs": output_specs(),
-            "dynamic_axes": {
-                "batch": "any size >= 1 in ONNX; within a profile's [min, max] for TensorRT engines",
-                "text": f"1..{ctx.max_positions} tokens in ONNX (the tokenizer emits at most "
-                        f"{ctx.spec.max_text_len}); within a profile's [min, max] for TensorRT engines",
-            },
-            "max_text_len": ctx.spec.max_text_len,
-            "max_text_positions": ctx.max_positions,
-            "shape_profiles": [p.to_dict() for p in profiles],
-            "preprocessing": B.preprocessing(ctx.spec),
-            "tokenizer": _tokenizer_info(ckpt.directory, tokenizer_files),
-            "recipe": {"source": opts.recipe_source, "export": opts.export.model_dump(mode="json")},
-        })
         manifest["history"] = [*manifest.get("history", []), {
             "at": B.now_iso(), "command": f"fbcompress export --target {opts.target}",
             "precision": opts.precision, "written": sorted(set(ctx.summary["files_written"])),

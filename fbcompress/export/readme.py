@@ -23,15 +23,28 @@ def _fmt(value: Any) -> str:
 
 
 def _model_rows(manifest: dict) -> list[str]:
-    rows = ["| file | role | precision | parity (max abs logit diff) | AUC at export |", "|---|---|---|---|---|"]
+    rows = ["| file | role | precision | parity (max abs logit diff) | AUC at export | p50 latency at export |",
+            "|---|---|---|---|---|---|"]
     for rel, entry in manifest.get("models", {}).items():
         parity = entry.get("parity", {})
         acc = entry.get("accuracy", {})
+        latency = entry.get("latency", {})
+        timings = "; ".join(f"{c['p50_ms']:.2f} ms @ {c['batch']}x{c['text']}" for c in latency.get("cases", []))
+        if timings:
+            timings += f" ({latency.get('device', '?')})"
+        role = str(entry.get("role", "?"))
+        if "copy_of" in entry:
+            role += f" (copy of `{entry['copy_of']}`)"
         rows.append(
-            f"| `{rel}` | {entry.get('role', '?')} | {entry.get('precision', '?')} | "
+            f"| `{rel}` | {role} | {entry.get('precision', '?')} | "
             f"{_fmt(parity['max_abs_diff']) if 'max_abs_diff' in parity else '-'} | "
-            f"{_fmt(acc['auc']) if 'auc' in acc else '-'} |"
+            f"{_fmt(acc['auc']) if 'auc' in acc else '-'} | {timings or '-'} |"
         )
+    machine = next((e["latency"]["machine"] for e in manifest.get("models", {}).values() if "latency" in e), None)
+    if machine:
+        rows += ["", f"Latency machine: {machine.get('cpu', '?')}, {machine.get('cores', '?')} cores, onnxruntime "
+                     f"{machine.get('onnxruntime', '?')} (batch x text = each profile's opt shape; "
+                     "use `fbcompress bench` for full latency tables)."]
     return rows
 
 
@@ -226,6 +239,19 @@ def render_readme(manifest: dict) -> str:
             "",
             "Triton owns the batch axis (`dims` omit it; text is -1). Its dynamic batcher merges only requests with "
             "the same text length, so pad texts client-side to a few fixed lengths (e.g. 16/32/64) to batch well.",
+            "",
+            "```python",
+            "import tritonclient.http as httpclient",
+            "",
+            'client = httpclient.InferenceServerClient("localhost:8000")',
+            "requests = []",
+            "for name, array in feed.items():  # feed: the inputs built above",
+            '    dtype = "INT64" if array.dtype == np.int64 else "FP32"',
+            "    tensor = httpclient.InferInput(name, list(array.shape), dtype)",
+            "    tensor.set_data_from_numpy(array)",
+            "    requests.append(tensor)",
+            f'logits = client.infer("{triton["model_name"]}", requests).as_numpy("logits")',
+            "```",
         ]
     else:
         out += [f"Not generated yet: `fbcompress export --model CKPT --target triton --out exported/{name}`."]
