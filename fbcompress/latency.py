@@ -85,3 +85,151 @@ def padded_inputs(inputs: dict[str, torch.Tensor], to_length: int, pad_id: int =
         "token_type_ids": pad(inputs["token_type_ids"], 0),
         "patches": inputs["patches"],
     }
+
+
+def throughput(stats: LatencyStats, batch: int) -> float | None:
+    """Pairs scored per second at the median latency (a batch of B pairs per call); None for a zero p50."""
+    return batch / (stats.p50_ms / 1000.0) if stats.p50_ms > 0 else None
+
+
+def _read_text(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            return handle.read()
+    except OSError:
+        return ""
+
+
+def cpu_info() -> dict:
+    """CPU model, logical/physical cores and the cores this process may use, from /proc/cpuinfo (Linux).
+
+    The usable core count (affinity) is what a latency figure depends on: a container often sees every host core
+    in /proc/cpuinfo but may run on two of them.
+    """
+    import os
+    import platform
+
+    model = platform.processor() or platform.machine()
+    physical: set[tuple[str, str]] = set()
+    sockets: set[str] = set()
+    block: dict[str, str] = {}
+    for line in [*_read_text("/proc/cpuinfo").splitlines(), ""]:
+        if ":" in line:
+            key, _, value = line.partition(":")
+            block[key.strip()] = value.strip()
+            continue
+        if block:  # a blank line ends one logical processor's block
+            model = block.get("model name", model)
+            if "physical id" in block and "core id" in block:
+                physical.add((block["physical id"], block["core id"]))
+                sockets.add(block["physical id"])
+            block = {}
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        usable = os.cpu_count()
+    mem_kib = next((int(line.split()[1]) for line in _read_text("/proc/meminfo").splitlines()
+                    if line.startswith("MemTotal:")), 0)
+    return {
+        "cpu": model,
+        "logical_cores": os.cpu_count(),
+        "physical_cores": len(physical) or None,
+        "sockets": len(sockets) or None,
+        "usable_cores": usable,
+        "memory_gib": round(mem_kib / 2**20, 1) if mem_kib else None,
+    }
+
+
+def _nvidia_driver() -> str | None:
+    """The NVIDIA driver version (torch does not expose it): nvidia-smi, else /proc/driver/nvidia/version."""
+    import shutil
+    import subprocess
+
+    if shutil.which("nvidia-smi"):
+        try:
+            out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                 capture_output=True, text=True, timeout=10, check=False).stdout.strip()
+            if out:
+                return out.splitlines()[0].strip()
+        except (OSError, subprocess.SubprocessError):
+            pass
+    text = _read_text("/proc/driver/nvidia/version")
+    for word in text.split():
+        if word[:1].isdigit() and "." in word:
+            return word
+    return None
+
+
+def gpu_info(index: int = 0) -> dict | None:
+    """Name, compute capability, memory, CUDA runtime, cuDNN and driver of a CUDA GPU; None without one."""
+    if not torch.cuda.is_available():
+        return None
+    props = torch.cuda.get_device_properties(index)
+    return {
+        "gpu": props.name,
+        "index": index,
+        "compute_capability": f"{props.major}.{props.minor}",
+        "memory_gib": round(props.total_memory / 2**30, 1),
+        "cuda_runtime": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version(),
+        "driver": _nvidia_driver(),
+    }
+
+
+def library_versions() -> dict[str, str | None]:
+    """Versions of everything that moves a latency figure; optional libraries read from metadata, not imported
+    (importing TensorRT on a machine without its CUDA libraries can fail loudly)."""
+    import platform
+    from importlib import metadata
+
+    from fbcompress import __version__
+
+    def version(*dists: str) -> str | None:
+        for dist in dists:
+            try:
+                return metadata.version(dist)
+            except metadata.PackageNotFoundError:
+                continue
+        return None
+
+    return {
+        "fbcompress": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "transformers": version("transformers"),
+        "onnxruntime": version("onnxruntime", "onnxruntime-gpu"),
+        "tensorrt": version("tensorrt", "tensorrt-cu12", "tensorrt-cu11", "tensorrt_cu12"),
+    }
+
+
+def machine_info(gpu_index: int | None = None) -> dict:
+    """What a latency figure was measured on (design.md: always report the machine beside the number): CPU,
+    cores, torch threads, GPU and driver when one is used or visible, library versions, ORT providers."""
+    import platform
+
+    info: dict = {**cpu_info(), "torch_threads": torch.get_num_threads(), "os": platform.platform()}
+    gpu = gpu_info(gpu_index or 0) if gpu_index is not None or torch.cuda.is_available() else None
+    if gpu is not None:
+        info["gpu"] = gpu
+    info["versions"] = library_versions()
+    try:
+        import onnxruntime
+
+        info["onnxruntime_providers"] = list(onnxruntime.get_available_providers())
+    except ImportError:
+        info["onnxruntime_providers"] = []
+    return info
+
+
+def machine_slug(info: dict, device: str = "cpu") -> str:
+    """A file-name-safe machine name for result files: the GPU for GPU runs, else CPU model and usable cores."""
+    import re
+
+    if device != "cpu" and info.get("gpu"):
+        name = str(info["gpu"]["gpu"])
+    else:
+        name = f"{info.get('cpu', 'cpu')} {info.get('usable_cores') or info.get('logical_cores')}c"
+    name = re.sub(r"\((?:r|tm|c)\)|\bcpu\b|@.*?ghz|\bprocessor\b", " ", name, flags=re.IGNORECASE)
+    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+    return slug or "machine"

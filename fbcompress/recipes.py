@@ -76,6 +76,10 @@ class TaskWeights(_Strict):
     mlm: float = Field(1.0, ge=0)
     mpm: float = Field(1.0, ge=0)
     ita: float = Field(1.0, ge=0)
+    itc: float = Field(1.0, ge=0)
+
+
+TaskName = Literal["mlm", "mpm", "ita", "itc"]
 
 
 class TrainSection(_Strict):
@@ -94,6 +98,14 @@ class TrainSection(_Strict):
     log_every: int = Field(1, ge=1)
     val_pairs: int = Field(400, ge=2, description="val pairs scored at each validation")
     seed: int = 0
+    tasks: list[TaskName] = Field(
+        ["mlm", "mpm", "ita"], min_length=1,
+        description="pre-training tasks; 'itc' adds an embedding-level text-image contrastive task",
+    )
+    itc_temperature: float = Field(0.1, gt=0)
+    patch_warmup_steps: int = Field(
+        0, ge=0, description="steps fitting the pixel patch encoder to the word-embedding space before training"
+    )
     loss_weighting: Literal["adaptive", "fixed"] = "adaptive"
     fixed_weights: TaskWeights = TaskWeights()
     mismatch_ratio: float = Field(0.5, ge=0, lt=1, description="share of mismatched pairs in a batch")

@@ -62,7 +62,8 @@ class TrainSetup:
     out: Path
     weighting: str  # "adaptive" | "fixed" | "sum"
     fixed_weights: dict[str, float] = field(default_factory=dict)
-    extra_meta: dict[str, Any] = field(default_factory=dict)
+    extra_meta: dict[str, Any] = field(default_factory=dict)  # identity: must match on resume
+    info_meta: dict[str, Any] = field(default_factory=dict)  # recorded, not compared
     log_extras: Callable[[], dict[str, Any]] | None = None
     aux_module: nn.Module | None = None  # trained beside the model but not part of it (e.g. a projection)
     lr: float | None = None  # overrides recipe.train.lr / new_params_lr for every group
@@ -170,6 +171,7 @@ def run_training(
         "synthetic_data": bool(setup.dataset.meta.get("synthetic", False)),
         "world_size": ctx.world_size,
         **setup.extra_meta,
+        **setup.info_meta,
     }
     metrics: dict[str, float] = {}
 
