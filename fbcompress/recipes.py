@@ -201,13 +201,60 @@ class ExportSection(_Strict):
         return self
 
 
+class QuantizeSection(_Strict):
+    """What `fbcompress quantize` makes and the accuracy it must keep (see `fbcompress/quantize/`).
+
+    The tolerances are drops of the INT8 model against the FP32 `model.onnx` it came from; a negative value demands
+    an improvement, which no quantization can promise (useful to test the guard).
+    """
+
+    method: Literal["ort-static", "ort-dynamic", "inc"] = Field(
+        "ort-static", description="default method when the command gets no --method")
+    calibration_method: Literal["MinMax", "Entropy", "Percentile"] = Field(
+        "MinMax", description="how ONNX Runtime turns calibration activations into ranges")
+    calibration_batches: int = Field(16, ge=1, description="batches of training pairs run for calibration")
+    calibration_batch_size: int = Field(8, ge=1, description="pairs per calibration batch")
+    percentile: float = Field(99.999, gt=90, le=100, description="calibration_method Percentile: kept share (%)")
+    per_channel: bool = Field(True, description="one weight scale per output channel (symmetric INT8 weights)")
+    reduce_range: Literal["auto", "on", "off"] = Field(
+        "auto", description="7-bit weights for the CPU file; auto: on for AVX2 without VNNI (u8*s8 pairs saturate "
+        "int16 there), off on VNNI/AMX")
+    max_auc_drop: float = Field(0.005, description="max AUC drop of the INT8 model vs FP32 model.onnx")
+    max_rank10_drop: float = Field(0.02, description="max ITR/TIR Rank@10 drop vs FP32 model.onnx")
+    fallback: bool = Field(True, description="accuracy-aware fall-back: return the most sensitive MatMuls to FP "
+                                             "until the tolerances hold on the val split")
+    max_fallback_nodes: int = Field(8, ge=0, description="give up after returning this many nodes to FP")
+    exclude_nodes: tuple[str, ...] = Field((), description="ONNX node names always kept in floating point")
+    eval_queries: int | None = Field(None, ge=1, description="Rank@K queries per task in the val fall-back loop "
+                                                            "(default: all); the final guard always uses all")
+
+
+class CheckSection(_Strict):
+    """Tolerances of `fbcompress check`: how much a compressed candidate may lose against its teacher, and how
+    much faster it must be at the reference (online) shape to be worth serving.
+
+    Drops are teacher minus candidate, in absolute metric units; Rank@10 is checked for ITR and TIR separately.
+    The speed-up is teacher p50 / candidate p50 at `batch_size` x `text_length`, timed on the check's device.
+    """
+
+    max_auc_drop: float = Field(0.01, ge=0, description="max AUC drop of the candidate vs the teacher")
+    max_rank_drop: float = Field(0.03, ge=0, description="max ITR / TIR Rank@10 drop vs the teacher")
+    min_speedup: float = Field(2.0, ge=0, description="min teacher/candidate p50 latency ratio (0: not checked)")
+    batch_size: int = Field(1, ge=1, description="reference shape: batch size of the latency check")
+    text_length: int = Field(16, ge=2, description="reference shape: real text length (tokens, VSL)")
+    latency_runs: int = Field(100, ge=1, description="timed runs per model (design.md: >= 100)")
+    latency_warmup: int = Field(10, ge=0, description="untimed warm-up runs before timing")
+
+
 class Recipe(_Strict):
     name: str = ""
     data: DataSection = DataSection()
     teacher: TeacherSection = TeacherSection()
     train: TrainSection = TrainSection()
     distill: DistillSection = DistillSection()
+    quantize: QuantizeSection = QuantizeSection()
     export: ExportSection = ExportSection()
+    check: CheckSection = CheckSection()
 
 
 def _format_validation_error(source: str, exc: ValidationError) -> str:

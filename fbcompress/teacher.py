@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -108,19 +109,24 @@ class MismatchSampler:
         if len(set(data.products)) < 2:
             raise FbError("the training split needs at least two products to draw mismatched pairs")
 
-    def draw(self, row: int, rng: random.Random) -> int:
+    def draw(self, row: int, rng: random.Random, candidates: int = 8) -> int:
+        """Another product's text; among a few draws, the one closest in length to the row's own text.
+
+        Batches are bucketed by text length (VSL), so a mismatched text of another length would stand out in
+        its batch and leak the label; matching lengths removes that shortcut.
+        """
         product = self.data.products[row]
-        pool = self.by_sub[str(self.data.records[row]["subcategory"])]
+        pool: Sequence[int] = self.by_sub[str(self.data.records[row]["subcategory"])]
         if self.hard_share < 1.0 and rng.random() >= self.hard_share:
             pool = range(len(self.data))
-        for _ in range(8):
-            other = rng.choice(pool)
-            if self.data.products[other] != product:
-                return other
-        while True:
+        drawn = [rng.choice(pool) for _ in range(candidates)]
+        drawn = [other for other in drawn if self.data.products[other] != product]
+        while not drawn:
             other = rng.randrange(len(self.data))
             if self.data.products[other] != product:
-                return other
+                drawn = [other]
+        own = len(self.data.token_ids[row])
+        return min(drawn, key=lambda other: abs(len(self.data.token_ids[other]) - own))
 
 
 def make_pair_batch(

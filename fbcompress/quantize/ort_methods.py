@@ -1,0 +1,169 @@
+"""ONNX Runtime quantization: the symmetric QDQ graph for TensorRT, the CPU graph, and dynamic INT8.
+
+All three start from the standard-ops FP32 `model.onnx`. Settings and why:
+
+* `QuantFormat.QDQ`: the only format TensorRT reads, and the one ONNX Runtime's CPU kernels fuse best since 1.11.
+* TensorRT file: `activation_type=QInt8` with `ActivationSymmetric` (TensorRT requires zero point 0), INT8 weights
+  per output channel (`WeightSymmetric`), `QuantizeBias=False` (TensorRT does not read int32 bias DQs; the bias Add
+  stays FP), no Q/DQ on MatMul outputs (`OpTypesToExcludeOutputQuantization`: TensorRT fuses the output scaling
+  itself), op types MatMul/Gemm only (LayerNorm, Softmax, GELU stay FP).
+* CPU file: activation type from the CPU's ISA (`cpu.detect_isa`), asymmetric where it is uint8 (the zero point
+  buys a bit of range for the skewed post-GELU activations), Gathers added so the embedding tables are stored INT8.
+* Calibration ranges are computed once and cached (`calibration_cache_path`), so the accuracy fall-back loop
+  re-quantizes with other excluded nodes without running calibration again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from fbcompress.errors import FbError
+from fbcompress.quantize import graph as G
+from fbcompress.quantize.calibration import BatchReader
+from fbcompress.quantize.cpu import CpuIsa
+
+CALIBRATION_METHODS = ("MinMax", "Entropy", "Percentile")
+
+
+@dataclass
+class StaticSettings:
+    """What both static files share: calibration, per-channel weights, the nodes kept FP."""
+
+    calibration_method: str = "MinMax"
+    percentile: float = 99.999
+    per_channel: bool = True
+    reduce_range: bool = False  # CPU file only (TensorRT wants full 8-bit weights)
+    exclude: list[str] = field(default_factory=list)
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """ONNX Runtime's quantizer logs a 'consider pre-processing' warning per call through the root logger."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        root.setLevel(level)
+
+
+def _calibrate_method(name: str):
+    from onnxruntime.quantization import CalibrationMethod
+
+    if name not in CALIBRATION_METHODS:
+        raise FbError(f"calibration method {name} is not one of {', '.join(CALIBRATION_METHODS)}")
+    return getattr(CalibrationMethod, name)
+
+
+def _calib_options(settings: StaticSettings) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    if settings.calibration_method == "Percentile":
+        options["CalibPercentile"] = settings.percentile
+    return options
+
+
+def _finish(path: Path, quantized_ops: tuple[str, ...]) -> dict[str, Any]:
+    """Keep Q/DQ on the chosen nodes' inputs only, drop orphans, check the graph, save; returns what was changed."""
+    model = onnx.load(str(path))
+    rewired = G.restrict_to_quantized_consumers(model, quantized_ops)
+    removed = G.remove_dangling_qdq(model)
+    try:
+        onnx.checker.check_model(model, full_check=False)
+    except onnx.checker.ValidationError as exc:
+        raise FbError(f"quantized ONNX fails onnx.checker: {str(exc).splitlines()[0]}") from None
+    onnx.save(model, str(path))
+    return {"consumers_rewired_to_fp": rewired, "qdq_nodes_removed": removed}
+
+
+def quantize_trt(src: Path, dst: Path, reader: BatchReader, cache: Path, settings: StaticSettings) -> dict[str, Any]:
+    """Symmetric INT8 QDQ on MatMul/Gemm inputs: `model.int8.trt.onnx`."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    extra = {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False,
+             "OpTypesToExcludeOutputQuantization": list(G.GEMM_OPS), **_calib_options(settings)}
+    reader.rewind()
+    with quiet():
+        quantize_static(str(src), str(dst), reader, quant_format=QuantFormat.QDQ, op_types_to_quantize=list(G.GEMM_OPS),
+                        per_channel=settings.per_channel, reduce_range=False, activation_type=QuantType.QInt8,
+                        weight_type=QuantType.QInt8, nodes_to_exclude=list(settings.exclude),
+                        calibrate_method=_calibrate_method(settings.calibration_method), extra_options=extra,
+                        calibration_cache_path=str(cache))
+    cleanup = _finish(dst, G.GEMM_OPS)
+    return {"tool": "onnxruntime.quantization.quantize_static", "format": "QDQ", "activations": "int8 symmetric "
+            "per tensor", "weights": f"int8 symmetric {'per channel' if settings.per_channel else 'per tensor'}",
+            "op_types": list(G.GEMM_OPS), "extra_options": extra, "cleanup": cleanup}
+
+
+def quantize_cpu(src: Path, dst: Path, reader: BatchReader, cache: Path, settings: StaticSettings,
+                 isa: CpuIsa) -> dict[str, Any]:
+    """Static QDQ for ONNX Runtime on this CPU: MatMul/Gemm with the ISA's activation type, embeddings INT8."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    act = QuantType.QUInt8 if isa.activation == "uint8" else QuantType.QInt8
+    symmetric = isa.activation == "int8"
+    ops = [*G.GEMM_OPS, *G.EMBEDDING_OPS]
+    extra = {"ActivationSymmetric": symmetric, "WeightSymmetric": True,
+             "OpTypesToExcludeOutputQuantization": list(G.GEMM_OPS), **_calib_options(settings)}
+    reader.rewind()
+    with quiet():
+        quantize_static(str(src), str(dst), reader, quant_format=QuantFormat.QDQ, op_types_to_quantize=ops,
+                        per_channel=settings.per_channel, reduce_range=settings.reduce_range, activation_type=act,
+                        weight_type=QuantType.QInt8, nodes_to_exclude=list(settings.exclude),
+                        calibrate_method=_calibrate_method(settings.calibration_method), extra_options=extra,
+                        calibration_cache_path=str(cache))
+    cleanup = _finish(dst, G.GEMM_OPS)
+    return {"tool": "onnxruntime.quantization.quantize_static", "format": "QDQ",
+            "activations": f"{isa.activation} {'symmetric' if symmetric else 'asymmetric'} per tensor ({isa.scheme}: "
+                           f"{isa.reason})",
+            "weights": f"int{7 if settings.reduce_range else 8} symmetric "
+                       f"{'per channel' if settings.per_channel else 'per tensor'}",
+            "embeddings": "Gather tables stored int8 (weight-only)", "op_types": ops, "extra_options": extra,
+            "reduce_range": settings.reduce_range, "cleanup": cleanup}
+
+
+def quantize_dyn(src: Path, dst: Path, per_channel: bool, reduce_range: bool, exclude: list[str]) -> dict[str, Any]:
+    """Dynamic INT8: weights INT8 offline, activations quantized per batch at run time (no calibration)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    ops = [*G.GEMM_OPS, *G.EMBEDDING_OPS]
+    extra = {"MatMulConstBOnly": True}
+    with quiet():
+        quantize_dynamic(str(src), str(dst), op_types_to_quantize=ops, per_channel=per_channel,
+                         reduce_range=reduce_range, weight_type=QuantType.QInt8, nodes_to_exclude=list(exclude),
+                         extra_options=extra)
+    try:
+        onnx.checker.check_model(str(dst), full_check=False)
+    except onnx.checker.ValidationError as exc:
+        raise FbError(f"dynamic-quantized ONNX fails onnx.checker: {str(exc).splitlines()[0]}") from None
+    return {"tool": "onnxruntime.quantization.quantize_dynamic", "format": "dynamic (MatMulInteger / "
+            "DynamicQuantizeLinear)", "activations": "uint8 asymmetric, range computed per batch at run time",
+            "weights": f"int{7 if reduce_range else 8} symmetric {'per channel' if per_channel else 'per tensor'}",
+            "op_types": ops, "extra_options": extra, "reduce_range": reduce_range}
+
+
+def optimize_quantized(src: Path, dst: Path) -> dict[str, Any]:
+    """ORT's transformer optimizer on a quantized graph (heads/hidden detected from the graph); the caller measures
+    whether it helps and keeps it only then."""
+    from onnxruntime.transformers.fusion_options import AttentionMaskFormat, FusionOptions
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    options = FusionOptions("bert")
+    options.attention_mask_format = AttentionMaskFormat.AttentionMask  # padding is mid-sequence (see export)
+    with quiet():
+        optimized = optimize_model(str(src), model_type="bert", num_heads=0, hidden_size=0,
+                                   optimization_options=options, opt_level=0, use_gpu=False)
+    stats = {op: int(n) for op, n in optimized.get_fused_operator_statistics().items() if n}
+    optimized.save_model_to_file(str(dst))
+    return {"optimizer": "onnxruntime.transformers.optimize_model(model_type='bert', opt_level=0)",
+            "fused_operators": stats}
