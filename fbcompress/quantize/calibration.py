@@ -32,8 +32,9 @@ def calibration_batches(data: SplitData, n_batches: int, batch_size: int, seed: 
         images = texts.copy()
         mismatched = np.arange(batch_size) % 2 == 1
         others = rng.integers(0, len(data), size=batch_size)
-        images[mismatched] = np.where(others[mismatched] == texts[mismatched], (others[mismatched] + 1) % len(data),
-                                      others[mismatched])
+        images[mismatched] = np.where(
+            others[mismatched] == texts[mismatched], (others[mismatched] + 1) % len(data), others[mismatched]
+        )
         batch = data.batch([int(i) for i in images], [int(t) for t in texts])
         batches.append({name: value.numpy() for name, value in batch.items()})
     return batches
@@ -44,8 +45,12 @@ def describe_batches(batches: list[dict[str, Any]]) -> dict[str, Any]:
     texts = [int(b["input_ids"].shape[1]) for b in batches]
     real = [int(b["attention_mask"].sum()) for b in batches]
     pairs = sum(int(b["input_ids"].shape[0]) for b in batches)
-    return {"batches": len(batches), "pairs": pairs, "text_lengths": texts,
-            "padding_share": 1.0 - sum(real) / max(1, sum(int(b["attention_mask"].size) for b in batches))}
+    return {
+        "batches": len(batches),
+        "pairs": pairs,
+        "text_lengths": texts,
+        "padding_share": 1.0 - sum(real) / max(1, sum(int(b["attention_mask"].size) for b in batches)),
+    }
 
 
 class BatchReader(CalibrationDataReader):

@@ -60,11 +60,21 @@ def detect_isa(flags: set[str] | None = None, machine: str | None = None) -> Cpu
     if machine in ("aarch64", "arm64"):
         return CpuIsa("arm", "int8", False, relevant, "ARM: symmetric S8S8 is what ARM INT8 kernels prefer")
     if "avx2" in flags:
-        return CpuIsa("avx2", "uint8", True, relevant,
-                      "AVX2 without VNNI: U8S8 via vpmaddubsw (S8S8 is emulated: slower than FP32); 7-bit weights "
-                      "avoid its int16 saturation")
-    return CpuIsa("other", "uint8", True, relevant, "no AVX2/VNNI/AMX flags found: U8S8 with 7-bit weights, the "
-                                                   "ONNX Runtime default for x86")
+        return CpuIsa(
+            "avx2",
+            "uint8",
+            True,
+            relevant,
+            "AVX2 without VNNI: U8S8 via vpmaddubsw (S8S8 is emulated: slower than FP32); 7-bit weights "
+            "avoid its int16 saturation",
+        )
+    return CpuIsa(
+        "other",
+        "uint8",
+        True,
+        relevant,
+        "no AVX2/VNNI/AMX flags found: U8S8 with 7-bit weights, the ONNX Runtime default for x86",
+    )
 
 
 def resolve_reduce_range(setting: str, isa: CpuIsa) -> bool:

@@ -49,8 +49,15 @@ def gemm_nodes(model: onnx.ModelProto) -> list[dict[str, Any]]:
             continue
         weight = next((name for name in node.input[:2] if name in inits), None)
         shape = list(inits[weight].dims) if weight else None
-        out.append({"name": node.name, "op": node.op_type, "kind": "weight" if weight else "activation",
-                    "weight": weight, "weight_shape": shape})
+        out.append(
+            {
+                "name": node.name,
+                "op": node.op_type,
+                "kind": "weight" if weight else "activation",
+                "weight": weight,
+                "weight_shape": shape,
+            }
+        )
     return out
 
 
@@ -62,8 +69,15 @@ def embedding_nodes(model: onnx.ModelProto) -> list[dict[str, Any]]:
         if node.op_type in EMBEDDING_OPS and node.input and node.input[0] in inits:
             table = inits[node.input[0]]
             if table.data_type == onnx.TensorProto.FLOAT and len(table.dims) == 2:
-                out.append({"name": node.name, "op": node.op_type, "table": node.input[0], "shape": list(table.dims),
-                            "bytes_fp32": int(np.prod(table.dims)) * 4})
+                out.append(
+                    {
+                        "name": node.name,
+                        "op": node.op_type,
+                        "table": node.input[0],
+                        "shape": list(table.dims),
+                        "bytes_fp32": int(np.prod(table.dims)) * 4,
+                    }
+                )
     return out
 
 
@@ -74,8 +88,10 @@ def logits_nodes(model: onnx.ModelProto) -> list[str]:
 
 def default_fp_nodes(model: onnx.ModelProto) -> dict[str, str]:
     """Nodes of a quantizable type that stay FP by design, with the reason (the recipe's exclude_nodes add to it)."""
-    return {name: "logits layer: 2 output columns, INT8 gains nothing and would coarsen the scores"
-            for name in logits_nodes(model)}
+    return {
+        name: "logits layer: 2 output columns, INT8 gains nothing and would coarsen the scores"
+        for name in logits_nodes(model)
+    }
 
 
 # ------------------------------------------------------------------------------------------------------- rewriting
@@ -138,8 +154,13 @@ def qdq_violations(model: onnx.ModelProto, ops: Iterable[str] = NO_QDQ_INPUT_OPS
     """Nodes of `ops` that read a DequantizeLinear output (TensorRT guidance: there should be none)."""
     dq_out = _dq_inputs(model)
     ops = set(ops)
-    return [f"{node.op_type} {node.name} <- {name}" for node in model.graph.node if node.op_type in ops
-            for name in node.input if name in dq_out]
+    return [
+        f"{node.op_type} {node.name} <- {name}"
+        for node in model.graph.node
+        if node.op_type in ops
+        for name in node.input
+        if name in dq_out
+    ]
 
 
 def _scalar_or_list(values: np.ndarray) -> float | list[float]:
@@ -160,8 +181,16 @@ def activation_ranges(model: onnx.ModelProto) -> list[dict[str, Any]]:
             continue
         info = np.iinfo(zp.dtype)
         s, z = float(scale.reshape(-1)[0]), int(zp.reshape(-1)[0])
-        out.append({"tensor": node.input[0], "dtype": zp.dtype.name, "scale": s, "zero_point": z,
-                    "min": (info.min - z) * s, "max": (info.max - z) * s})
+        out.append(
+            {
+                "tensor": node.input[0],
+                "dtype": zp.dtype.name,
+                "scale": s,
+                "zero_point": z,
+                "min": (info.min - z) * s,
+                "max": (info.max - z) * s,
+            }
+        )
     return out
 
 
@@ -185,23 +214,28 @@ def describe_qdq(model: onnx.ModelProto) -> dict[str, Any]:
     """Quantized and kept-FP nodes of a QDQ graph, weight/activation dtypes, and the TensorRT placement check."""
     inits = {i.name: i for i in model.graph.initializer}
     dq_out = _dq_inputs(model)
+    producer = {out: node for node in model.graph.node for out in node.output}
     quantized, kept = [], []
     weight_dtypes, per_channel = Counter(), 0
     for node in model.graph.node:
         if node.op_type not in (*GEMM_OPS, *EMBEDDING_OPS):
             continue
         dq_fed = [name for name in node.input if name in dq_out]
-        if node.op_type in EMBEDDING_OPS and not dq_fed:
-            if node.input[0] not in inits:
-                continue  # a Gather of shapes, not of an embedding table
+        if node.op_type in EMBEDDING_OPS and not dq_fed and node.input[0] not in inits:
+            continue  # a Gather of shapes, not of an embedding table
         (quantized if dq_fed else kept).append({"name": node.name, "op": node.op_type})
         for name in dq_fed:
             dq = dq_out[name]
-            if dq.input[0] in inits:
+            q = producer.get(dq.input[0])
+            if dq.input[0] in inits:  # stored as integers (ONNX Runtime's quantizer)
                 weight_dtypes[onnx.helper.tensor_dtype_to_np_dtype(inits[dq.input[0]].data_type).name] += 1
-                scale = inits.get(dq.input[1])
-                if scale is not None and len(scale.dims) == 1 and scale.dims[0] > 1:
-                    per_channel += 1
+            elif q is not None and q.op_type in Q_OPS and q.input[0] in inits:  # weight stored FP32, quantized at load
+                weight_dtypes["float32 (Q/DQ folded by the runtime)"] += 1
+            else:
+                continue
+            scale = inits.get(dq.input[1])
+            if scale is not None and len(scale.dims) == 1 and scale.dims[0] > 1:
+                per_channel += 1
     ops = Counter(node.op_type for node in model.graph.node)
     return {
         "quantized_nodes": quantized,
@@ -209,8 +243,8 @@ def describe_qdq(model: onnx.ModelProto) -> dict[str, Any]:
         "fp_ops": {op: ops[op] for op in FP_OPS if ops.get(op)},
         "quantize_linear": ops.get("QuantizeLinear", 0),
         "dequantize_linear": ops.get("DequantizeLinear", 0),
-        "weight_dtypes": dict(weight_dtypes),
-        "per_channel_weights": per_channel,
+        "quantized_constants": dict(weight_dtypes),
+        "per_channel_constants": per_channel,
         "dq_feeding_layernorm_or_softmax": qdq_violations(model),
     }
 
@@ -218,14 +252,26 @@ def describe_qdq(model: onnx.ModelProto) -> dict[str, Any]:
 def describe_dynamic(model: onnx.ModelProto) -> dict[str, Any]:
     """Quantized and kept-FP nodes of an ORT dynamic-quantized graph (MatMulInteger / DynamicQuantize* ops)."""
     ops = Counter(node.op_type for node in model.graph.node)
-    integer_ops = ("MatMulInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "DynamicQuantizeLinear",
-                   "DequantizeLinear", "QGemm")
-    quantized = [{"name": n.name, "op": n.op_type} for n in model.graph.node
-                 if n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "QGemm")]
+    integer_ops = (
+        "MatMulInteger",
+        "DynamicQuantizeMatMul",
+        "MatMulIntegerToFloat",
+        "DynamicQuantizeLinear",
+        "DequantizeLinear",
+        "QGemm",
+    )
+    quantized = [
+        {"name": n.name, "op": n.op_type}
+        for n in model.graph.node
+        if n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "QGemm")
+    ]
     kept = [{"name": n.name, "op": n.op_type} for n in model.graph.node if n.op_type in GEMM_OPS]
-    return {"quantized_nodes": quantized, "fp_nodes": kept, "integer_ops": {op: ops[op] for op in integer_ops
-                                                                            if ops.get(op)},
-            "fp_ops": {op: ops[op] for op in FP_OPS if ops.get(op)}}
+    return {
+        "quantized_nodes": quantized,
+        "fp_nodes": kept,
+        "integer_ops": {op: ops[op] for op in integer_ops if ops.get(op)},
+        "fp_ops": {op: ops[op] for op in FP_OPS if ops.get(op)},
+    }
 
 
 def initializer_bytes(model: onnx.ModelProto) -> dict[str, int]:

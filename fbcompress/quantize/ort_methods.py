@@ -9,8 +9,15 @@ All three start from the standard-ops FP32 `model.onnx`. Settings and why:
   itself), op types MatMul/Gemm only (LayerNorm, Softmax, GELU stay FP).
 * CPU file: activation type from the CPU's ISA (`cpu.detect_isa`), asymmetric where it is uint8 (the zero point
   buys a bit of range for the skewed post-GELU activations), Gathers added so the embedding tables are stored INT8.
-* Calibration ranges are computed once and cached (`calibration_cache_path`), so the accuracy fall-back loop
-  re-quantizes with other excluded nodes without running calibration again.
+  Written with Optimum's `ORTQuantizer` (a `QuantizationConfig` built here, `operators_to_quantize` passed
+  explicitly: `AutoQuantizationConfig`'s presets would add LayerNormalization or pick uint8 weights).
+* Where Optimum does not fit, ONNX Runtime's API is used directly: calibration (`create_calibrator` over our VSL
+  batches; Optimum's `fit` wants a fixed-length `datasets.Dataset`, one padded text length for every batch), the
+  TensorRT file (Optimum's config cannot set `QuantizeBias=False` nor keep Q/DQ off MatMul/Gemm outputs, and an
+  int32 bias DQ is not something TensorRT reads) and dynamic INT8 (`MatMulConstBOnly`, so attention's QK^T/PV
+  stay FP, is not exposed by Optimum either).
+* Calibration ranges are computed once (`calibrate`) and saved, so both files and every attempt of the accuracy
+  fall-back loop use the same ranges without running calibration again.
 """
 
 from __future__ import annotations
@@ -66,11 +73,33 @@ def _calibrate_method(name: str):
     return getattr(CalibrationMethod, name)
 
 
-def _calib_options(settings: StaticSettings) -> dict[str, Any]:
-    options: dict[str, Any] = {}
-    if settings.calibration_method == "Percentile":
-        options["CalibPercentile"] = settings.percentile
-    return options
+def calibrate(src: Path, reader: BatchReader, cache: Path, settings: StaticSettings) -> dict[str, Any]:
+    """Run the calibration batches through `src` once; save ONNX Runtime's TensorsData to `cache` (JSON)."""
+    import tempfile
+
+    from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
+
+    options = {"percentile": settings.percentile} if settings.calibration_method == "Percentile" else {}
+    reader.rewind()
+    with quiet(), tempfile.TemporaryDirectory(prefix="fbcompress-calib-") as tmp:
+        calibrator = create_calibrator(
+            Path(src),
+            [*G.GEMM_OPS, *G.EMBEDDING_OPS],
+            augmented_model_path=str(Path(tmp) / "augmented.onnx"),
+            calibrate_method=_calibrate_method(settings.calibration_method),
+            providers=["CPUExecutionProvider"],
+            extra_options=options,
+        )
+        calibrator.collect_data(reader)
+        ranges = calibrator.compute_data()
+        del calibrator
+    save_tensors_data(ranges, cache)
+    return {
+        "tool": "onnxruntime.quantization.create_calibrator",
+        "method": settings.calibration_method,
+        "tensors": len(ranges.data),
+        "cache": cache.name,
+    }
 
 
 def _finish(path: Path, quantized_ops: tuple[str, ...]) -> dict[str, Any]:
@@ -86,50 +115,94 @@ def _finish(path: Path, quantized_ops: tuple[str, ...]) -> dict[str, Any]:
     return {"consumers_rewired_to_fp": rewired, "qdq_nodes_removed": removed}
 
 
-def quantize_trt(src: Path, dst: Path, reader: BatchReader, cache: Path, settings: StaticSettings) -> dict[str, Any]:
-    """Symmetric INT8 QDQ on MatMul/Gemm inputs: `model.int8.trt.onnx`."""
+def quantize_trt(src: Path, dst: Path, cache: Path, settings: StaticSettings) -> dict[str, Any]:
+    """Symmetric INT8 QDQ on MatMul/Gemm inputs: `model.int8.trt.onnx`, ranges from `calibrate` (must have run)."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
-    extra = {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False,
-             "OpTypesToExcludeOutputQuantization": list(G.GEMM_OPS), **_calib_options(settings)}
-    reader.rewind()
+    extra = {
+        "ActivationSymmetric": True,
+        "WeightSymmetric": True,
+        "QuantizeBias": False,
+        "OpTypesToExcludeOutputQuantization": list(G.GEMM_OPS),
+    }
+    if not cache.is_file():
+        raise FbError(f"no calibration ranges at {cache}: run calibrate() first")
     with quiet():
-        quantize_static(str(src), str(dst), reader, quant_format=QuantFormat.QDQ, op_types_to_quantize=list(G.GEMM_OPS),
-                        per_channel=settings.per_channel, reduce_range=False, activation_type=QuantType.QInt8,
-                        weight_type=QuantType.QInt8, nodes_to_exclude=list(settings.exclude),
-                        calibrate_method=_calibrate_method(settings.calibration_method), extra_options=extra,
-                        calibration_cache_path=str(cache))
+        quantize_static(
+            str(src),
+            str(dst),
+            None,
+            quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=list(G.GEMM_OPS),
+            per_channel=settings.per_channel,
+            reduce_range=False,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=list(settings.exclude),
+            calibrate_method=_calibrate_method(settings.calibration_method),
+            extra_options=extra,
+            calibration_cache_path=str(cache),
+        )
     cleanup = _finish(dst, G.GEMM_OPS)
-    return {"tool": "onnxruntime.quantization.quantize_static", "format": "QDQ", "activations": "int8 symmetric "
-            "per tensor", "weights": f"int8 symmetric {'per channel' if settings.per_channel else 'per tensor'}",
-            "op_types": list(G.GEMM_OPS), "extra_options": extra, "cleanup": cleanup}
+    return {
+        "tool": "onnxruntime.quantization.quantize_static",
+        "format": "QDQ",
+        "activations": "int8 symmetric per tensor",
+        "weights": f"int8 symmetric {'per channel' if settings.per_channel else 'per tensor'}",
+        "op_types": list(G.GEMM_OPS),
+        "extra_options": extra,
+        "cleanup": cleanup,
+    }
 
 
-def quantize_cpu(src: Path, dst: Path, reader: BatchReader, cache: Path, settings: StaticSettings,
-                 isa: CpuIsa) -> dict[str, Any]:
-    """Static QDQ for ONNX Runtime on this CPU: MatMul/Gemm with the ISA's activation type, embeddings INT8."""
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+def quantize_cpu(src: Path, dst: Path, cache: Path, settings: StaticSettings, isa: CpuIsa) -> dict[str, Any]:
+    """Static QDQ for ONNX Runtime on this CPU with Optimum's ORTQuantizer: MatMul/Gemm with the ISA's activation
+    type, embedding Gathers INT8, ranges from `calibrate` (which must have run)."""
+    import tempfile
+
+    from onnxruntime.quantization import QuantFormat, QuantType
+    from onnxruntime.quantization.calibrate import load_tensors_data
+    from onnxruntime.quantization.quant_utils import load_model_with_shape_infer
+    from optimum.onnxruntime import ORTQuantizer
+    from optimum.onnxruntime.configuration import QuantizationConfig
 
     act = QuantType.QUInt8 if isa.activation == "uint8" else QuantType.QInt8
     symmetric = isa.activation == "int8"
     ops = [*G.GEMM_OPS, *G.EMBEDDING_OPS]
-    extra = {"ActivationSymmetric": symmetric, "WeightSymmetric": True,
-             "OpTypesToExcludeOutputQuantization": list(G.GEMM_OPS), **_calib_options(settings)}
-    reader.rewind()
-    with quiet():
-        quantize_static(str(src), str(dst), reader, quant_format=QuantFormat.QDQ, op_types_to_quantize=ops,
-                        per_channel=settings.per_channel, reduce_range=settings.reduce_range, activation_type=act,
-                        weight_type=QuantType.QInt8, nodes_to_exclude=list(settings.exclude),
-                        calibrate_method=_calibrate_method(settings.calibration_method), extra_options=extra,
-                        calibration_cache_path=str(cache))
+    config = QuantizationConfig(
+        is_static=True,
+        format=QuantFormat.QDQ,
+        activations_dtype=act,
+        activations_symmetric=symmetric,
+        weights_dtype=QuantType.QInt8,
+        weights_symmetric=True,
+        per_channel=settings.per_channel,
+        reduce_range=settings.reduce_range,
+        nodes_to_exclude=list(settings.exclude),
+        operators_to_quantize=ops,
+    )
+    with quiet(), tempfile.TemporaryDirectory(prefix="fbcompress-optimum-") as tmp:
+        # the QDQ quantizer decides what is a float tensor from value_info: give it the shape-inferred graph, as
+        # onnxruntime's quantize_static does for itself
+        onnx.save(load_model_with_shape_infer(Path(src)), str(Path(tmp) / "model.onnx"))
+        quantizer = ORTQuantizer.from_pretrained(tmp, file_name="model.onnx")
+        out = quantizer.quantize(
+            config, Path(tmp) / "out", file_suffix="int8", calibration_tensors_range=load_tensors_data(cache)
+        )
+        (out / "model_int8.onnx").replace(dst)
     cleanup = _finish(dst, G.GEMM_OPS)
-    return {"tool": "onnxruntime.quantization.quantize_static", "format": "QDQ",
-            "activations": f"{isa.activation} {'symmetric' if symmetric else 'asymmetric'} per tensor ({isa.scheme}: "
-                           f"{isa.reason})",
-            "weights": f"int{7 if settings.reduce_range else 8} symmetric "
-                       f"{'per channel' if settings.per_channel else 'per tensor'}",
-            "embeddings": "Gather tables stored int8 (weight-only)", "op_types": ops, "extra_options": extra,
-            "reduce_range": settings.reduce_range, "cleanup": cleanup}
+    return {
+        "tool": "optimum.onnxruntime.ORTQuantizer.quantize (QuantizationConfig, operators_to_quantize set here)",
+        "format": "QDQ",
+        "activations": f"{isa.activation} {'symmetric' if symmetric else 'asymmetric'} per tensor ({isa.scheme}: "
+        f"{isa.reason})",
+        "weights": f"int{7 if settings.reduce_range else 8} symmetric "
+        f"{'per channel' if settings.per_channel else 'per tensor'}",
+        "embeddings": "Gather tables stored int8 (weight-only)",
+        "op_types": ops,
+        "reduce_range": settings.reduce_range,
+        "cleanup": cleanup,
+    }
 
 
 def quantize_dyn(src: Path, dst: Path, per_channel: bool, reduce_range: bool, exclude: list[str]) -> dict[str, Any]:
@@ -139,31 +212,26 @@ def quantize_dyn(src: Path, dst: Path, per_channel: bool, reduce_range: bool, ex
     ops = [*G.GEMM_OPS, *G.EMBEDDING_OPS]
     extra = {"MatMulConstBOnly": True}
     with quiet():
-        quantize_dynamic(str(src), str(dst), op_types_to_quantize=ops, per_channel=per_channel,
-                         reduce_range=reduce_range, weight_type=QuantType.QInt8, nodes_to_exclude=list(exclude),
-                         extra_options=extra)
+        quantize_dynamic(
+            str(src),
+            str(dst),
+            op_types_to_quantize=ops,
+            per_channel=per_channel,
+            reduce_range=reduce_range,
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=list(exclude),
+            extra_options=extra,
+        )
     try:
         onnx.checker.check_model(str(dst), full_check=False)
     except onnx.checker.ValidationError as exc:
         raise FbError(f"dynamic-quantized ONNX fails onnx.checker: {str(exc).splitlines()[0]}") from None
-    return {"tool": "onnxruntime.quantization.quantize_dynamic", "format": "dynamic (MatMulInteger / "
-            "DynamicQuantizeLinear)", "activations": "uint8 asymmetric, range computed per batch at run time",
-            "weights": f"int{7 if reduce_range else 8} symmetric {'per channel' if per_channel else 'per tensor'}",
-            "op_types": ops, "extra_options": extra, "reduce_range": reduce_range}
-
-
-def optimize_quantized(src: Path, dst: Path) -> dict[str, Any]:
-    """ORT's transformer optimizer on a quantized graph (heads/hidden detected from the graph); the caller measures
-    whether it helps and keeps it only then."""
-    from onnxruntime.transformers.fusion_options import AttentionMaskFormat, FusionOptions
-    from onnxruntime.transformers.optimizer import optimize_model
-
-    options = FusionOptions("bert")
-    options.attention_mask_format = AttentionMaskFormat.AttentionMask  # padding is mid-sequence (see export)
-    with quiet():
-        optimized = optimize_model(str(src), model_type="bert", num_heads=0, hidden_size=0,
-                                   optimization_options=options, opt_level=0, use_gpu=False)
-    stats = {op: int(n) for op, n in optimized.get_fused_operator_statistics().items() if n}
-    optimized.save_model_to_file(str(dst))
-    return {"optimizer": "onnxruntime.transformers.optimize_model(model_type='bert', opt_level=0)",
-            "fused_operators": stats}
+    return {
+        "tool": "onnxruntime.quantization.quantize_dynamic",
+        "format": "dynamic (MatMulInteger / DynamicQuantizeLinear)",
+        "activations": "uint8 asymmetric, range computed per batch at run time",
+        "weights": f"int{7 if reduce_range else 8} symmetric {'per channel' if per_channel else 'per tensor'}",
+        "op_types": ops,
+        "extra_options": extra,
+        "reduce_range": reduce_range,
+    }

@@ -56,8 +56,14 @@ def _attr(node: onnx.NodeProto, name: str, default: Any) -> Any:
 class _Operand:
     """How one input of a quantized node is made: a constant (already dequantized) or a fake-quantized activation."""
 
-    def __init__(self, fp_name: str | None, const: np.ndarray | None = None, scale: np.ndarray | None = None,
-                 zero_point: np.ndarray | None = None, axis: int | None = None):
+    def __init__(
+        self,
+        fp_name: str | None,
+        const: np.ndarray | None = None,
+        scale: np.ndarray | None = None,
+        zero_point: np.ndarray | None = None,
+        axis: int | None = None,
+    ):
         self.fp_name = fp_name
         self.const = const
         self.scale, self.zero_point, self.axis = scale, zero_point, axis
@@ -96,8 +102,9 @@ def _operands(qdq: onnx.ModelProto, fp_inits: dict[str, np.ndarray]) -> dict[str
                 if q is None or q.op_type not in Q_OPS:
                     raise FbError(f"{node.name}: DequantizeLinear {dq.name} is not fed by a QuantizeLinear")
                 zp_q = inits.get(q.input[2]) if len(q.input) > 2 and q.input[2] else np.zeros((), np.uint8)
-                operands.append(_Operand(q.input[0], scale=inits[q.input[1]], zero_point=zp_q,
-                                         axis=_attr(q, "axis", 1)))
+                operands.append(
+                    _Operand(q.input[0], scale=inits[q.input[1]], zero_point=zp_q, axis=_attr(q, "axis", 1))
+                )
             elif name in fp_inits:
                 operands.append(_Operand(None, const=fp_inits[name]))
             elif name in inits:
@@ -123,8 +130,9 @@ def _compute(node: onnx.NodeProto, values: list[np.ndarray]) -> np.ndarray:
     return y
 
 
-def node_errors(fp32_path: str | Path, qdq: onnx.ModelProto, batches: list[dict[str, np.ndarray]],
-                session_factory) -> list[dict[str, Any]]:
+def node_errors(
+    fp32_path: str | Path, qdq: onnx.ModelProto, batches: list[dict[str, np.ndarray]], session_factory
+) -> list[dict[str, Any]]:
     """Relative output error of each quantized MatMul/Gemm of `qdq`, worst first.
 
     `session_factory(model_proto) -> onnxruntime.InferenceSession` runs the augmented FP32 model (so the caller
@@ -156,7 +164,13 @@ def node_errors(fp32_path: str | Path, qdq: onnx.ModelProto, batches: list[dict[
             y_fp = captured[fp_nodes[name].output[0]].astype(np.float64)
             y_q = _compute(node, [op.value(captured) for op in operands]).astype(np.float64)
             err[name] += float(np.sum((y_q - y_fp) ** 2))
-            ref[name] += float(np.sum(y_fp ** 2))
-    rows = [{"name": name, "op": plans[name][0].op_type,
-             "rel_error": float(np.sqrt(err[name] / ref[name])) if ref[name] > 0 else 0.0} for name in plans]
+            ref[name] += float(np.sum(y_fp**2))
+    rows = [
+        {
+            "name": name,
+            "op": plans[name][0].op_type,
+            "rel_error": float(np.sqrt(err[name] / ref[name])) if ref[name] > 0 else 0.0,
+        }
+        for name in plans
+    ]
     return sorted(rows, key=lambda r: r["rel_error"], reverse=True)

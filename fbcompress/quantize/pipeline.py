@@ -1,0 +1,614 @@
+"""`fbcompress quantize`: bundle `model.onnx` → INT8 files + report, guarded by the recipe's accuracy tolerance.
+
+Order of work, so a rejected quantization never touches the bundle:
+1. everything checkable without work (the source file's role and hash, --out, the method's packages, the data dir);
+2. quantize into a private temporary directory (the accuracy fall-back loop scores each attempt on val);
+3. the guard: score the final files on `--split` against FP32 `model.onnx`; beyond tolerance → status rejected,
+   nothing written (the CLI exits 1);
+4. only then the bundle's atomic update adds the INT8 files and the reports; the FP32 files are carried over as
+   they were (hard links) and the manifest says which file is for what.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fbcompress.errors import FbError
+from fbcompress.export import bundle as B
+from fbcompress.quantize import INT8_CPU_FILE, INT8_TRT_FILE, METHODS, REPORT_JSON, REPORT_MD, ROLE_REPORT, measure
+from fbcompress.quantize import graph as G
+
+FP32_FILE = "model.onnx"
+ORT_FP32_FILE = "model.ort.onnx"
+MODELOPT_NOT_RUN = (
+    "NVIDIA ModelOpt ONNX PTQ (the reference for TensorRT-ready QDQ) does not install beside this "
+    "stack: pip resolves nvidia-modelopt[onnx] 0.47.0 to onnx 1.21.0 and onnxruntime-gpu 1.24.4, "
+    "replacing onnx 1.23 and clashing with onnxruntime 1.32 (checked with pip install --dry-run)"
+)
+
+
+@dataclass
+class QuantizeOptions:
+    """Everything the command line decides; `section` is the recipe's `quantize` section."""
+
+    model: Path
+    data_dir: Path
+    section: Any  # recipes.QuantizeSection
+    recipe_source: str = "defaults"
+    method: str | None = None
+    out: Path | None = None
+    split: str = "test"
+    latency_runs: int = 100
+    progress: bool = False
+    log: Callable[[str], None] | None = None
+
+
+class _Run:
+    """State shared by the steps: the source bundle, data splits, FP32 reference scores, the work directory."""
+
+    def __init__(self, opts: QuantizeOptions, bundle: B.Bundle, rel: str, work: Path):
+        self.opts, self.bundle, self.rel, self.work = opts, bundle, rel, work
+        self.section = opts.section
+        self.spec = bundle.spec
+        self.max_positions = int(bundle.manifest.get("max_text_positions") or self.spec.max_text_len)
+        self.src = work / "model.fp32.onnx"
+        self.tokenizer_dir: Path = bundle.tokenizer_dir
+        self.dataset: Any = None
+        self.data: dict[str, Any] = {}
+        self.fp32: dict[str, dict[str, Any]] = {}
+        self.batches: list[dict[str, Any]] = []
+
+    def say(self, text: str) -> None:
+        if self.opts.log:
+            self.opts.log(text)
+
+    def split_data(self, split: str):
+        if split not in self.data:
+            from fbcompress.backbone import load_tokenizer
+            from fbcompress.data.loader import SplitData
+
+            tokenizer = load_tokenizer(self.tokenizer_dir)
+            self.data[split] = SplitData(self.dataset, split, tokenizer, self.spec)
+        return self.data[split]
+
+    def score(self, path: Path, name: str, split: str, max_queries: int | None = None) -> dict[str, Any]:
+        return measure.score(
+            path,
+            name,
+            self.spec,
+            self.tokenizer_dir,
+            self.dataset,
+            self.split_data(split),
+            split,
+            max_queries=max_queries,
+            progress=self.opts.progress,
+        )
+
+    def reference(self, split: str, max_queries: int | None = None) -> dict[str, Any]:
+        key = f"{split}:{max_queries}"
+        if key not in self.fp32:
+            self.say(f"scoring FP32 {FP32_FILE} on {split} ...")
+            self.fp32[key] = self.score(self.src, FP32_FILE, split, max_queries)
+        return self.fp32[key]
+
+    def val_check(self, files: dict[str, Path]) -> dict[str, Any]:
+        """Score candidate files on val against FP32 (the fall-back loop's test)."""
+        queries = self.section.eval_queries
+        reference = self.reference("val", queries)
+        per_file = {}
+        for rel, path in files.items():
+            result = measure.compare(
+                reference,
+                self.score(path, rel, "val", queries),
+                self.section.max_auc_drop,
+                self.section.max_rank10_drop,
+            )
+            per_file[rel] = {
+                "auc": result["int8"]["auc"],
+                "fp32_auc": result["fp32"]["auc"],
+                "breaks": result["breaks"],
+                "passed": result["passed"],
+            }
+            self.say(
+                f"  {rel} on val: AUC {result['int8']['auc']:.4f} (FP32 {result['fp32']['auc']:.4f})"
+                + ("" if result["passed"] else " - tolerance broken")
+            )
+        return {"passed": all(v["passed"] for v in per_file.values()), "val": per_file}
+
+
+def session_factory(proto_or_path) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    model = proto_or_path.SerializeToString() if hasattr(proto_or_path, "SerializeToString") else str(proto_or_path)
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+
+# --------------------------------------------------------------------------------------------------------- checks
+
+
+def resolve_source(model: Path) -> tuple[B.Bundle, str]:
+    """The bundle and the FP32 standard-ops file to quantize (hash-checked); `exported/NAME` means its model.onnx."""
+    if model.is_dir():
+        if not (model / B.MANIFEST).is_file():
+            raise FbError(
+                f"--model {model} is a directory but not an export bundle (no {B.MANIFEST}); quantize "
+                "starts from exported/NAME/model.onnx (run `fbcompress export --target onnx` first)"
+            )
+        model = model / B.Bundle.open(model).primary_model()
+    if model.suffix != ".onnx":
+        raise FbError(f"--model {model} is not an .onnx file: quantize starts from the bundle's FP32 {FP32_FILE}")
+    bundle, rel = B.verify_bundle_file(model)
+    role = bundle.files.get(rel, {}).get("role")
+    if role != B.ROLE_ONNX:
+        raise FbError(
+            f"--model {model} has role '{role}'; quantize starts from the standard-ops FP32 {FP32_FILE} "
+            f"(role '{B.ROLE_ONNX}'), not the ORT-fused or an already quantized graph: pass "
+            f"{bundle.root / FP32_FILE}"
+        )
+    return bundle, rel
+
+
+def check_out(out: Path | None, bundle: B.Bundle) -> Path:
+    """INT8 files join the bundle of their FP32 source, so the manifest ties them to it; --out must be that bundle."""
+    if out is None:
+        return bundle.root
+    if out.resolve() != bundle.root.resolve():
+        raise FbError(
+            f"--out {out} is not the bundle that holds --model ({bundle.root}): the INT8 files are added "
+            "to their FP32 source's bundle (omit --out, or pass that directory)"
+        )
+    return bundle.root
+
+
+def _check_nodes(names: list[str], model) -> None:
+    known = {node.name for node in model.graph.node}
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise FbError(
+            f"quantize.exclude_nodes names {unknown[0]!r}, which is not a node of {FP32_FILE} "
+            f"(MatMul/Gemm nodes: {', '.join(n['name'] for n in G.gemm_nodes(model)[:4])}, ...)"
+        )
+
+
+# --------------------------------------------------------------------------------------------------------- methods
+
+
+def _static(run: _Run) -> dict[str, Any]:
+    """ort-static: both QDQ files, with the accuracy fall-back loop on val."""
+    from fbcompress.quantize import ort_methods as M
+    from fbcompress.quantize.calibration import BatchReader
+    from fbcompress.quantize.cpu import detect_isa, resolve_reduce_range
+    from fbcompress.quantize.fallback import run_fallback
+    from fbcompress.quantize.sensitivity import node_errors
+
+    section = run.section
+    isa = detect_isa()
+    fp_model = G.load(run.src)
+    by_design = G.default_fp_nodes(fp_model)
+    _check_nodes(list(section.exclude_nodes), fp_model)
+    base = list(dict.fromkeys([*by_design, *section.exclude_nodes]))
+    cache = run.work / "calibration-ranges.json"
+    input_names = [i.name for i in session_factory(run.src).get_inputs()]
+    reader = BatchReader(run.batches, input_names)
+    infos: dict[int, dict[str, Any]] = {}
+
+    def settings(excluded: list[str], reduce_range: bool) -> M.StaticSettings:
+        return M.StaticSettings(
+            calibration_method=section.calibration_method,
+            percentile=section.percentile,
+            per_channel=section.per_channel,
+            reduce_range=reduce_range,
+            exclude=[*base, *excluded],
+        )
+
+    run.say(f"calibrating ({section.calibration_method}, {len(run.batches)} batches) ...")
+    calibration = M.calibrate(run.src, reader, cache, settings([], False))
+
+    def build(excluded: list[str], attempt: int) -> dict[str, Path]:
+        folder = run.work / f"attempt-{attempt}"
+        folder.mkdir()
+        run.say(f"quantizing (static QDQ, attempt {attempt}, {len(excluded)} node(s) returned to FP) ...")
+        trt = M.quantize_trt(run.src, folder / INT8_TRT_FILE, cache, settings(excluded, False))
+        cpu = M.quantize_cpu(
+            run.src,
+            folder / INT8_CPU_FILE,
+            cache,
+            settings(excluded, resolve_reduce_range(section.reduce_range, isa)),
+            isa,
+        )
+        infos[attempt] = {INT8_TRT_FILE: trt, INT8_CPU_FILE: cpu}
+        return {INT8_TRT_FILE: folder / INT8_TRT_FILE, INT8_CPU_FILE: folder / INT8_CPU_FILE}
+
+    def rank(files: dict[str, Path]) -> list[dict[str, Any]]:
+        run.say("measuring per-node quantization error on the calibration batches ...")
+        merged: dict[str, dict[str, Any]] = {}
+        for rel, path in files.items():
+            for row in node_errors(run.src, G.load(path), run.batches, session_factory):
+                entry = merged.setdefault(
+                    row["name"], {"name": row["name"], "op": row["op"], "rel_error": 0.0, "by_file": {}}
+                )
+                entry["by_file"][rel] = row["rel_error"]
+                entry["rel_error"] = max(entry["rel_error"], row["rel_error"])
+        return sorted(merged.values(), key=lambda r: r["rel_error"], reverse=True)
+
+    result = run_fallback(build, run.val_check, rank, section.max_fallback_nodes, section.fallback, run.say)
+    if not result.ranking and result.passed:
+        result.ranking = rank(result.files)  # the report lists per-node errors even when nothing was returned
+    attempt = len(result.steps) - 1
+    methods = infos[attempt]
+    methods[INT8_CPU_FILE]["isa"] = isa.to_dict()
+    for info in methods.values():
+        info["calibration"] = calibration
+    return {
+        "files": result.files,
+        "first_files": result.first_files,
+        "settings": methods,
+        "fp_by_design": by_design,
+        "fp_by_recipe": list(section.exclude_nodes),
+        "fallback": {
+            "enabled": section.fallback,
+            "max_nodes": section.max_fallback_nodes,
+            "returned_to_fp": result.excluded,
+            "steps": _slim_steps(result.steps),
+            "stopped": result.stopped,
+            "per_node_error": result.ranking,
+            "passed_on_val": result.passed,
+        },
+    }
+
+
+def _slim_steps(steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [
+        {
+            "attempt": s["attempt"],
+            "returned_to_fp": s["returned_to_fp"],
+            "excluded": s["excluded"],
+            "passed": s["passed"],
+            "val": s["val"],
+        }
+        for s in steps
+    ]
+
+
+def _dynamic(run: _Run) -> dict[str, Any]:
+    """ort-dynamic: MatMul/Gemm/Gather weights INT8, activations quantized per batch at run time."""
+    from fbcompress.quantize import ort_methods as M
+    from fbcompress.quantize.cpu import detect_isa, resolve_reduce_range
+
+    section = run.section
+    isa = detect_isa()
+    fp_model = G.load(run.src)
+    by_design = G.default_fp_nodes(fp_model)
+    _check_nodes(list(section.exclude_nodes), fp_model)
+    folder = run.work / "dynamic"
+    folder.mkdir()
+    run.say("quantizing (dynamic INT8) ...")
+    info = M.quantize_dyn(
+        run.src,
+        folder / INT8_CPU_FILE,
+        section.per_channel,
+        resolve_reduce_range(section.reduce_range, isa),
+        [*by_design, *section.exclude_nodes],
+    )
+    info["isa"] = isa.to_dict()
+    files = {INT8_CPU_FILE: folder / INT8_CPU_FILE}
+    return {
+        "files": files,
+        "first_files": files,
+        "settings": {INT8_CPU_FILE: info},
+        "fp_by_design": by_design,
+        "fp_by_recipe": list(section.exclude_nodes),
+        "fallback": {
+            "enabled": False,
+            "returned_to_fp": [],
+            "steps": [],
+            "per_node_error": [],
+            "stopped": "not applied to dynamic quantization (its activation ranges change per batch); "
+            "keep nodes FP with quantize.exclude_nodes",
+        },
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------- steps
+
+
+def _file_entry(rel: str, path: Path, settings: dict[str, Any], method: str, fp32_bytes: int) -> dict[str, Any]:
+    model = G.load(path)
+    dynamic = method == "ort-dynamic"
+    graph = G.describe_dynamic(model) if dynamic else G.describe_qdq(model)
+    ranges = (
+        G.summarize_ranges(G.activation_ranges(model))
+        if not dynamic
+        else {"tensors": 0, "note": "dynamic: ranges are computed per batch at run time"}
+    )
+    return {
+        "bytes": path.stat().st_size,
+        "size_vs_fp32": path.stat().st_size / fp32_bytes,
+        "constant_bytes_by_dtype": G.initializer_bytes(model),
+        "settings": settings,
+        "graph": graph,
+        "activation_ranges": ranges,
+    }
+
+
+def _purpose(rel: str, method: str, settings: dict[str, Any]) -> dict[str, str]:
+    if rel == INT8_TRT_FILE:
+        return {
+            "role": B.ROLE_ONNX_INT8_QDQ,
+            "purpose": "TensorRT INT8 engine source: symmetric INT8 Q/DQ on "
+            "MatMul/Gemm inputs (`fbcompress export --target tensorrt --precision int8` builds from it)",
+            "runtime": "TensorRT (explicit quantization); runs in ONNX Runtime too, but slowly on CPUs without VNNI",
+        }
+    isa = settings.get("isa", {})
+    how = {"ort-static": "static QDQ", "ort-dynamic": "dynamic INT8"}[method]
+    return {
+        "role": B.ROLE_ONNX_INT8,
+        "purpose": f"ONNX Runtime on CPU ({how}; {isa.get('scheme', 'U8S8')} for "
+        f"{isa.get('isa', 'x86')}), embeddings stored INT8",
+        "runtime": "ONNX Runtime CPUExecutionProvider",
+    }
+
+
+def run_quantize(opts: QuantizeOptions) -> dict[str, Any]:
+    """Quantize, guard, and (if accepted) write into the bundle. Returns the report (status accepted|rejected)."""
+    from fbcompress.data.dataset_dir import DatasetDir
+    from fbcompress.export.pipeline import machine_info
+    from fbcompress.quantize.calibration import calibration_batches
+
+    method = opts.method or opts.section.method
+    if method not in METHODS:
+        raise FbError(f"--method {method} is not one of {', '.join(METHODS)}")
+    if method == "inc":
+        from fbcompress.quantize.inc import refuse
+
+        refuse()
+    bundle, rel = resolve_source(Path(opts.model))
+    root = check_out(opts.out, bundle)
+    _check_nodes(list(opts.section.exclude_nodes), G.load(bundle.root / rel))
+    dataset = DatasetDir.open(opts.data_dir)
+    bundle.verify_tokenizer()
+    source_sha = bundle.files[rel]["sha256"]
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="fbcompress-quantize-") as tmp:
+        run = _Run(opts, bundle, rel, Path(tmp))
+        run.dataset = dataset
+        shutil.copyfile(bundle.root / rel, run.src)  # the live bundle may be swapped by another stage meanwhile
+        from fbcompress.artifacts import sha256_file
+
+        if sha256_file(run.src) != source_sha:
+            raise FbError(f"{bundle.root / rel} changed while being read; try again")
+        section = opts.section
+        run.say(
+            f"calibration data: {section.calibration_batches} batches x {section.calibration_batch_size} "
+            "training pairs ..."
+        )
+        run.batches = calibration_batches(
+            run.split_data("train"), section.calibration_batches, section.calibration_batch_size
+        )
+        produced = {"ort-static": _static, "ort-dynamic": _dynamic}[method](run)
+        files: dict[str, Path] = produced["files"]
+        # ---- the guard, on --split with every query
+        reference = run.reference(opts.split)
+        accuracy: dict[str, Any] = {}
+        breaks: list[str] = []
+        if produced["fallback"].get("passed_on_val") is False:
+            last = produced["fallback"]["steps"][-1]["val"]
+            broken = [measure.describe_breaks(r, v["breaks"]) for r, v in last.items() if v["breaks"]]
+            breaks.append(f"on val, {produced['fallback']['stopped']}: " + "; ".join(broken))
+        for rel_q, path in files.items():
+            run.say(f"guard: scoring {rel_q} on {opts.split} ...")
+            comparison = measure.compare(
+                reference, run.score(path, rel_q, opts.split), section.max_auc_drop, section.max_rank10_drop
+            )
+            accuracy[rel_q] = comparison
+            if comparison["breaks"]:
+                breaks.append(measure.describe_breaks(rel_q, comparison["breaks"]))
+        # ---- latency and size
+        fp32_bytes = run.src.stat().st_size
+        latency: dict[str, Any] = {}
+        timed: dict[str, Path] = {FP32_FILE: run.src}
+        if ORT_FP32_FILE in bundle.files:
+            timed[ORT_FP32_FILE] = bundle.root / ORT_FP32_FILE
+        timed.update(files)
+        if produced["fallback"].get("returned_to_fp"):
+            timed.update({f"{r} (before fall-back)": p for r, p in produced["first_files"].items()})
+        if opts.latency_runs > 0:
+            for name, path in timed.items():
+                run.say(f"latency of {name} ({opts.latency_runs} runs x text {measure.LATENCY_TEXTS}) ...")
+                latency[name] = measure.latency(path, run.spec, run.max_positions, opts.latency_runs)
+        report = _report(
+            run, method, produced, files, reference, accuracy, breaks, latency, fp32_bytes, source_sha, machine_info()
+        )
+        report["size"] = {name: path.stat().st_size for name, path in timed.items()}
+        report["seconds"] = round(time.perf_counter() - started, 1)
+        if breaks:
+            report["status"] = "rejected"
+            report["message"] = (
+                "quantize guard: " + "; ".join(breaks) + f"; nothing was written to {root} "
+                "(the FP32 bundle is unchanged)"
+            )
+            return report
+        report["status"] = "accepted"
+        _write_bundle(run, root, files, report)
+        report["written"] = sorted([*files, REPORT_JSON, REPORT_MD])
+        return report
+
+
+def _report(
+    run: _Run,
+    method: str,
+    produced: dict[str, Any],
+    files: dict[str, Path],
+    reference: dict[str, Any],
+    accuracy: dict[str, Any],
+    breaks: list[str],
+    latency: dict[str, Any],
+    fp32_bytes: int,
+    source_sha: str,
+    machine: dict[str, Any],
+) -> dict[str, Any]:
+    from fbcompress.quantize.calibration import describe_batches
+    from fbcompress.quantize.cpu import detect_isa
+
+    section = run.section
+    entries = {}
+    for rel_q, path in files.items():
+        settings = produced["settings"].get(rel_q, {})
+        entries[rel_q] = {**_purpose(rel_q, method, settings), **_file_entry(rel_q, path, settings, method, fp32_bytes)}
+    fallback = dict(produced["fallback"])
+    cost = {}
+    for rel_q in files if fallback.get("returned_to_fp") else []:
+        before, after = latency.get(f"{rel_q} (before fall-back)"), latency.get(rel_q)
+        if before and after:
+            cost[rel_q] = {
+                f"text {a['text']}": {
+                    "p50_ms_before": b["p50_ms"],
+                    "p50_ms_after": a["p50_ms"],
+                    "added_ms": a["p50_ms"] - b["p50_ms"],
+                }
+                for b, a in zip(before, after, strict=True)
+            }
+    fallback["latency_cost"] = cost
+    calibration = {"split": "train", "method": section.calibration_method, **describe_batches(run.batches)}
+    if section.calibration_method == "Percentile":
+        calibration["percentile"] = section.percentile
+    return {
+        "status": "pending",
+        "method": method,
+        "bundle": str(run.bundle.root),
+        "source": {
+            "file": FP32_FILE,
+            "sha256": source_sha,
+            "bytes": fp32_bytes,
+            "weights_sha256": run.bundle.manifest.get("source", {}).get("weights_sha256"),
+        },
+        "recipe": {"source": run.opts.recipe_source, "quantize": section.model_dump(mode="json")},
+        "machine": {**machine, "int8": detect_isa().to_dict()},
+        "calibration": calibration,
+        "files": entries,
+        "kept_fp": {
+            "by_design": produced["fp_by_design"],
+            "by_recipe": produced["fp_by_recipe"],
+            "by_fallback": fallback.get("returned_to_fp", []),
+        },
+        "fallback": fallback,
+        "accuracy": {
+            "split": run.opts.split,
+            "fp32": measure.headline(reference),
+            "tolerance": {"max_auc_drop": section.max_auc_drop, "max_rank10_drop": section.max_rank10_drop},
+            "files": {rel_q: {k: v for k, v in c.items() if k != "split"} for rel_q, c in accuracy.items()},
+            "data": str(run.dataset.root),
+            "synthetic": bool(run.dataset.meta.get("synthetic", False)),
+            "note": "every file is scored with ONNX Runtime on CPU; for model.int8.trt.onnx that simulates "
+            "TensorRT's INT8 arithmetic (same Q/DQ scales)",
+        },
+        "latency": {
+            "runtime": "onnxruntime CPUExecutionProvider, ORT_ENABLE_ALL, default threads",
+            "batch": 1,
+            "runs": run.opts.latency_runs,
+            "warmup": 10,
+            "models": latency,
+        },
+        "size": {FP32_FILE: fp32_bytes, **{rel_q: e["bytes"] for rel_q, e in entries.items()}},
+        "comparisons": {"modelopt": {"ran": False, "reason": MODELOPT_NOT_RUN}},
+        "breaks": breaks,
+    }
+
+
+def _manifest_entry(rel: str, report: dict[str, Any], sha: str) -> dict[str, Any]:
+    entry = report["files"][rel]
+    acc = report["accuracy"]["files"][rel]
+    fp32 = acc["fp32"]
+    cases = [
+        {
+            "batch": c["batch"],
+            "text": c["text"],
+            "p50_ms": c["p50_ms"],
+            "p90_ms": c["p90_ms"],
+            "p99_ms": c["p99_ms"],
+            "pairs_per_s": c["pairs_per_s"],
+        }
+        for c in report["latency"]["models"].get(rel, [])
+    ]
+    out: dict[str, Any] = {
+        "role": entry["role"],
+        "format": "onnx",
+        "precision": "int8",
+        "derived_from": FP32_FILE,
+        "purpose": entry["purpose"],
+        "runtime": entry["runtime"],
+        "method": report["method"],
+        "source_weights_sha256": report["source"]["weights_sha256"],
+        "source_sha256": report["source"]["sha256"],
+        "quantization": {
+            "settings": entry["settings"],
+            "quantized_nodes": len(entry["graph"]["quantized_nodes"]),
+            "kept_fp": report["kept_fp"],
+            "report": REPORT_JSON,
+        },
+        "accuracy": {
+            "split": report["accuracy"]["split"],
+            "auc": acc["int8"]["auc"],
+            "accuracy": acc["int8"]["accuracy"],
+            "fp32_auc": fp32["auc"],
+            "auc_drop": -acc["deltas"]["auc"],
+            "deltas": acc["deltas"],
+            "tolerance": report["accuracy"]["tolerance"],
+            "passed": acc["passed"],
+        },
+        "size_vs_fp32": entry["size_vs_fp32"],
+        "sha256_at_quantize": sha,
+    }
+    if cases:
+        out["latency"] = {
+            "device": "cpu (onnxruntime CPUExecutionProvider)",
+            "runs": report["latency"]["runs"],
+            "warmup": 10,
+            "machine": report["machine"],
+            "cases": cases,
+        }
+    return out
+
+
+def _write_bundle(run: _Run, root: Path, files: dict[str, Path], report: dict[str, Any]) -> None:
+    from fbcompress.artifacts import sha256_file
+    from fbcompress.export.readme import render_readme
+    from fbcompress.quantize.report import render_markdown
+
+    source = run.bundle.manifest.get("source", {})
+    with B.update_bundle(root, source) as writer:
+        if not writer.has_verified(run.rel):
+            raise FbError(
+                f"{root / run.rel} changed while quantizing (another export?): nothing written; run quantize again"
+            )
+        for rel_q, path in files.items():
+            shutil.copyfile(path, writer.path(rel_q, report["files"][rel_q]["role"]))
+            writer.add_model(rel_q, _manifest_entry(rel_q, report, sha256_file(path)))
+        writer.path(REPORT_JSON, ROLE_REPORT).write_text(json.dumps(report, indent=2, default=str) + "\n")
+        writer.path(REPORT_MD, ROLE_REPORT).write_text(render_markdown(report))
+        writer.manifest["quantization"] = {
+            "at": B.now_iso(),
+            "method": report["method"],
+            "fp32_source": FP32_FILE,
+            "files": {rel_q: report["files"][rel_q]["purpose"] for rel_q in files},
+            "fp32_files_kept": [r for r in (FP32_FILE, ORT_FP32_FILE) if r in writer.manifest.get("models", {})],
+            "report": {"json": REPORT_JSON, "markdown": REPORT_MD},
+        }
+        writer.manifest["history"] = [
+            *writer.manifest.get("history", []),
+            {
+                "at": B.now_iso(),
+                "command": f"fbcompress quantize --method {report['method']}",
+                "written": sorted([*files, REPORT_JSON, REPORT_MD]),
+            },
+        ][-50:]
+        writer.finalize(render_readme)

@@ -1,0 +1,194 @@
+"""The quantization report as Markdown (`quantization.md` in the bundle), rendered from the JSON report so the two
+never disagree. It answers a serving team's questions in order: what each file is for, what it costs in accuracy,
+what it buys in size and latency, which nodes stayed FP and why, and what the ranges were calibrated on.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+METRIC_LABELS = (
+    ("accuracy", "ACC"),
+    ("auc", "AUC"),
+    ("itr_r1", "ITR R@1"),
+    ("itr_r5", "ITR R@5"),
+    ("itr_r10", "ITR R@10"),
+    ("tir_r1", "TIR R@1"),
+    ("tir_r5", "TIR R@5"),
+    ("tir_r10", "TIR R@10"),
+)
+
+
+def _mb(n: int | float) -> str:
+    return f"{n / 1e6:.2f} MB"
+
+
+def _accuracy_rows(report: dict[str, Any]) -> list[str]:
+    acc = report["accuracy"]
+    files = acc["files"]
+    columns = list(files)
+    rows = [
+        "| metric | FP32 `model.onnx` | " + " | ".join(f"`{c}`" for c in columns) + " |",
+        "|---|---|" + "---|" * len(columns),
+    ]
+    for key, label in METRIC_LABELS:
+        if key not in acc["fp32"]:
+            continue
+        cells = []
+        for column in columns:
+            got = files[column]
+            value, delta = got["int8"].get(key), got["deltas"].get(key)
+            cells.append("-" if value is None else f"{value:.4f} ({delta:+.4f})")
+        rows.append(f"| {label} | {acc['fp32'][key]:.4f} | " + " | ".join(cells) + " |")
+    tol = acc["tolerance"]
+    rows += [
+        "",
+        f"Split `{acc['split']}` of `{acc['data']}`{' (synthetic catalogue)' if acc.get('synthetic') else ''}"
+        f"; tolerance: AUC drop <= {tol['max_auc_drop']:g}, ITR/TIR Rank@10 drop <= "
+        f"{tol['max_rank10_drop']:g}. {acc['note']}.",
+    ]
+    return rows
+
+
+def _latency_rows(report: dict[str, Any]) -> list[str]:
+    lat = report["latency"]
+    if not lat["models"]:
+        return ["Latency not measured (--latency-runs 0)."]
+    texts = sorted({c["text"] for cases in lat["models"].values() for c in cases})
+    rows = [
+        "| model | size | " + " | ".join(f"p50 / p99 ms, text {t}" for t in texts) + " |",
+        "|---|---|" + "---|" * len(texts),
+    ]
+    sizes = report["size"]
+    for name, cases in lat["models"].items():
+        by_text = {c["text"]: c for c in cases}
+        size = sizes.get(name)
+        cells = [f"{by_text[t]['p50_ms']:.2f} / {by_text[t]['p99_ms']:.2f}" if t in by_text else "-" for t in texts]
+        rows.append(f"| `{name}` | {_mb(size) if size else '-'} | " + " | ".join(cells) + " |")
+    machine = report["machine"]
+    isa = machine.get("int8", {})
+    rows += [
+        "",
+        f"Batch 1, {lat['runs']} timed runs after {lat['warmup']} warm-up, {lat['runtime']}. Machine: "
+        f"{machine.get('cpu', '?')}, {machine.get('cores', '?')} cores, onnxruntime "
+        f"{machine.get('onnxruntime', '?')}; INT8 ISA {isa.get('isa', '?')} ({isa.get('scheme', '?')}).",
+    ]
+    return rows
+
+
+def _file_section(rel: str, entry: dict[str, Any]) -> list[str]:
+    graph = entry["graph"]
+    settings = entry.get("settings", {})
+    lines = [
+        f"### `{rel}`",
+        "",
+        f"- for: {entry['purpose']}",
+        f"- runtime: {entry['runtime']}",
+        f"- size: {_mb(entry['bytes'])} ({entry['size_vs_fp32']:.1%} of FP32)",
+    ]
+    for key in ("tool", "format", "activations", "weights", "embeddings"):
+        if settings.get(key):
+            lines.append(f"- {key}: {settings[key]}")
+    quantized = graph.get("quantized_nodes", [])
+    kept = graph.get("fp_nodes", [])
+    lines.append(f"- quantized nodes ({len(quantized)}): " + ", ".join(f"`{n['name']}`" for n in quantized))
+    kept_names = ", ".join(f"`{n['name']}`" for n in kept) or "none"
+    lines.append(f"- MatMul/Gemm/Gather kept FP ({len(kept)}): {kept_names}")
+    if graph.get("fp_ops"):
+        lines.append("- always FP: " + ", ".join(f"{op} x{n}" for op, n in graph["fp_ops"].items()))
+    if "dq_feeding_layernorm_or_softmax" in graph:
+        bad = graph["dq_feeding_layernorm_or_softmax"]
+        lines.append(f"- Q/DQ feeding LayerNorm or Softmax: {'none' if not bad else ', '.join(bad)}")
+    ranges = entry.get("activation_ranges", {})
+    if ranges.get("tensors"):
+        widest = ", ".join(f"`{r['tensor']}` [{r['min']:.3g}, {r['max']:.3g}]" for r in ranges["widest"][:3])
+        lines.append(
+            f"- calibrated activation ranges: {ranges['tensors']} tensors, {ranges['dtypes']}, symmetric "
+            f"{ranges['symmetric']}, median scale {ranges['median_scale']:.3g}; widest: {widest}"
+        )
+    return [*lines, ""]
+
+
+def _fallback_rows(report: dict[str, Any]) -> list[str]:
+    fb = report["fallback"]
+    kept = report["kept_fp"]
+    lines = [
+        "- by design: " + (", ".join(f"`{n}` ({why})" for n, why in kept["by_design"].items()) or "none"),
+        "- by the recipe (quantize.exclude_nodes): " + (", ".join(f"`{n}`" for n in kept["by_recipe"]) or "none"),
+        "- by the accuracy fall-back: " + (", ".join(f"`{n}`" for n in kept["by_fallback"]) or "none"),
+        f"- fall-back: {fb.get('stopped', '')}",
+    ]
+    for rel, cases in fb.get("latency_cost", {}).items():
+        lines.append(
+            f"- latency cost in `{rel}`: "
+            + "; ".join(
+                f"{text}: {c['p50_ms_before']:.2f} -> {c['p50_ms_after']:.2f} ms ({c['added_ms']:+.2f})"
+                for text, c in cases.items()
+            )
+        )
+    for step in fb.get("steps", []):
+        vals = ", ".join(f"{rel} AUC {v['auc']:.4f}" for rel, v in step["val"].items())
+        lines.append(
+            f"  - attempt {step['attempt']}: FP nodes added {step['returned_to_fp'] or '-'}; val {vals}; "
+            f"{'passed' if step['passed'] else 'broken'}"
+        )
+    errors = fb.get("per_node_error", [])
+    if errors:
+        lines += [
+            "",
+            "Per-node output error vs FP32 on the calibration batches (||Y_int8 - Y_fp32|| / ||Y_fp32||, "
+            "each node alone), most sensitive first:",
+            "",
+            "| node | op | error |",
+            "|---|---|---|",
+        ]
+        lines += [f"| `{r['name']}` | {r['op']} | {r['rel_error']:.4g} |" for r in errors[:20]]
+    return lines
+
+
+def _modelopt_rows(report: dict[str, Any]) -> list[str]:
+    mo = report.get("comparisons", {}).get("modelopt", {})
+    return [f"Not run: {mo.get('reason', 'n/a')}."]
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    status = report.get("status", "?")
+    cal = report["calibration"]
+    lines = [
+        f"# Quantization report: {report['method']} ({status})",
+        "",
+        f"Bundle `{report['bundle']}`, source `{report['source']['file']}` (sha256 "
+        f"{report['source']['sha256'][:12]}..., {_mb(report['source']['bytes'])}); recipe: "
+        f"{report['recipe']['source']}.",
+        "",
+    ]
+    if report.get("message"):
+        lines += [f"**{report['message']}**", ""]
+    lines += ["## Files", ""]
+    for rel, entry in report["files"].items():
+        lines += _file_section(rel, entry)
+    lines += [
+        "## Accuracy",
+        "",
+        *_accuracy_rows(report),
+        "",
+        "## Size and latency (ONNX Runtime, CPU)",
+        "",
+        *_latency_rows(report),
+        "",
+        "## Nodes kept in floating point",
+        "",
+        *_fallback_rows(report),
+        "",
+        "## Calibration",
+        "",
+        f"{cal['batches']} batches, {cal['pairs']} training pairs (half matched, half mismatched), text lengths "
+        f"{cal['text_lengths']} (each batch padded only to its own longest text; padding "
+        f"{cal['padding_share']:.1%}), {cal['method']} ranges.",
+        "",
+        "## NVIDIA ModelOpt ONNX PTQ (comparison)",
+        "",
+        *_modelopt_rows(report),
+        "",
+    ]
+    return "\n".join(lines)

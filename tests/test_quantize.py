@@ -1,0 +1,541 @@
+"""Quantize: both static QDQ files and their placement, dynamic INT8, INC's behaviour, the accuracy guard (exit 1,
+bundle untouched), the fall-back loop, per-node error emulation, the report, and the command's errors.
+
+One smoke bundle is exported per module and quantized once (ort-static); tests that change a bundle use a copy.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from onnx import numpy_helper
+
+from fbcompress.artifacts import sha256_file
+from fbcompress.cli import main
+
+
+def run(*args: str):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def tree_state(root: Path) -> dict[str, str]:
+    return {p.relative_to(root).as_posix(): sha256_file(p) for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def assert_one_line_error(result, code: int, *fragments: str) -> str:
+    assert result.exit_code == code, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, result.output
+    assert "Traceback" not in result.output
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+    return errors[0]
+
+
+@pytest.fixture(scope="module")
+def bundle(trained_smoke, tiny_data, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("exported") / "smoke"
+    result = run("export", "--model", trained_smoke, "--target", "onnx", "--out", out, "--latency-runs", "0")
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def copy_bundle(bundle: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "exported" / bundle.name
+    shutil.copytree(bundle, copy)
+    return copy
+
+
+@pytest.fixture(scope="module")
+def quantized(bundle, tiny_data, tmp_path_factory) -> tuple[Path, dict, dict[str, str]]:
+    """The smoke bundle after `fbcompress quantize` (ort-static, the smoke recipe named by the checkpoint)."""
+    copy = copy_bundle(bundle, tmp_path_factory.mktemp("q"))
+    before = tree_state(copy)
+    report_path = copy.parent / "report.json"
+    result = run("quantize", "--model", copy / "model.onnx", "--data", tiny_data, "--out", copy, "--json", report_path)
+    assert result.exit_code == 0, result.output
+    return copy, json.loads(report_path.read_text()), before
+
+
+def _producers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
+    return {out: node for node in model.graph.node for out in node.output}
+
+
+# --------------------------------------------------------------------------------------------------- ort-static
+
+
+def test_static_adds_both_files_and_keeps_fp32(quantized, tiny_data, tmp_path):
+    root, report, before = quantized
+    manifest = json.loads((root / "manifest.json").read_text())
+    assert report["status"] == "accepted" and report["method"] == "ort-static"
+    # the FP32 files are exactly as they were
+    for rel in ("model.onnx", "model.ort.onnx", "tokenizer/vocab.txt"):
+        assert sha256_file(root / rel) == before[rel], rel
+    models = manifest["models"]
+    assert models["model.onnx"]["precision"] == "fp32"
+    trt, cpu = models["model.int8.trt.onnx"], models["model.int8.onnx"]
+    assert trt["role"] == "onnx-int8-qdq" and cpu["role"] == "onnx-int8"
+    assert "TensorRT" in trt["purpose"] and "ONNX Runtime on CPU" in cpu["purpose"]
+    assert trt["derived_from"] == cpu["derived_from"] == "model.onnx" and cpu["precision"] == "int8"
+    assert cpu["accuracy"]["passed"] and cpu["accuracy"]["split"] == "test"
+    assert [c["text"] for c in cpu["latency"]["cases"]] == [8, 32] and cpu["latency"]["runs"] == 100
+    assert manifest["quantization"]["files"].keys() == {"model.int8.onnx", "model.int8.trt.onnx"}
+    assert manifest["quantization"]["report"] == {"json": "quantization.json", "markdown": "quantization.md"}
+    for rel in ("quantization.json", "quantization.md"):
+        assert manifest["files"][rel]["role"] == "quantization-report"
+    for rel, entry in manifest["files"].items():  # every file listed with its hash, nothing unlisted
+        assert sha256_file(root / rel) == entry["sha256"], rel
+    on_disk = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()} - {"manifest.json"}
+    assert on_disk == set(manifest["files"])
+    assert manifest["history"][-1]["command"] == "fbcompress quantize --method ort-static"
+    assert "model.int8.onnx" in (root / "README.md").read_text()
+    # the INT8 files open through the shared scoring interface (hash-checked) and score like the report says
+    eval_json = tmp_path / "eval.json"
+    result = run("eval", "--model", root / "model.int8.onnx", "--data", tiny_data, "--json", eval_json)
+    assert result.exit_code == 0, result.output
+    assert json.loads(eval_json.read_text())["auc"] == pytest.approx(cpu["accuracy"]["auc"], abs=1e-9)
+
+
+def test_trt_graph_has_symmetric_qdq_on_matmul_inputs_only(quantized):
+    root, _, _ = quantized
+    model = onnx.load(str(root / "model.int8.trt.onnx"))
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    producer = _producers(model)
+    gemms = [n for n in model.graph.node if n.op_type in ("MatMul", "Gemm")]
+    logits = [n for n in gemms if "logits" in n.output]
+    assert len(logits) == 1
+    for node in gemms:
+        fed = [producer.get(name) for name in node.input[:2]]
+        has_dq = [p is not None and p.op_type == "DequantizeLinear" for p in fed]
+        if node in logits:
+            assert not any(has_dq), "the logits Gemm stays FP"
+        else:
+            assert all(has_dq), f"{node.name}: both inputs need Q/DQ ({[p.op_type if p else None for p in fed]})"
+    fp_ops = ("LayerNormalization", "Softmax", "Erf", "Gather")
+    assert {op for op in fp_ops[:3] if any(n.op_type == op for n in model.graph.node)} == set(fp_ops[:3])
+    for node in model.graph.node:
+        if node.op_type in fp_ops:  # LayerNorm, Softmax, GELU (Erf) and the embedding Gathers stay float
+            for name in node.input:
+                assert producer.get(name) is None or producer[name].op_type != "DequantizeLinear", node.name
+            for name in node.input:
+                if name in inits and inits[name].ndim == 2:
+                    assert inits[name].dtype == np.float32, f"{node.name}: embedding table {name} must stay FP32"
+        if node.op_type == "DequantizeLinear":  # every consumer of a DQ is a MatMul/Gemm
+            consumers = [n for n in model.graph.node if node.output[0] in n.input]
+            assert consumers and all(c.op_type in ("MatMul", "Gemm") for c in consumers), node.name
+            assert inits[node.input[1]].dtype == np.float32
+        if node.op_type == "QuantizeLinear":  # TensorRT: symmetric INT8 activations
+            zero_point = inits[node.input[2]]
+            assert zero_point.dtype == np.int8 and not zero_point.any()
+    weights = [inits[p.input[0]] for p in model.graph.node if p.op_type == "DequantizeLinear" and p.input[0] in inits]
+    assert weights and all(w.dtype == np.int8 for w in weights)  # no int32 bias DQs (TensorRT cannot read them)
+    scales = [inits[p.input[1]] for p in model.graph.node if p.op_type == "DequantizeLinear" and p.input[0] in inits]
+    assert all(s.size > 1 for s in scales)  # per output channel
+
+
+def test_cpu_graph_follows_the_isa_and_quantizes_embeddings(quantized):
+    from fbcompress.quantize.cpu import detect_isa
+
+    root, report, _ = quantized
+    model = onnx.load(str(root / "model.int8.onnx"))
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    isa = detect_isa()
+    zero_points = [
+        inits[n.input[2]] for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] not in inits
+    ]
+    assert zero_points and all(zp.dtype.name == isa.activation for zp in zero_points)
+    word = next(n for n in model.graph.node if n.op_type == "Gather" and "word_embeddings" in n.name)
+    table = _producers(model)[word.input[0]]
+    assert table.op_type == "DequantizeLinear" and inits[table.input[0]].dtype.itemsize == 1
+    entry = report["files"]["model.int8.onnx"]
+    assert entry["size_vs_fp32"] < 0.5  # the 30522-row table dominates: INT8 embeddings make the difference
+    assert report["files"]["model.int8.trt.onnx"]["size_vs_fp32"] > entry["size_vs_fp32"]
+    assert entry["settings"]["isa"]["scheme"] == isa.scheme
+    assert entry["settings"]["tool"].startswith("optimum.onnxruntime.ORTQuantizer")
+    # both files were quantized with the same calibration ranges
+    assert entry["settings"]["calibration"] == report["files"]["model.int8.trt.onnx"]["settings"]["calibration"]
+
+
+def test_report_has_nodes_ranges_sizes_accuracy_and_latency(quantized):
+    root, report, _ = quantized
+    assert json.loads((root / "quantization.json").read_text())["status"] == "accepted"
+    files = report["files"]
+    trt = files["model.int8.trt.onnx"]
+    assert len(trt["graph"]["quantized_nodes"]) == 18 and trt["graph"]["dq_feeding_layernorm_or_softmax"] == []
+    assert [n["name"] for n in trt["graph"]["fp_nodes"] if n["op"] == "Gemm"] == ["/ita_head/Gemm"]
+    ranges = trt["activation_ranges"]
+    assert ranges["tensors"] > 0 and ranges["symmetric"] and ranges["widest"][0]["max"] > 0
+    assert list(report["kept_fp"]["by_design"]) == ["/ita_head/Gemm"]
+    errors = report["fallback"]["per_node_error"]
+    assert len(errors) == 18 and errors == sorted(errors, key=lambda r: -r["rel_error"])
+    assert all(0 < r["rel_error"] < 0.5 for r in errors)
+    accuracy = report["accuracy"]
+    assert accuracy["split"] == "test" and {"auc", "accuracy", "itr_r10", "tir_r10", "itr_r1"} <= set(accuracy["fp32"])
+    for rel in ("model.int8.onnx", "model.int8.trt.onnx"):
+        assert accuracy["files"][rel]["passed"] and "auc" in accuracy["files"][rel]["deltas"]
+    latency = report["latency"]
+    assert latency["runs"] == 100 and latency["batch"] == 1
+    assert {"model.onnx", "model.ort.onnx", "model.int8.onnx", "model.int8.trt.onnx"} <= set(latency["models"])
+    for cases in latency["models"].values():
+        assert [c["text"] for c in cases] == [8, 32] and all(0 < c["p50_ms"] <= c["p99_ms"] for c in cases)
+    assert report["size"]["model.int8.onnx"] < report["size"]["model.onnx"]
+    assert report["calibration"]["batches"] == 4 and report["calibration"]["pairs"] == 32  # the smoke recipe
+    assert "onnxruntime-gpu" in report["comparisons"]["modelopt"]["reason"]
+    markdown = (root / "quantization.md").read_text()
+    for heading in (
+        "## Files",
+        "## Accuracy",
+        "## Size and latency",
+        "## Nodes kept in floating point",
+        "## Calibration",
+        "## NVIDIA ModelOpt",
+    ):
+        assert heading in markdown
+
+
+def test_export_finds_the_tensorrt_int8_source(quantized, bundle, trained_smoke):
+    """`export --target tensorrt --precision int8` looks for model.int8.trt.onnx: missing before, found after."""
+    before = run("export", "--model", trained_smoke, "--target", "tensorrt", "--precision", "int8", "--out", bundle)
+    assert_one_line_error(before, 2, "model.int8.trt.onnx", "fbcompress quantize")
+    root, _, _ = quantized
+    after = run("export", "--model", trained_smoke, "--target", "tensorrt", "--precision", "int8", "--out", root)
+    if after.exit_code == 2:  # no TensorRT/GPU here: the precheck got past the INT8 source
+        assert "model.int8.trt.onnx" not in after.output, after.output
+
+
+# ---------------------------------------------------------------------------------------------- the accuracy guard
+
+
+def test_guard_rejects_and_leaves_the_bundle_untouched(bundle, tiny_data, tmp_path):
+    root = copy_bundle(bundle, tmp_path)
+    before = tree_state(root)
+    report_path = tmp_path / "rejected.json"
+    result = run(
+        "quantize",
+        "--model",
+        root / "model.onnx",
+        "--data",
+        tiny_data,
+        "--json",
+        report_path,
+        "--set",
+        "quantize.max_auc_drop=-1",
+        "--set",
+        "quantize.max_fallback_nodes=2",
+        "--latency-runs",
+        "0",
+    )
+    line = assert_one_line_error(
+        result, 1, "quantize guard", "AUC", "drop", "quantize.max_auc_drop -1", "nothing was written"
+    )
+    assert "model.int8" in line
+    assert tree_state(root) == before
+    assert not [p for p in root.parent.iterdir() if ".tmp-" in p.name or ".old-" in p.name]
+    report = json.loads(report_path.read_text())
+    assert report["status"] == "rejected" and report["breaks"]
+    fallback = report["fallback"]
+    ranked = [r["name"] for r in fallback["per_node_error"]]
+    assert fallback["returned_to_fp"] == ranked[:2]  # the most sensitive first, up to max_fallback_nodes
+    assert [s["attempt"] for s in fallback["steps"]] == [0, 1, 2] and not any(s["passed"] for s in fallback["steps"])
+    assert "still broken" in fallback["stopped"]
+
+
+def test_fallback_loop_returns_nodes_until_the_tolerance_holds():
+    from fbcompress.quantize.fallback import run_fallback
+
+    ranking = [{"name": n, "rel_error": e} for n, e in (("a", 0.3), ("b", 0.2), ("c", 0.1))]
+    built: list[list[str]] = []
+
+    def build(excluded, attempt):
+        built.append(list(excluded))
+        return {"f": Path(f"attempt-{attempt}")}
+
+    def check(files):
+        return {"passed": len(built[-1]) >= 2, "val": {}}
+
+    result = run_fallback(build, check, lambda files: ranking, max_nodes=3)
+    assert result.passed and result.excluded == ["a", "b"] and built == [[], ["a"], ["a", "b"]]
+    assert result.first_files == {"f": Path("attempt-0")} and result.files == {"f": Path("attempt-2")}
+    capped = run_fallback(build, lambda files: {"passed": False, "val": {}}, lambda files: ranking, max_nodes=1)
+    assert not capped.passed and capped.excluded == ["a"] and "max_fallback_nodes 1" in capped.stopped
+    off = run_fallback(
+        build, lambda files: {"passed": False, "val": {}}, lambda files: ranking, max_nodes=3, enabled=False
+    )
+    assert not off.passed and off.excluded == [] and "disabled" in off.stopped
+
+
+def test_compare_names_the_broken_metric():
+    from fbcompress.quantize.measure import compare, describe_breaks
+
+    fp32 = {
+        "accuracy": 0.8,
+        "auc": 0.9,
+        "itr": {"r1": 0.2, "r5": 0.5, "r10": 0.7},
+        "tir": {"r1": 0.2, "r5": 0.5, "r10": 0.7},
+    }
+    int8 = {
+        "accuracy": 0.8,
+        "auc": 0.894,
+        "itr": {"r1": 0.2, "r5": 0.5, "r10": 0.67},
+        "tir": {"r1": 0.2, "r5": 0.5, "r10": 0.69},
+    }
+    result = compare(fp32, int8, max_auc_drop=0.005, max_rank10_drop=0.02)
+    assert not result["passed"] and [b["metric"] for b in result["breaks"]] == ["AUC", "ITR Rank@10"]
+    text = describe_breaks("model.int8.onnx", result["breaks"])
+    assert "AUC 0.8940 vs FP32 0.9000 (drop 0.0060 > quantize.max_auc_drop 0.005)" in text
+    assert "ITR Rank@10" in text and "TIR" not in text
+    assert compare(fp32, fp32, 0.005, 0.02)["passed"]
+
+
+# ------------------------------------------------------------------------------------------- dynamic and INC
+
+
+def test_dynamic_method(bundle, tiny_data, tmp_path):
+    root = copy_bundle(bundle, tmp_path)
+    fp32 = sha256_file(root / "model.onnx")
+    report_path = tmp_path / "dyn.json"
+    result = run(
+        "quantize",
+        "--model",
+        root / "model.onnx",
+        "--data",
+        tiny_data,
+        "--method",
+        "ort-dynamic",
+        "--json",
+        report_path,
+    )
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((root / "manifest.json").read_text())
+    entry = manifest["models"]["model.int8.onnx"]
+    assert entry["method"] == "ort-dynamic" and "model.int8.trt.onnx" not in manifest["models"]
+    ops = {n.op_type for n in onnx.load(str(root / "model.int8.onnx")).graph.node}
+    assert {"DynamicQuantizeLinear", "MatMulInteger"} & ops
+    assert sha256_file(root / "model.onnx") == fp32
+    report = json.loads(report_path.read_text())
+    assert report["files"]["model.int8.onnx"]["size_vs_fp32"] < 0.5
+    assert "not applied" in report["fallback"]["stopped"]
+
+
+def test_inc_method_refuses_with_the_reason(bundle, tiny_data, tmp_path):
+    """INC cannot make these ONNX files beside this stack: the command says why, before any work, bundle as it was."""
+    root = copy_bundle(bundle, tmp_path)
+    before = tree_state(root)
+    result = run("quantize", "--model", root / "model.onnx", "--data", tiny_data, "--method", "inc")
+    assert_one_line_error(result, 2, "--method inc cannot produce", "numpy<2", "neural-compressor-pt", "ort-static")
+    assert tree_state(root) == before
+    assert not [p for p in root.parent.iterdir() if ".tmp-" in p.name]
+
+
+# ------------------------------------------------------------------------------------- pieces, errors, recipe
+
+
+def test_node_error_emulation_matches_onnx_runtime(tmp_path):
+    """The per-node error is computed by emulating Q/DQ in numpy; it must equal what ONNX Runtime computes."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from fbcompress.quantize import ort_methods as M
+    from fbcompress.quantize.calibration import BatchReader
+    from fbcompress.quantize.pipeline import session_factory
+    from fbcompress.quantize.sensitivity import node_errors
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((16, 8)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["h"], name="mm"), helper.make_node("Relu", ["h"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 8])],
+        [numpy_helper.from_array(w, "w")],
+    )
+    src = tmp_path / "mm.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(src))
+    batches = [{"x": (rng.standard_normal((4, 16)) * 3).astype(np.float32)} for _ in range(3)]
+    dst = tmp_path / "mm.qdq.onnx"
+    M.calibrate(src, BatchReader(batches), tmp_path / "cache.json", M.StaticSettings())
+    M.quantize_trt(src, dst, tmp_path / "cache.json", M.StaticSettings())
+    errors = node_errors(src, onnx.load(str(dst)), batches, session_factory)
+    assert [e["name"] for e in errors] == ["mm"]
+    # ONNX Runtime's own QDQ MatMul output, read from the graph, gives the same relative error
+    qdq = onnx.load(str(dst))
+    qdq.graph.output.append(helper.make_tensor_value_info("h", TensorProto.FLOAT, None))
+    fp = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    q = ort.InferenceSession(qdq.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    num = den = 0.0
+    for batch in batches:
+        y_fp = batch["x"].astype(np.float64) @ w
+        y_q = q.run(["h"], batch)[0].astype(np.float64)
+        num += float(np.sum((y_q - y_fp) ** 2))
+        den += float(np.sum(y_fp**2))
+    assert fp.run(None, batches[0])[0].shape == (4, 8)
+    assert errors[0]["rel_error"] == pytest.approx(np.sqrt(num / den), rel=1e-3)
+    assert 0 < errors[0]["rel_error"] < 0.05
+
+
+def test_isa_choice_per_cpu():
+    from fbcompress.quantize.cpu import detect_isa, resolve_reduce_range
+
+    avx2 = detect_isa({"avx2", "fma"}, "x86_64")
+    assert (avx2.isa, avx2.scheme, avx2.reduce_range) == ("avx2", "U8S8", True)
+    vnni = detect_isa({"avx2", "avx512f", "avx512_vnni"}, "x86_64")
+    assert (vnni.isa, vnni.scheme, vnni.reduce_range) == ("vnni", "S8S8", False)
+    assert detect_isa({"avx2", "avx_vnni"}, "x86_64").scheme == "S8S8"
+    assert detect_isa({"avx2", "amx_int8", "amx_tile", "avx512_vnni"}, "x86_64").isa == "amx"
+    assert detect_isa({"asimd"}, "aarch64").scheme == "S8S8"
+    assert resolve_reduce_range("auto", avx2) and not resolve_reduce_range("off", avx2)
+    assert resolve_reduce_range("on", vnni)
+
+
+class _StubSplit:
+    """The SplitData surface calibration_batches uses, with texts of 3..30 tokens (the tiny test set's are all 8)."""
+
+    def __init__(self, lengths):
+        self.token_ids = [list(range(n)) for n in lengths]
+
+    def __len__(self):
+        return len(self.token_ids)
+
+    def batch(self, images, texts):
+        import torch
+
+        width = max(len(self.token_ids[t]) for t in texts)
+        ids = torch.zeros(len(texts), width, dtype=torch.long)
+        for row, t in enumerate(texts):
+            ids[row, : len(self.token_ids[t])] = t + 1  # the text's index, readable back from the batch
+        return {
+            "input_ids": ids,
+            "attention_mask": (ids > 0).long(),
+            "token_type_ids": torch.zeros_like(ids),
+            "patches": torch.tensor(images, dtype=torch.float32)[:, None, None].expand(-1, 64, 4).contiguous(),
+        }
+
+
+def test_calibration_batches_span_text_lengths():
+    from fbcompress.quantize.calibration import BatchReader, calibration_batches, describe_batches
+
+    rng = np.random.default_rng(1)
+    lengths = rng.integers(3, 31, size=200)
+    batches = calibration_batches(_StubSplit(lengths), 6, 8)
+    padded = [b["input_ids"].shape[1] for b in batches]
+    assert padded == sorted(padded) and len(set(padded)) >= 5, padded  # short texts first, long texts last
+    assert padded[0] <= 8 and padded[-1] == 30
+    for batch in batches:  # each batch padded only to its own longest text (VSL), half its pairs mismatched
+        real = batch["attention_mask"].sum(1)
+        assert real.max() == batch["input_ids"].shape[1]
+        images, texts = batch["patches"][:, 0, 0].astype(int), batch["input_ids"][:, 0] - 1
+        assert (images[0::2] == texts[0::2]).all() and (images[1::2] != texts[1::2]).all()
+    info = describe_batches(batches)
+    assert info["pairs"] == 48 and info["text_lengths"] == padded and 0 <= info["padding_share"] < 0.5
+    reader = BatchReader(batches, ["input_ids"])
+    assert list(reader.get_next()) == ["input_ids"] and len(reader) == 6
+    while reader.get_next() is not None:
+        pass
+    reader.rewind()  # calibration can run again
+    assert reader.get_next()["input_ids"] is batches[0]["input_ids"]
+
+
+def test_calibration_batches_from_the_real_loader(trained_smoke, tiny_data):
+    from fbcompress.backbone import load_tokenizer
+    from fbcompress.checkpoint import load_model
+    from fbcompress.data.dataset_dir import DatasetDir
+    from fbcompress.data.loader import SplitData
+    from fbcompress.quantize.calibration import calibration_batches
+
+    model, ckpt = load_model(trained_smoke)
+    data = SplitData(DatasetDir.open(tiny_data), "train", load_tokenizer(ckpt.directory), model.spec)
+    batches = calibration_batches(data, 3, 6)
+    assert len(batches) == 3
+    for batch in batches:  # numpy, the dtypes and names the ONNX graph takes
+        assert set(batch) == {"input_ids", "attention_mask", "token_type_ids", "patches"}
+        assert batch["input_ids"].dtype == np.int64 and batch["patches"].dtype == np.float32
+        assert batch["patches"].shape == (6, 64, 48)
+
+
+def test_recipe_quantize_section(tmp_path):
+    from fbcompress.errors import FbError
+    from fbcompress.recipes import load_recipe, parse_recipe
+
+    section = parse_recipe({}).quantize
+    assert (
+        section.method,
+        section.calibration_method,
+        section.max_auc_drop,
+        section.max_rank10_drop,
+        section.per_channel,
+    ) == ("ort-static", "MinMax", 0.005, 0.02, True)
+    for name in ("smoke", "quickstart", "fashiongen-bert-base"):
+        assert load_recipe(name).quantize.method == "ort-static"
+    assert load_recipe("fashiongen-bert-base").quantize.calibration_method == "Percentile"
+    with pytest.raises(FbError, match="quantize.calibration_method"):
+        parse_recipe({"quantize": {"calibration_method": "Histogram"}})
+    with pytest.raises(FbError, match="unknown recipe key 'quantize.tolerance'"):
+        parse_recipe({"quantize": {"tolerance": 1}})
+    assert parse_recipe({"quantize": {"max_auc_drop": -1}}).quantize.max_auc_drop == -1
+
+
+def test_quantize_help_has_an_example():
+    result = run("quantize", "--help")
+    assert result.exit_code == 0
+    assert "Example" in result.output and "--method" in result.output and "--json" in result.output
+
+
+def test_quantize_bad_inputs(bundle, tiny_data, tmp_path):
+    root = copy_bundle(bundle, tmp_path)
+    before = tree_state(root)
+    assert_one_line_error(run("quantize", "--model", tmp_path / "none.onnx", "--data", tiny_data), 2, "not found")
+    assert_one_line_error(
+        run("quantize", "--model", root / "model.onnx", "--data", tmp_path / "nodata"), 2, "dataset dir not found"
+    )
+    assert_one_line_error(
+        run("quantize", "--model", root / "model.ort.onnx", "--data", tiny_data), 2, "standard-ops FP32 model.onnx"
+    )
+    assert_one_line_error(
+        run("quantize", "--model", root / "model.onnx", "--data", tiny_data, "--out", tmp_path / "elsewhere"),
+        2,
+        "is not the bundle that holds --model",
+    )
+    assert_one_line_error(
+        run(
+            "quantize",
+            "--model",
+            root / "model.onnx",
+            "--data",
+            tiny_data,
+            "--set",
+            "quantize.exclude_nodes=[/no/such/MatMul]",
+        ),
+        2,
+        "/no/such/MatMul",
+    )
+    assert_one_line_error(
+        run(
+            "quantize",
+            "--model",
+            root / "model.onnx",
+            "--data",
+            tiny_data,
+            "--set",
+            "quantize.calibration_method=Histogram",
+        ),
+        2,
+        "quantize.calibration_method",
+    )
+    lonely = tmp_path / "lonely" / "model.onnx"
+    lonely.parent.mkdir()
+    shutil.copyfile(root / "model.onnx", lonely)
+    assert_one_line_error(run("quantize", "--model", lonely, "--data", tiny_data), 2, "not part of an fbcompress")
+    (root / "model.onnx").write_bytes(b"tampered")
+    assert_one_line_error(
+        run("quantize", "--model", root / "model.onnx", "--data", tiny_data), 2, "does not match its sha256"
+    )
+    before["model.onnx"] = sha256_file(root / "model.onnx")
+    assert tree_state(root) == before
