@@ -35,6 +35,45 @@ def summarise(durations_s: list[float]) -> LatencyStats:
     return LatencyStats(len(ms), float(p50), float(p90), float(p99), float(ms.mean()), float(ms.min()))
 
 
+def time_interleaved(
+    fns: list[Callable[[], object]],
+    runs: int = 100,
+    warmup: int = 10,
+    block: int = 10,
+    timer: Callable[[], float] = time.perf_counter,
+    synchronize: list[Callable[[], None] | None] | None = None,
+) -> list[LatencyStats]:
+    """Time several callables in alternating blocks of `block` runs (each still timed call by call).
+
+    Why: comparing two models (a speed-up gate) on a shared machine, a background burst during one model's
+    timing would skew the ratio; alternating blocks spreads such drift over both. Blocks, not single calls, so each
+    model keeps its weights warm in cache as it would in serving.
+    """
+    if runs < 1 or block < 1:
+        raise ValueError("runs and block must be at least 1")
+    if not fns:
+        return []
+    syncs = synchronize or [None] * len(fns)
+    if len(syncs) != len(fns):
+        raise ValueError("one synchronize (or None) per callable")
+    for fn, sync in zip(fns, syncs, strict=True):
+        for _ in range(warmup):
+            fn()
+        if sync:
+            sync()
+    durations: list[list[float]] = [[] for _ in fns]
+    while len(durations[0]) < runs:
+        n = min(block, runs - len(durations[0]))
+        for fn, sync, out in zip(fns, syncs, durations, strict=True):
+            for _ in range(n):
+                start = timer()
+                fn()
+                if sync:
+                    sync()
+                out.append(timer() - start)
+    return [summarise(d) for d in durations]
+
+
 def time_callable(
     fn: Callable[[], object],
     runs: int = 100,
@@ -42,20 +81,8 @@ def time_callable(
     timer: Callable[[], float] = time.perf_counter,
     synchronize: Callable[[], None] | None = None,
 ) -> LatencyStats:
-    if runs < 1:
-        raise ValueError("runs must be at least 1")
-    for _ in range(warmup):
-        fn()
-    if synchronize:
-        synchronize()
-    durations = []
-    for _ in range(runs):
-        start = timer()
-        fn()
-        if synchronize:
-            synchronize()
-        durations.append(timer() - start)
-    return summarise(durations)
+    """`warmup` untimed calls, then `runs` calls each timed alone (the sync, if any, inside the timed window)."""
+    return time_interleaved([fn], runs, warmup, block=max(runs, 1), timer=timer, synchronize=[synchronize])[0]
 
 
 def example_inputs(spec: PatchSpec, batch: int, text_len: int, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -233,3 +260,4 @@ def machine_slug(info: dict, device: str = "cpu") -> str:
     name = re.sub(r"\((?:r|tm|c)\)|\bcpu\b|@.*?ghz|\bprocessor\b", " ", name, flags=re.IGNORECASE)
     slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
     return slug or "machine"
+

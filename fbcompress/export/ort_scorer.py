@@ -63,7 +63,7 @@ class OrtScorer:
     """Scores through an `onnxruntime.InferenceSession`; feeds only the inputs the graph declares."""
 
     def __init__(self, path: Path, spec: PatchSpec, tokenizer_dir: Path, name: str, device: str = "cpu",
-                 precision: str = "fp32"):
+                 precision: str = "fp32", threads: int | None = None):
         import onnxruntime as ort
 
         self.path = Path(path)
@@ -74,6 +74,9 @@ class OrtScorer:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3  # warnings about unused initializers etc. are noise to a user
+        if threads:  # benchmarks pin the intra-op pool; None keeps ORT's choice (one thread per core)
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
         try:
             self.session = ort.InferenceSession(str(self.path), options, providers=providers_for(device))
         except Exception as exc:  # ORT raises its own exception types (Fail, InvalidGraph, ...)
@@ -85,16 +88,18 @@ class OrtScorer:
         self._inputs = [(i.name, _DTYPES.get(i.type, np.float32)) for i in self.session.get_inputs()]
 
     @classmethod
-    def open(cls, path: str | Path, device: str = "cpu") -> OrtScorer:
+    def open(cls, path: str | Path, device: str = "cpu", threads: int | None = None) -> OrtScorer:
         """Open a bundle's `.onnx` file after checking its hash (and the tokenizer's) against the manifest."""
         from fbcompress.export.bundle import verify_bundle_file
 
         bundle, rel = verify_bundle_file(path)
         tokenizer_dir = bundle.verify_tokenizer()
         entry = bundle.models.get(rel, {})
-        return cls(Path(path), bundle.spec, tokenizer_dir, str(path), device, str(entry.get("precision", "fp32")))
+        return cls(Path(path), bundle.spec, tokenizer_dir, str(path), device, str(entry.get("precision", "fp32")),
+                   threads)
 
-    def logits(self, inputs: dict[str, Any]) -> np.ndarray:
+    def feed(self, inputs: dict[str, Any]) -> dict[str, np.ndarray]:
+        """The graph's declared inputs as contiguous numpy arrays of the graph's dtypes."""
         feed = {}
         for name, dtype in self._inputs:
             if name not in inputs:
@@ -103,4 +108,7 @@ class OrtScorer:
             if hasattr(value, "detach"):
                 value = value.detach().cpu().numpy()
             feed[name] = np.ascontiguousarray(value, dtype=dtype)
-        return np.asarray(self.session.run(None, feed)[0], dtype=np.float32)
+        return feed
+
+    def logits(self, inputs: dict[str, Any]) -> np.ndarray:
+        return np.asarray(self.session.run(None, self.feed(inputs))[0], dtype=np.float32)

@@ -116,7 +116,12 @@ class TrtScorer:
             raise FbError(f"{self.path}: tensor {name} has TensorRT dtype {dtype}, not supported by this runner")
         return mapping[dtype]
 
-    def logits(self, inputs: dict[str, Any]) -> np.ndarray:
+    def bind(self, inputs: dict[str, Any]) -> tuple[Any, dict[str, Any], list[Any]]:
+        """Pick the profile for (batch, text), copy the inputs to the GPU and bind them and fresh output buffers.
+
+        Returns (context, outputs by name, device tensors to keep alive while the context may run). `logits` runs
+        it once; `fbcompress bench` binds once and times `execute_async_v3` alone.
+        """
         torch = self.torch
         ids = inputs["input_ids"]
         batch, text = int(ids.shape[0]), int(ids.shape[1])
@@ -126,7 +131,6 @@ class TrtScorer:
             raise FbError(f"{self.path.name}: no optimisation profile fits batch {batch} x text {text} ({ranges}); "
                           "add a profile to the recipe's export.profiles and rebuild")
         context = self._context(index)
-        stream = torch.cuda.current_stream(self.device)
         keep = []
         for name in self.inputs:
             value = inputs[name]
@@ -142,9 +146,17 @@ class TrtScorer:
             out = torch.empty(shape, dtype=self._torch_dtype(name), device=self.device)
             outputs[name] = out
             context.set_tensor_address(name, out.data_ptr())
-        if not context.execute_async_v3(stream.cuda_stream):
-            raise FbError(f"{self.path.name}: TensorRT execution failed at batch {batch} x text {text}")
-        stream.synchronize()
+        return context, outputs, keep
+
+    def execute(self, context: Any) -> None:
+        """Enqueue one inference on the current torch CUDA stream (returns before the GPU is done)."""
+        if not context.execute_async_v3(self.torch.cuda.current_stream(self.device).cuda_stream):
+            raise FbError(f"{self.path.name}: TensorRT execution failed")
+
+    def logits(self, inputs: dict[str, Any]) -> np.ndarray:
+        context, outputs, keep = self.bind(inputs)
+        self.execute(context)
+        self.torch.cuda.current_stream(self.device).synchronize()
         del keep
         logits = outputs.get("logits", next(iter(outputs.values())))
         return logits.float().cpu().numpy()

@@ -1,0 +1,279 @@
+"""The benchmark matrix: every model x batch size x text length, timed as design.md defines latency.
+
+Inputs at text length T are T real tokens (VSL: no padding; `fbcompress.latency.example_inputs`), the same seeded
+tensors for every model so rows compare like with like. With `pad_to` each shape is also timed padded to that
+length (what a fixed-length model pays), and the VSL row records the saving. A case that fails at run time (a
+TensorRT profile that does not fit, out of memory) is recorded with its error and the matrix goes on; bad input
+(paths, flags, lengths the models cannot read) is refused before anything is timed.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from fbcompress.benchmark.runners import MEMORY_CPU, MEMORY_CUDA_DEVICE, MEMORY_TORCH_CUDA, Runner, Target, open_runner
+from fbcompress.errors import FbError
+from fbcompress.latency import example_inputs, machine_info, padded_inputs, throughput, time_callable
+
+BENCH_SCHEMA = "fbcompress-bench/1"
+MIN_RUNS = 100  # design.md: p50/p90/p99 over >= 100 timed runs
+MIB = 2**20
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    batch_sizes: tuple[int, ...] = (1, 8, 32)
+    text_lengths: tuple[int, ...] = (8, 32, 64)
+    runs: int = 100
+    warmup: int = 10
+    pad_to: int | None = None
+    seed: int = 0
+    threads: int | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out.pop("notes")
+        return {key: list(value) if isinstance(value, tuple) else value for key, value in out.items()}
+
+
+# ------------------------------------------------------------------------------------------------------- memory
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as handle:
+            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+class MemoryProbe:
+    """Peak memory of one case where it can be read. CPU: resident set size now and its growth over the case
+    (warm-up included), and the process high-water mark (getrusage; it never goes down, so a case that stays
+    below an earlier peak shows the earlier one). CUDA/PyTorch: the allocator's peak. ORT/TensorRT on CUDA:
+    device-wide used memory (their allocations are invisible to torch), which counts other processes too."""
+
+    def __init__(self, kind: str, device: str):
+        self.kind = kind
+        self.device = torch.device(device if device.startswith("cuda") else "cpu")
+        self._start = 0
+
+    def start(self) -> None:
+        if self.kind == MEMORY_TORCH_CUDA:
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._start = torch.cuda.memory_allocated(self.device)
+        elif self.kind == MEMORY_CUDA_DEVICE and torch.cuda.is_available():
+            free, total = torch.cuda.mem_get_info(self.device)
+            self._start = total - free
+        else:
+            self._start = _rss_bytes()
+
+    def stop(self) -> dict[str, Any]:
+        if self.kind == MEMORY_TORCH_CUDA:
+            torch.cuda.synchronize(self.device)
+            peak = torch.cuda.max_memory_allocated(self.device)
+            return {
+                "kind": self.kind,
+                "peak_mib": round(peak / MIB, 2),
+                "delta_mib": round((peak - self._start) / MIB, 2),
+            }
+        if self.kind == MEMORY_CUDA_DEVICE:
+            if not torch.cuda.is_available():
+                return {"kind": self.kind, "peak_mib": None, "delta_mib": None}
+            free, total = torch.cuda.mem_get_info(self.device)
+            used = total - free
+            return {
+                "kind": self.kind,
+                "peak_mib": round(used / MIB, 2),
+                "delta_mib": round((used - self._start) / MIB, 2),
+            }
+        rss = _rss_bytes()
+        high_water = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+        return {
+            "kind": MEMORY_CPU,
+            "rss_mib": round(rss / MIB, 2),
+            "delta_mib": round((rss - self._start) / MIB, 2),
+            "peak_mib": round(high_water / MIB, 2),
+        }
+
+
+# ------------------------------------------------------------------------------------------------------ matrix
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def measure(
+    runner: Runner, inputs: dict[str, torch.Tensor], runs: int, warmup: int, timer: Callable[[], float] | None = None
+) -> dict[str, Any]:
+    """Time one case: prepare (device copies, graph capture), warm up, then `runs` timed calls."""
+    probe = MemoryProbe(runner.memory_kind, runner.target.device)
+    probe.start()
+    with torch.inference_mode():
+        call = runner.prepare(inputs)
+        kwargs = {"timer": timer} if timer is not None else {}
+        stats = time_callable(call, runs=runs, warmup=warmup, synchronize=runner.synchronize, **kwargs)
+    memory = probe.stop()
+    del call
+    batch = int(inputs["input_ids"].shape[0])
+    return {**stats.to_dict(), "pairs_per_s": throughput(stats, batch), "memory": memory}
+
+
+def _check_lengths(runners: list[Runner], settings: BenchSettings, clip: bool) -> BenchSettings:
+    """Refuse (or, for default lengths, drop with a note) text lengths a model cannot run; note the lengths that
+    run but are longer than its tokenizer ever emits (latency of a shape no served request has)."""
+    limit = min(r.max_positions for r in runners)
+    who = min(runners, key=lambda r: r.max_positions).label
+    bad = [t for t in settings.text_lengths if t > limit]
+    notes = list(settings.notes)
+    lengths = settings.text_lengths
+    if bad and clip:
+        lengths = tuple(t for t in lengths if t <= limit)
+        notes.append(f"text lengths {bad} skipped: {who} runs at most {limit} text tokens")
+        if not lengths:
+            raise FbError(f"no text length left: {who} runs at most {limit} text tokens (pass --text-lengths)")
+    elif bad:
+        raise FbError(f"--text-lengths {','.join(map(str, bad))}: {who} runs at most {limit} text tokens")
+    if settings.pad_to is not None and settings.pad_to > limit:
+        raise FbError(f"--pad-to {settings.pad_to}: {who} runs at most {limit} text tokens")
+    for runner in runners:
+        beyond = [t for t in (*lengths, *([settings.pad_to] if settings.pad_to else [])) if t > runner.max_text_len]
+        if beyond:
+            notes.append(
+                f"{runner.label}: its tokenizer truncates texts to {runner.max_text_len} tokens, so "
+                f"lengths {sorted(set(beyond))} are timed as shapes only (no real request is that long)"
+            )
+    return BenchSettings(
+        settings.batch_sizes,
+        lengths,
+        settings.runs,
+        settings.warmup,
+        settings.pad_to,
+        settings.seed,
+        settings.threads,
+        notes,
+    )
+
+
+def _add_speedups(rows: list[dict[str, Any]]) -> None:
+    """speedup_vs_first: the first model's p50 / this p50 at the same shape; vsl_speedup on a VSL row: the same
+    model's p50 padded to --pad-to / its VSL p50 (what not padding saves)."""
+    ok = [r for r in rows if r.get("error") is None]
+    first_model = min((r["model"] for r in rows), default=0)
+    base = {(r["batch"], r["text"], r["padded_to"]): r for r in ok if r["model"] == first_model}
+    padded = {(r["model"], r["batch"], r["text"]): r for r in ok if r["padded_to"] is not None}
+    for row in rows:
+        row["speedup_vs_first"] = None
+        if row.get("error") is None:
+            ref = base.get((row["batch"], row["text"], row["padded_to"]))
+            if ref is not None and row["p50_ms"] > 0:
+                row["speedup_vs_first"] = ref["p50_ms"] / row["p50_ms"]
+        if row["padded_to"] is None:
+            pad = padded.get((row["model"], row["batch"], row["text"]))
+            row["vsl_speedup"] = (
+                pad["p50_ms"] / row["p50_ms"]
+                if pad is not None and row.get("error") is None and row["p50_ms"] > 0
+                else None
+            )
+
+
+def run_bench(
+    targets: Sequence[Target],
+    settings: BenchSettings,
+    clip_lengths: bool = False,
+    progress: bool = False,
+    runners: list[Runner] | None = None,
+    timer: Callable[[], float] | None = None,
+) -> dict[str, Any]:
+    """Open every model first (so bad input fails before any timing), then time the whole matrix.
+
+    `clip_lengths`: drop default text lengths a model cannot read instead of refusing (the CLI sets it when the
+    user did not choose the lengths). `runners`/`timer` are injectable for tests.
+    """
+    if not targets and not runners:
+        raise FbError("no model to benchmark (pass --model)")
+    if settings.runs < 1 or settings.warmup < 0:
+        raise FbError("--runs must be at least 1 and --warmup at least 0")
+    runners = runners if runners is not None else [open_runner(t) for t in targets]
+    settings = _check_lengths(runners, settings, clip_lengths)
+    notes = list(settings.notes)
+    if settings.runs < MIN_RUNS:
+        notes.append(f"{settings.runs} timed runs per case: below design.md's {MIN_RUNS}, indicative only")
+    cuda_devices = [r.target.device for r in runners if r.target.device.startswith("cuda")]
+    machine = machine_info(int(cuda_devices[0].partition(":")[2] or 0) if cuda_devices else None)
+    labels = _unique_labels([r.label for r in runners])
+    models = []
+    for index, (runner, label) in enumerate(zip(runners, labels, strict=True)):
+        models.append(
+            {
+                "id": index,
+                "label": label,
+                "path": str(runner.target.path),
+                **runner.info,
+                "max_text_len": runner.max_text_len,
+                "max_positions": runner.max_positions,
+                "memory_kind": runner.memory_kind,
+            }
+        )
+    pad_to = settings.pad_to
+    cases = [
+        (m, b, t, pad)
+        for m in range(len(runners))
+        for b in settings.batch_sizes
+        for t in settings.text_lengths
+        for pad in (None, *([pad_to] if pad_to is not None and pad_to > t else []))
+    ]
+    rows: list[dict[str, Any]] = []
+    bar = tqdm(cases, desc="bench", unit="case", disable=not progress, leave=False)
+    for model_id, batch, text, pad in bar:
+        runner = runners[model_id]
+        bar.set_postfix_str(f"{labels[model_id]} b{batch} t{text}{f'→{pad}' if pad else ''}")
+        inputs = example_inputs(runner.spec, batch, text, seed=settings.seed)
+        if pad is not None:
+            inputs = padded_inputs(inputs, pad)
+        row: dict[str, Any] = {
+            "model": model_id,
+            "label": labels[model_id],
+            "batch": batch,
+            "text": text,
+            "padded_to": pad,
+            "seq_len": (pad or text) + runner.spec.num_patches,
+        }
+        try:
+            row.update(measure(runner, inputs, settings.runs, settings.warmup, timer))
+            row["error"] = None
+        except Exception as exc:  # a failed case is reported in its row; the matrix goes on (see module doc)
+            row.update({"runs": 0, "error": _one_line(exc)})
+        rows.append(row)
+    _add_speedups(rows)
+    return {
+        "schema": BENCH_SCHEMA,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine,
+        "settings": settings.to_dict(),
+        "models": models,
+        "results": rows,
+        "failed": sum(1 for r in rows if r.get("error")),
+        "notes": notes,
+    }
+
+
+def _unique_labels(labels: list[str]) -> list[str]:
+    seen: dict[str, int] = {}
+    out = []
+    for label in labels:
+        seen[label] = seen.get(label, 0) + 1
+        out.append(label if seen[label] == 1 else f"{label} #{seen[label]}")
+    return out
