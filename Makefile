@@ -23,21 +23,10 @@ test: setup
 lint: setup
 	$(VENV)/bin/ruff check fbcompress tests bench
 
-# The embedded default end to end: synthetic data → teacher → eval → 2-layer VSL student → eval → ONNX bundle.
-# Every training stage resumes from its last complete checkpoint, so an interrupted run continues where it stopped.
+# The embedded default end to end: data → teacher → student → ONNX → INT8 → eval → bench → check → report.
+# Stages whose inputs are unchanged are reused; an interrupted training stage resumes from its last checkpoint.
 quickstart: setup
-	test -f $(QUICKSTART_OUT)/data/dataset.json || \
-		$(PY) -m fbcompress data synth --recipe recipes/quickstart.yaml --out $(QUICKSTART_OUT)/data
-	$(PY) -m fbcompress train-teacher --recipe recipes/quickstart.yaml --data $(QUICKSTART_OUT)/data \
-		--out $(QUICKSTART_OUT)/teacher --resume
-	$(PY) -m fbcompress eval --model $(QUICKSTART_OUT)/teacher --data $(QUICKSTART_OUT)/data \
-		--json $(QUICKSTART_OUT)/teacher-eval.json
-	$(PY) -m fbcompress distill --recipe recipes/quickstart.yaml --teacher $(QUICKSTART_OUT)/teacher \
-		--data $(QUICKSTART_OUT)/data --out $(QUICKSTART_OUT)/student --resume
-	$(PY) -m fbcompress eval --model $(QUICKSTART_OUT)/student --data $(QUICKSTART_OUT)/data \
-		--json $(QUICKSTART_OUT)/student-eval.json
-	$(PY) -m fbcompress export --model $(QUICKSTART_OUT)/student --target onnx --out exported/quickstart \
-		--data $(QUICKSTART_OUT)/data
+	$(PY) -m fbcompress quickstart --out $(QUICKSTART_OUT) --bundle exported/quickstart
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -32,16 +32,10 @@ class FbGroup(click.Group):
 
 
 def _recipe(recipe: str | None, overrides: tuple[str, ...] = ()):
-    from fbcompress.recipes import Recipe, load_recipe, parse_override
+    from fbcompress.recipes import Recipe, load_recipe, merged_overrides, parse_recipe
 
-    merged: dict = {}
-    for text in overrides:
-        from fbcompress.recipes import _deep_merge
-
-        merged = _deep_merge(merged, parse_override(text))
+    merged = merged_overrides(overrides)
     if recipe is None:
-        from fbcompress.recipes import parse_recipe
-
         return parse_recipe({}, "defaults", merged) if merged else Recipe()
     return load_recipe(recipe, merged)
 
@@ -232,7 +226,7 @@ def eval_cmd(model_path, data_dir, split, max_queries, device, json_path) -> Non
     from fbcompress.backbone import load_tokenizer
     from fbcompress.data.dataset_dir import DatasetDir
     from fbcompress.data.loader import SplitData
-    from fbcompress.evaluate import evaluate, format_table
+    from fbcompress.evaluate import evaluate, format_table, stamp
     from fbcompress.scoring import open_scorer
 
     if max_queries is not None and max_queries < 1:
@@ -240,15 +234,63 @@ def eval_cmd(model_path, data_dir, split, max_queries, device, json_path) -> Non
     dataset = DatasetDir.open(data_dir)
     scorer = open_scorer(model_path, device)
     data_split = SplitData(dataset, split, load_tokenizer(scorer.tokenizer_dir), scorer.spec)
-    result = evaluate(scorer, dataset, data_split, split, max_queries=max_queries)
+    result = stamp(evaluate(scorer, dataset, data_split, split, max_queries=max_queries), model_path, dataset)
     click.echo(format_table(result), err=json_path == "-")
     if json_path:
         write_json_output(json_path, result)
 
 
+@main.command("quickstart")
+@click.option("--out", "-o", default=Path("runs/quickstart"), show_default=True, type=click.Path(path_type=Path),
+              help="working dir: data, checkpoints, eval/bench JSON, report")
+@click.option("--bundle", default=Path("exported/quickstart"), show_default=True, type=click.Path(path_type=Path),
+              help="the hand-off bundle (ONNX, INT8, engines, manifest, report copy)")
+@click.option("--recipe", "-r", "recipe", default="quickstart", show_default=True, metavar="R",
+              help="recipe YAML path or name")
+@click.option("--force", is_flag=True, help="redo every stage, even those whose inputs are unchanged")
+@set_option
+def quickstart_cmd(out: Path, bundle: Path, recipe: str, force: bool, overrides) -> None:
+    """The whole pipeline: data → teacher → 2-layer VSL student → ONNX → INT8 → (TensorRT) → eval → bench → check.
+
+    Stages whose inputs are unchanged are reused; an interrupted training stage resumes from its last complete
+    checkpoint. Writes report.md / report.json / plots to --out and a copy into the bundle. Exit 0 when every
+    stage ran or was reused, 1 when a gate (quantize guard, check) failed, 2 on bad input or a crashed stage.
+
+    \b
+    Examples:
+      fbcompress quickstart                      # the embedded default, ~35 min on a 2-core CPU
+      fbcompress quickstart --out runs/smoke-qs --bundle exported/smoke-qs --recipe smoke
+    """
+    from fbcompress.latency import machine_info
+    from fbcompress.quickstart import require_clean_out, run_quickstart
+    from fbcompress.report import build_report
+
+    require_clean_out(out)
+    results = run_quickstart(recipe, overrides, out, bundle, force=force)
+    report = build_report(out, bundle, [vars(r) for r in results], machine_info())
+    click.echo((out / "report.md").read_text())
+    click.echo(f"report: {out / 'report.md'} (copy in {bundle / 'report'})", err=True)
+    failed = [r for r in results if r.status == "failed"]
+    gates = {"int8", "check", "tensorrt"}
+    if any(r.name not in gates for r in failed):
+        sys.exit(EXIT_BAD_INPUT)
+    if failed or (isinstance(report.get("check"), dict) and report["check"].get("passed") is False):
+        sys.exit(1)
+
+
 from fbcompress.export.cli import export_cmd  # noqa: E402 - registered after the group exists
 
 main.add_command(export_cmd)
+
+from fbcompress.benchmark.cli import bench_cmd  # noqa: E402 - registered after the group exists
+from fbcompress.check import check_cmd  # noqa: E402
+
+main.add_command(bench_cmd)
+main.add_command(check_cmd)
+
+from fbcompress.quantize.cli import quantize_cmd  # noqa: E402 - registered after the group exists
+
+main.add_command(quantize_cmd)
 
 
 if __name__ == "__main__":

@@ -8,12 +8,14 @@ one batch; pair batches are grouped by text length so each is padded only to its
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
 from fbcompress.data.dataset_dir import DatasetDir
 from fbcompress.data.loader import SplitData
+from fbcompress.errors import FbError
 from fbcompress.scoring import Scorer, match_probability
 
 RANKS = (1, 5, 10)
@@ -126,3 +128,40 @@ def format_table(result: dict) -> str:
         rows.append(("data", "synthetic catalogue"))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
+
+
+def model_sha256(path: Path) -> str | None:
+    """sha256 of the file that holds a model's weights: a checkpoint's model.safetensors, or the .onnx/.plan."""
+    from fbcompress.artifacts import sha256_file
+
+    path = Path(path)
+    weights = path / "model.safetensors" if path.is_dir() else path
+    return sha256_file(weights) if weights.is_file() else None
+
+
+def stamp(result: dict, model_path: Path, dataset: DatasetDir) -> dict:
+    """Record which weights and which data a result describes, so it can be reused safely (check --teacher-eval)."""
+    result["model_sha256"] = model_sha256(model_path)
+    result["data_fingerprint"] = dataset.fingerprint
+    return result
+
+
+def reusable_eval(path: Path, model_path: Path, dataset: DatasetDir, split: str, max_queries: int | None) -> dict:
+    """A saved `fbcompress eval --json` result, refused unless it was made from these weights, data and split."""
+    from fbcompress.artifacts import read_json
+
+    result = read_json(path, "eval result")
+    if not isinstance(result, dict) or not {"auc", "itr", "tir"} <= result.keys():
+        raise FbError(f"{path} is not an `fbcompress eval --json` result with AUC and Rank@K")
+    expected = {
+        "model_sha256": model_sha256(model_path),
+        "data_fingerprint": dataset.fingerprint,
+        "split": split,
+    }
+    for key, value in expected.items():
+        if result.get(key) != value:
+            raise FbError(f"{path} was not made from this model/data/split ({key} differs); re-run fbcompress eval")
+    queries = len(dataset.eval_rows("itr", split)[:max_queries])
+    if result.get("n_queries") != queries:
+        raise FbError(f"{path} scored {result.get('n_queries')} Rank@K queries; this check scores {queries}")
+    return result

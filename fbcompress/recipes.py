@@ -322,3 +322,51 @@ def parse_override(text: str) -> dict:
         node = node.setdefault(part, {})
     node[parts[-1]] = value
     return out
+
+
+def merged_overrides(overrides: tuple[str, ...] | list[str]) -> dict:
+    """Every `--set KEY=VALUE` folded into one nested dict."""
+    merged: dict = {}
+    for text in overrides:
+        merged = _deep_merge(merged, parse_override(text))
+    return merged
+
+
+def stored_recipe(path: Path) -> dict:
+    """The recipe a model was made with, as far as its files say: a checkpoint's fbcompress.json `recipe`, or the
+    recipe name a bundle's manifest records for its source checkpoint; {} when neither says."""
+    import json
+
+    path = Path(path)
+    root = path if path.is_dir() else path.parent
+    try:
+        if (root / "fbcompress.json").is_file():
+            recipe = json.loads((root / "fbcompress.json").read_text()).get("recipe")
+            return recipe if isinstance(recipe, dict) else {}
+        if (root / "manifest.json").is_file():
+            name = (json.loads((root / "manifest.json").read_text()).get("source") or {}).get("recipe")
+            return {"name": name} if isinstance(name, str) else {}
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, OSError):
+        pass
+    return {}
+
+
+def resolve_section(section: str, recipe: str | None, overrides: tuple[str, ...], models: list[Path]):
+    """One recipe section for a command that works on existing models (export, quantize, check), and its source.
+
+    Order: --recipe; else the first model whose stored recipe holds this section, or names a recipe file in
+    recipes/; else the defaults. --set overrides apply on top of whichever wins. Why: a model exported or checked
+    later should use the settings it was trained under unless the user says otherwise.
+    """
+    merged = merged_overrides(overrides)
+    if recipe is not None:
+        return getattr(load_recipe(recipe, merged), section), f"recipe {recipe}"
+    for path in models:
+        stored = stored_recipe(Path(path))
+        if isinstance(stored.get(section), dict):
+            parsed = parse_recipe({section: stored[section]}, f"{path} recipe", merged)
+            return getattr(parsed, section), f"the recipe of {path}"
+        name = stored.get("name")
+        if isinstance(name, str) and name and (RECIPES_DIR / f"{name}.yaml").is_file():
+            return getattr(load_recipe(name, merged), section), f"recipe {name} (named by {path})"
+    return getattr(parse_recipe({}, "defaults", merged), section), "defaults"

@@ -134,3 +134,46 @@ def test_two_process_ddp_gloo(tiny_data, tmp_path):
     log = [json.loads(line) for line in (out / "train-log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == list(range(1, 7)), "only rank 0 writes the log, once per step"
     assert not list(out.glob(".*")), "no staging leftovers"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signal_name", ["SIGKILL", "SIGINT"])
+def test_killed_training_resumes_to_the_same_teacher(tiny_data, tmp_path, signal_name):
+    """kill -9 (or Ctrl-C) mid-training, then --resume: the same weights and metrics as a run never interrupted."""
+    import signal
+    import time
+
+    settings = ["--set", "train.steps=16", "--set", "train.save_every=3", "--set", "train.eval_every=8"]
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    _train(["-r", "smoke", "--data", str(tiny_data), "--out", str(full), *settings])
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "fbcompress", "train-teacher", "-r", "smoke", "--data", str(tiny_data),
+           "--out", str(killed), *settings]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        meta = killed / "fbcompress.json"
+        try:
+            if json.loads(meta.read_text())["step"] >= 6:
+                break
+        except (FileNotFoundError, json.JSONDecodeError, KeyError):
+            pass
+        time.sleep(0.02)
+    assert proc.poll() is None, "training ended before it could be interrupted"
+    proc.send_signal(getattr(signal, signal_name))
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    if signal_name == "SIGINT":
+        assert b"--resume" in err, "Ctrl-C says how to continue"
+    stopped_at = open_checkpoint(killed).meta["step"]
+    assert 6 <= stopped_at < 16
+    _train(["-r", "smoke", "--data", str(tiny_data), "--out", str(killed), "--resume", *settings])
+    a, b = load_file(str(full / "model.safetensors")), load_file(str(killed / "model.safetensors"))
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6, msg=name)
+    meta_full, meta_killed = (json.loads((d / "fbcompress.json").read_text()) for d in (full, killed))
+    assert meta_killed["finished"] and meta_killed["step"] == 16
+    quality = {k: v for k, v in meta_full["metrics"].items() if k.startswith("val_")}
+    assert quality and {k: meta_killed["metrics"][k] for k in quality} == pytest.approx(quality, abs=1e-6)
+    steps = [json.loads(line)["step"] for line in (killed / "train-log.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 17)), "the log holds every step once, without the lost tail duplicated"

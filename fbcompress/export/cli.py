@@ -12,37 +12,6 @@ import click
 from fbcompress.errors import FbError
 
 
-def _export_section(recipe: str | None, overrides: tuple[str, ...], model_dir: Path):
-    """The export settings and where they came from: --recipe, else the checkpoint's recipe, else defaults.
-
-    A checkpoint trained before recipes had an `export` section still names its recipe (e.g. `smoke`); when that
-    recipe file exists its export section is used, so the smoke checkpoint exports with the smoke profiles.
-    """
-    from fbcompress.recipes import RECIPES_DIR, _deep_merge, load_recipe, parse_override, parse_recipe
-
-    merged: dict = {}
-    for text in overrides:
-        merged = _deep_merge(merged, parse_override(text))
-    if recipe is not None:
-        return load_recipe(recipe, merged).export, f"recipe {recipe}"
-    meta_path = model_dir / "fbcompress.json"
-    meta_recipe: dict = {}
-    if meta_path.is_file():
-        import json
-
-        try:
-            meta_recipe = json.loads(meta_path.read_text()).get("recipe") or {}
-        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
-            meta_recipe = {}
-    if isinstance(meta_recipe.get("export"), dict):
-        return parse_recipe({"export": meta_recipe["export"]}, f"{meta_path} recipe", merged).export, \
-            "the checkpoint's recipe"
-    name = meta_recipe.get("name")
-    if isinstance(name, str) and name and (RECIPES_DIR / f"{name}.yaml").is_file():
-        return load_recipe(name, merged).export, f"recipe {name} (named by the checkpoint)"
-    return parse_recipe({}, "defaults", merged).export, "defaults"
-
-
 @click.command("export")
 @click.option("--model", "-m", "model_dir", required=True, type=click.Path(path_type=Path),
               help="checkpoint dir (teacher or student) to export")
@@ -100,7 +69,9 @@ def export_cmd(model_dir: Path, target: str, out: Path, recipe: str | None, over
         raise FbError(f"model not found: {model_dir}")
     if not model_dir.is_dir():
         raise FbError(f"--model {model_dir} is not a checkpoint directory (export starts from a checkpoint)")
-    section, source = _export_section(recipe, overrides, model_dir)
+    from fbcompress.recipes import resolve_section
+
+    section, source = resolve_section("export", recipe, overrides, [model_dir])
     opts = ExportOptions(
         model_dir=model_dir, out=out, target=target, export=section, recipe_source=source, opset=opset,
         precision=precision, exporter=exporter, data_dir=data_dir, split=split, force=force,
