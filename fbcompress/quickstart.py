@@ -211,7 +211,8 @@ def run_quickstart(
         if record.get("fingerprint") == fp:
             code = int(record.get("exit_code", 0))
             if code == 0 and all(p.exists() for p in stage.outputs):
-                results.append(StageResult(stage.name, "reused", 0.0, command=command))
+                seconds = float(record.get("seconds", 0.0))  # what the run that made it took
+                results.append(StageResult(stage.name, "reused", seconds, reason="inputs unchanged", command=command))
                 continue
             if code != 0 and stage.may_fail:  # a gate that failed on these same inputs fails again: reuse
                 results.append(StageResult(stage.name, "failed", 0.0, code, f"exit code {code} (reused)", command))

@@ -162,7 +162,8 @@ def render_markdown(report: dict, has_weights: bool) -> str:
     check = report.get("check")
     if isinstance(check, dict):
         lines += ["", f"Release gate (`fbcompress check`, INT8 student vs teacher): **{check.get('verdict', '?')}**"]
-    lines += ["", "## Stages", "", "| stage | status | seconds | note |", "|---|---|---|---|"]
+    lines += ["", "## Stages", "", "Seconds of a reused stage are those of the run that made its output.", "",
+              "| stage | status | seconds | note |", "|---|---|---|---|"]
     for stage in report["stages"]:
         lines.append(f"| {stage['name']} | {stage['status']} | {stage['seconds']:.0f} | {stage.get('reason', '')} |")
     lines += ["", "## Plots", ""]
