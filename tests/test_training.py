@@ -151,7 +151,10 @@ def test_killed_training_resumes_to_the_same_teacher(tiny_data, tmp_path, signal
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     cmd = [sys.executable, "-m", "fbcompress", "train-teacher", "-r", "smoke", "--data", str(tiny_data),
            "--out", str(killed), *settings]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # A shell that starts jobs in the background (CI) hands them SIGINT ignored, and Python then never raises
+    # KeyboardInterrupt; restore the default so the child behaves as in a terminal.
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
         meta = killed / "fbcompress.json"
