@@ -262,11 +262,16 @@ def quickstart_cmd(out: Path, bundle: Path, recipe: str, force: bool, overrides)
       fbcompress quickstart --out runs/smoke-qs --bundle exported/smoke-qs --recipe smoke
     """
     from fbcompress.latency import machine_info
-    from fbcompress.quickstart import require_clean_out, run_quickstart
+    from fbcompress.quickstart import QuickstartInterrupted, require_clean_out, run_quickstart
     from fbcompress.report import build_report
 
     require_clean_out(out)
-    results = run_quickstart(recipe, overrides, out, bundle, force=force)
+    try:
+        results = run_quickstart(recipe, overrides, out, bundle, force=force)
+    except QuickstartInterrupted as stopped:
+        click.echo(f"interrupted in stage {stopped}: finished stages are kept; run the same command again to "
+                   "continue (training resumes from its last checkpoint)", err=True)
+        sys.exit(130)
     report = build_report(out, bundle, [vars(r) for r in results], machine_info())
     click.echo((out / "report.md").read_text())
     click.echo(f"report: {out / 'report.md'} (copy in {bundle / 'report'})", err=True)

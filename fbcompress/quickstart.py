@@ -26,6 +26,11 @@ from fbcompress.artifacts import atomic_write_json
 from fbcompress.errors import FbError
 
 STATE_FILE = "quickstart-state.json"
+EXIT_INTERRUPTED = 130  # what the CLI exits with on Ctrl-C
+
+
+class QuickstartInterrupted(Exception):
+    """Ctrl-C during a stage: completed stages are recorded; a re-run continues from the interrupted one."""
 
 
 @dataclass
@@ -227,6 +232,9 @@ def run_quickstart(
         start = time.perf_counter()
         code = invoke(args)
         seconds = time.perf_counter() - start
+        if code == EXIT_INTERRUPTED:  # Ctrl-C inside a stage stops the whole pipeline, not just that stage
+            bar.close()
+            raise QuickstartInterrupted(stage.name)
         if code == 0 and not all(p.exists() for p in stage.outputs):
             code = 1
         status = "ran" if code == 0 else "failed"

@@ -175,3 +175,15 @@ def test_a_changed_recipe_section_reruns_only_the_stages_that_read_it(tmp_path):
     fake.stages = {tuple(s.args): s for s in stages}
     qs.run_quickstart("smoke", overrides, tmp_path / "run", tmp_path / "bundle", invoke=fake)
     assert fake.names() == ["int8", "bench", "check"]
+
+
+def test_ctrl_c_in_a_stage_stops_the_pipeline_and_keeps_finished_stages(tmp_path):
+    fake = FakeCommands(tmp_path, fail={"student": qs.EXIT_INTERRUPTED})
+    with pytest.raises(qs.QuickstartInterrupted, match="student"):
+        _run(tmp_path, fake)
+    assert fake.names() == ["data", "teacher", "teacher-eval", "student"]
+    state = json.loads((tmp_path / "run" / qs.STATE_FILE).read_text())
+    assert set(state) == {"data", "teacher", "teacher-eval"}
+    again = FakeCommands(tmp_path)
+    _run(tmp_path, again)
+    assert again.names()[0] == "student" and again.calls[0][-1] == "--resume"
