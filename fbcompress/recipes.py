@@ -246,6 +246,48 @@ class CheckSection(_Strict):
     latency_warmup: int = Field(10, ge=0, description="untimed warm-up runs before timing")
 
 
+class StudentShape(_Strict):
+    """One student the quickstart may ship: the width of the 2-layer VSL student (unset: the `distill` section's)."""
+
+    name: str = Field(..., min_length=1, max_length=40, pattern=r"^[A-Za-z0-9_-]+$")
+    hidden_size: int | None = Field(None, ge=8)
+    num_heads: int | None = Field(None, ge=1)
+    intermediate_size: int | None = Field(None, ge=8)
+
+    @model_validator(mode="after")
+    def _check(self) -> StudentShape:
+        if self.hidden_size is None and (self.num_heads is not None or self.intermediate_size is not None):
+            raise ValueError(f"student '{self.name}': num_heads / intermediate_size need hidden_size")
+        if self.hidden_size is not None and self.num_heads is not None and self.hidden_size % self.num_heads:
+            raise ValueError(f"student '{self.name}': hidden_size {self.hidden_size} is not divisible by "
+                             f"num_heads {self.num_heads}")
+        return self
+
+    def overrides(self) -> tuple[str, ...]:
+        """The `--set` values that make `fbcompress distill` train this student."""
+        fields = ("hidden_size", "num_heads", "intermediate_size")
+        return tuple(f"distill.{key}={getattr(self, key)}" for key in fields if getattr(self, key) is not None)
+
+
+class QuickstartSection(_Strict):
+    """Which students `fbcompress quickstart` may ship, fastest first.
+
+    Why a ladder: width trades accuracy for latency, and which width keeps the release gate depends on how well
+    the teacher learned. The quickstart distills, quantizes and checks the first student; only if it fails
+    `fbcompress check` does it go on to the next (or, with `--all-students`, it measures every one for the Pareto
+    table). It ships the fastest student that passed.
+    """
+
+    students: tuple[StudentShape, ...] = Field((StudentShape(name="student"),), min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> QuickstartSection:
+        names = [s.name for s in self.students]
+        if len(set(names)) != len(names):
+            raise ValueError(f"student names must be unique, got {names}")
+        return self
+
+
 class Recipe(_Strict):
     name: str = ""
     data: DataSection = DataSection()
@@ -255,6 +297,7 @@ class Recipe(_Strict):
     quantize: QuantizeSection = QuantizeSection()
     export: ExportSection = ExportSection()
     check: CheckSection = CheckSection()
+    quickstart: QuickstartSection = QuickstartSection()
 
 
 def _format_validation_error(source: str, exc: ValidationError) -> str:
@@ -314,10 +357,15 @@ def parse_override(text: str) -> dict:
     if "=" not in text:
         raise FbError(f"override '{text}' is not KEY=VALUE (e.g. train.steps=100)")
     key, raw = text.split("=", 1)
-    value = yaml.safe_load(raw)
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        raise FbError(f"override '{text}': the value is not valid YAML ({str(exc).splitlines()[0]})") from None
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise FbError(f"override '{text}': '{key}' is not a dotted recipe key (e.g. train.steps)")
     out: dict = {}
     node = out
-    parts = key.strip().split(".")
     for part in parts[:-1]:
         node = node.setdefault(part, {})
     node[parts[-1]] = value

@@ -13,7 +13,8 @@ from typing import Any
 
 from fbcompress.artifacts import atomic_write_bytes, atomic_write_json
 
-# (label, eval JSON name, model file or dir relative to the run/bundle) for each form in the table.
+# (label, eval JSON name, where the model is) for each form in the table: the teacher, and the shipped student
+# as checkpoint (its run dir), ONNX and INT8 (the bundle).
 FORMS = [
     ("teacher (PyTorch FP32)", "teacher", "teacher"),
     ("student 2L VSL (PyTorch FP32)", "student", "student"),
@@ -94,15 +95,74 @@ def _fmt(value: float | None, digits: int = 3) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
 
-def build_report(out: Path, bundle: Path, stages: list[dict], machine: dict) -> dict:
-    """Collect the run's numbers into report.json / report.md (+ plots) in `out`, copied into the bundle."""
+def _student_width(checkpoint: Path) -> dict[str, Any]:
+    config = _load(checkpoint / "config.json") or {}
+    return {key: config.get(key) for key in ("num_hidden_layers", "hidden_size", "num_attention_heads",
+                                              "intermediate_size")}
+
+
+def student_rows(out: Path, students: list[str], shipped: str | None) -> list[dict[str, Any]]:
+    """One row per student of the ladder that reached its release gate: the INT8 model's accuracy and latency as
+    `fbcompress check` measured them, its size, and whether it is Pareto-optimal (no other student is at least as
+    good on AUC, mean Rank@10, latency and size, and better on one)."""
+    rows = []
+    for name in students:
+        check = _load(out / "eval" / name / "check.json")
+        if not isinstance(check, dict):
+            continue
+        candidate = check.get("candidate") or {}
+        metrics, latency = candidate.get("eval") or {}, candidate.get("latency") or {}
+        speedup = next((c.get("delta") for c in check.get("checks", []) if str(c.get("metric", "")).startswith(
+            "speed-up")), None)
+        rows.append({
+            "student": name,
+            **_student_width(out / "students" / name),
+            "auc": metrics.get("auc"),
+            "itr_r10": (metrics.get("itr") or {}).get("r10"),
+            "tir_r10": (metrics.get("tir") or {}).get("r10"),
+            "p50_ms": latency.get("p50_ms"),
+            "speedup": speedup,
+            "int8_mb": _size_mb(out / "bundles" / name / "model.int8.onnx"),
+            "verdict": check.get("verdict"),
+            "shipped": name == shipped,
+        })
+    keys = (("auc", 1), ("rank10", 1), ("p50_ms", -1), ("int8_mb", -1))  # direction: 1 higher is better
+
+    def values(row: dict) -> list[float] | None:
+        ranks = [r for r in (row.get("itr_r10"), row.get("tir_r10")) if r is not None]
+        vals = [row.get("auc"), sum(ranks) / len(ranks) if ranks else None, row.get("p50_ms"), row.get("int8_mb")]
+        if any(v is None for v in vals):
+            return None
+        return [sign * v for (_, sign), v in zip(keys, vals, strict=True)]
+
+    for row in rows:
+        mine = values(row)
+        others = [values(other) for other in rows if other is not row]
+        row["pareto"] = mine is not None and not any(
+            o is not None and all(a >= b for a, b in zip(o, mine, strict=True)) and o != mine for o in others
+        )
+    return rows
+
+
+def build_report(out: Path, bundle: Path, stages: list[dict], machine: dict, students: list[str] | None = None,
+                 shipped: str | None = None) -> dict:
+    """Collect the run's numbers into report.json / report.md (+ plots) in `out`, copied into the bundle.
+
+    `students` is the ladder (fastest first) and `shipped` the one whose bundle was shipped; the model table shows
+    the shipped student, the student table every one that reached its release gate."""
     evals = out / "eval"
     bench = _load(out / "bench.json")
-    check = _load(evals / "check.json")
+    student_evals = evals / shipped if shipped else None
+    check = _load(student_evals / "check.json") if student_evals else None
     rows = []
     for label, key, rel in FORMS:
-        model_path = (out / rel) if key in ("teacher", "student") else (bundle / rel)
-        metrics = _load(evals / f"{key}.json") or {}
+        if key == "teacher":
+            model_path, metrics = out / "teacher", _load(evals / "teacher.json") or {}
+        elif shipped is None:
+            continue
+        else:
+            model_path = out / "students" / shipped if key == "student" else bundle / rel
+            metrics = _load(student_evals / f"{key}.json") or {}
         if not metrics and key == "int8" and isinstance(check, dict):
             metrics = check.get("candidate", {}).get("eval") or {}  # the gate scored the INT8 model: reuse it
         rows.append({
@@ -122,13 +182,15 @@ def build_report(out: Path, bundle: Path, stages: list[dict], machine: dict) -> 
         "machine": machine,
         "stages": stages,
         "models": rows,
+        "shipped_student": shipped,
+        "students": student_rows(out, students or [], shipped),
         "check": check,
         "plots": sorted(p.name for p in plots.glob("*.png")) if plots.is_dir() else [],
     }
     atomic_write_json(out / "report.json", report)
     atomic_write_bytes(out / "report.md", render_markdown(report, has_weights).encode())
     target = bundle / "report"
-    if bundle.is_dir():
+    if shipped and bundle.is_dir():  # never into a bundle this run did not ship
         target.mkdir(exist_ok=True)
         for name in ("report.json", "report.md"):
             shutil.copy2(out / name, target / name)
@@ -160,8 +222,25 @@ def render_markdown(report: dict, has_weights: bool) -> str:
             + " | " + " | ".join(latency) + f" | {_fmt(row['size_mb'], 1)} |"
         )
     check = report.get("check")
+    shipped = report.get("shipped_student")
     if isinstance(check, dict):
-        lines += ["", f"Release gate (`fbcompress check`, INT8 student vs teacher): **{check.get('verdict', '?')}**"]
+        lines += ["", f"Shipped student: **{shipped}**. Release gate (`fbcompress check`, its INT8 model vs the "
+                  f"teacher): **{check.get('verdict', '?')}**"]
+    elif not shipped:
+        lines += ["", "**No student passed the release gate: nothing was shipped.**"]
+    if report.get("students"):
+        lines += ["", "## Students (INT8, as `fbcompress check` measured them)", "",
+                  "Fastest first, as the recipe's ladder lists them. Pareto: no other student is at least as good "
+                  "on AUC, mean Rank@10, latency and size.", "",
+                  "| student | layers | hidden | heads | FFN | AUC | ITR R@10 | TIR R@10 | p50 ms | speed-up | "
+                  "INT8 MB | gate | Pareto | shipped |", "|---" * 14 + "|"]
+        for row in report["students"]:
+            lines.append(
+                f"| {row['student']} | {row.get('num_hidden_layers')} | {row.get('hidden_size')} | "
+                f"{row.get('num_attention_heads')} | {row.get('intermediate_size')} | {_fmt(row['auc'])} | "
+                f"{_fmt(row['itr_r10'], 2)} | {_fmt(row['tir_r10'], 2)} | {_fmt(row['p50_ms'], 2)} | "
+                f"{_fmt(row['speedup'], 1)}× | {_fmt(row['int8_mb'], 1)} | {row['verdict']} | "
+                f"{'yes' if row['pareto'] else ''} | {'**yes**' if row['shipped'] else ''} |")
     lines += ["", "## Stages", "", "Seconds of a reused stage are those of the run that made its output.", "",
               "| stage | status | seconds | note |", "|---|---|---|---|"]
     for stage in report["stages"]:

@@ -85,9 +85,15 @@ def param_groups(model: FashionBERT, lr: float, new_lr: float, weight_decay: flo
     ]
 
 
+TRAINING_SECTIONS = ("data", "teacher", "train", "distill")  # what a checkpoint's weights depend on
+
+
 def _recipe_fingerprint(recipe: Recipe) -> dict:
-    """The recipe as JSON would store it (tuples become lists), less the settings that may change on resume."""
-    dump = recipe.model_dump(mode="json")
+    """The training sections of the recipe as JSON would store them (tuples become lists), less the settings
+    that may change on resume. Export, quantize, check and quickstart settings are left out: changing a release
+    tolerance must not make a half-trained checkpoint unusable."""
+    full = recipe.model_dump(mode="json")
+    dump = {name: full[name] for name in TRAINING_SECTIONS}
     dump["train"].pop("eval_every", None)
     dump["train"].pop("save_every", None)
     return dump
@@ -117,7 +123,10 @@ def run_training(
         raise FbError(f"{out} already holds a checkpoint: pass --resume to continue it or --force to start over")
     if existing and resume:
         ckpt = open_checkpoint(out)
-        if ckpt.meta.get("recipe_fingerprint") != _recipe_fingerprint(recipe):
+        stored = ckpt.meta.get("recipe_fingerprint")
+        # only the training sections count (older checkpoints stored the whole recipe)
+        if not isinstance(stored, dict) or {k: stored.get(k) for k in TRAINING_SECTIONS} != _recipe_fingerprint(
+                recipe):
             raise FbError(f"{out} was trained with another recipe; use another --out or --force")
         if ckpt.meta.get("data_fingerprint") != setup.dataset.fingerprint:
             raise FbError(f"{out} was trained on other data (fingerprint differs); use another --out or --force")

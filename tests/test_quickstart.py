@@ -14,10 +14,13 @@ from fbcompress.report import build_report, plot_task_weights
 class FakeCommands:
     """Stands in for the fbcompress commands: records each call and writes the outputs the stage promises."""
 
-    def __init__(self, tmp_path: Path, fail: dict[str, int] | None = None):
+    def __init__(self, tmp_path: Path, fail: dict[str, int] | None = None, overrides: tuple[str, ...] = ()):
         self.calls: list[list[str]] = []
         self.fail = fail or {}
-        self.stages = {tuple(s.args): s for s in qs.build_stages("smoke", (), tmp_path / "run", tmp_path / "bundle")}
+        self.stages = {}
+        for shipped in _students(overrides):
+            for stage in qs.build_stages("smoke", overrides, tmp_path / "run", tmp_path / "bundle", shipped):
+                self.stages[tuple(stage.args)] = stage
 
     def __call__(self, args: list[str]) -> int:
         self.calls.append(args)
@@ -33,6 +36,12 @@ class FakeCommands:
         return [self.stages[_base(call)].name for call in self.calls]
 
 
+def _students(overrides: tuple[str, ...] = ()) -> list[str]:
+    from fbcompress.cli import _recipe
+
+    return [s.name for s in _recipe("smoke", overrides).quickstart.students]
+
+
 def _base(args: list[str]) -> tuple[str, ...]:
     """The stage's own command line, without the --resume/--force the orchestrator appends to training stages."""
     return tuple(args[:-1] if args[-1] in ("--resume", "--force") and args[0] in ("train-teacher", "distill")
@@ -44,19 +53,28 @@ def no_tensorrt(monkeypatch):
     monkeypatch.setattr(qs, "tensorrt_unavailable", lambda: "TensorRT is not installed (test)")
 
 
-def _run(tmp_path: Path, fake: FakeCommands, **kwargs):
-    return qs.run_quickstart("smoke", (), tmp_path / "run", tmp_path / "bundle", invoke=fake, **kwargs)
+def _run(tmp_path: Path, fake: FakeCommands, overrides: tuple[str, ...] = (), **kwargs):
+    return qs.run_quickstart("smoke", overrides, tmp_path / "run", tmp_path / "bundle", invoke=fake, **kwargs)
 
 
-def _stage_names() -> list[str]:
-    return [s.name for s in qs.build_stages("smoke", (), Path("r"), Path("b"))]
+def _commands() -> list[str]:
+    """The stages that run a command (not tensorrt: no TensorRT here; not ship: an in-process copy)."""
+    return [s.name for s in qs.build_stages("smoke", (), Path("r"), Path("b")) if s.name not in ("tensorrt", "ship")]
+
+
+# the smoke recipe's ladder has one student, named "student"
+STUDENT, STUDENT_EVAL, ONNX, INT8, CHECK = (f"{n}[student]" for n in ("student", "student-eval", "onnx", "int8",
+                                                                    "check"))
 
 
 def test_first_run_runs_every_stage_in_order_and_skips_tensorrt_with_reason(tmp_path):
     fake = FakeCommands(tmp_path)
     results = _run(tmp_path, fake)
-    expected = [n for n in _stage_names() if n != "tensorrt"]
-    assert fake.names() == expected
+    assert fake.names() == _commands()
+    assert [r.name for r in results] == [s.name for s in qs.build_stages("smoke", (), Path("r"), Path("b"))]
+    ship = next(r for r in results if r.name == "ship")
+    assert ship.status == "ran" and qs.shipped_student(results) == "student"
+    assert (tmp_path / "bundle" / "model.int8.onnx").is_file()  # the student's bundle was copied to the hand-off
     trt = next(r for r in results if r.name == "tensorrt")
     assert trt.status == "skipped" and "TensorRT" in trt.reason
     # A training stage with no record yet resumes (continues an interrupted run, or starts fresh).
@@ -76,13 +94,14 @@ def test_a_changed_stage_reruns_it_and_everything_downstream_only(tmp_path):
     _run(tmp_path, FakeCommands(tmp_path))
     state_path = tmp_path / "run" / qs.STATE_FILE
     state = json.loads(state_path.read_text())
-    state["student"]["fingerprint"] = "stale"  # as if the distill settings had changed
+    state[STUDENT]["fingerprint"] = "stale"  # as if the distill settings had changed
     state_path.write_text(json.dumps(state))
     again = FakeCommands(tmp_path)
-    _run(tmp_path, again)
+    results = {r.name: r for r in _run(tmp_path, again)}
     assert "teacher" not in again.names() and "data" not in again.names()
-    assert again.names()[:2] == ["student", "student-eval"]
-    assert "bench" in again.names() and "check" in again.names()
+    assert again.names()[:2] == [STUDENT, STUDENT_EVAL]
+    assert "bench" in again.names() and CHECK in again.names()
+    assert results["ship"].status == "ran"  # a new student is shipped again
     distill_call = next(c for c in again.calls if c[0] == "distill")
     assert distill_call[-1] == "--force"  # inputs changed: start over, never resume a stale checkpoint
 
@@ -92,39 +111,44 @@ def test_missing_output_reruns_the_stage(tmp_path):
     (tmp_path / "run" / "eval" / "teacher.json").unlink()
     again = FakeCommands(tmp_path)
     _run(tmp_path, again)
-    assert again.names() == ["teacher-eval", "check"]  # the gate reads the teacher's eval
+    # the gate reads the teacher's eval; a re-checked student is shipped again, and benchmarked
+    assert again.names() == ["teacher-eval", CHECK, "bench"]
 
 
 def test_force_redoes_everything(tmp_path):
     _run(tmp_path, FakeCommands(tmp_path))
     again = FakeCommands(tmp_path)
     _run(tmp_path, again, force=True)
-    assert again.names() == [n for n in _stage_names() if n != "tensorrt"]
+    assert again.names() == _commands()
     assert next(c for c in again.calls if c[0] == "train-teacher")[-1] == "--force"
 
 
 def test_a_crashed_stage_skips_its_dependants_and_is_not_recorded(tmp_path):
-    fake = FakeCommands(tmp_path, fail={"student": 2})
+    fake = FakeCommands(tmp_path, fail={STUDENT: 2})
     results = {r.name: r for r in _run(tmp_path, fake)}
-    assert results["student"].status == "failed"
-    for name in ("student-eval", "onnx", "int8", "bench", "check"):
+    assert results[STUDENT].status == "failed"
+    for name in (STUDENT_EVAL, ONNX, INT8, CHECK):
         assert results[name].status == "skipped" and "student" in results[name].reason
+    assert results["ship"].status == "skipped" and "no student passed" in results["ship"].reason
+    assert results["bench"].status == "skipped"
     assert results["teacher-eval"].status == "ran"  # independent of the student
     state = json.loads((tmp_path / "run" / qs.STATE_FILE).read_text())
-    assert "student" not in state  # a crash is retried next time, as an interrupted stage (--resume)
+    assert STUDENT not in state  # a crash is retried next time, as an interrupted stage (--resume)
     again = FakeCommands(tmp_path)
     _run(tmp_path, again)
     assert next(c for c in again.calls if c[0] == "distill")[-1] == "--resume"
 
 
 def test_a_failed_gate_is_recorded_and_reused_not_rerun(tmp_path):
-    fake = FakeCommands(tmp_path, fail={"check": 1})
+    fake = FakeCommands(tmp_path, fail={CHECK: 1})
     results = {r.name: r for r in _run(tmp_path, fake)}
-    assert results["check"].status == "failed" and results["check"].exit_code == 1
+    assert results[CHECK].status == "failed" and results[CHECK].exit_code == 1
+    assert qs.shipped_student(list(results.values())) is None
+    assert not (tmp_path / "bundle").exists()  # nothing shipped
     again = FakeCommands(tmp_path)
     results = {r.name: r for r in _run(tmp_path, again)}
     assert again.calls == []
-    assert results["check"].status == "failed" and "reused" in results["check"].reason
+    assert results[CHECK].status == "failed" and "reused" in results[CHECK].reason
 
 
 def test_out_that_holds_other_files_is_refused(tmp_path):
@@ -153,7 +177,7 @@ def test_report_reads_the_stage_outputs(tmp_path):
         "results": [{"model": 0, "batch": 1, "text": 16, "padded_to": None, "p50_ms": 17.25}],
     }))
     report = build_report(out, bundle, [{"name": "teacher", "status": "ran", "seconds": 3.0}],
-                          {"cpu": "Test CPU", "usable_cores": 2})
+                          {"cpu": "Test CPU", "usable_cores": 2}, ["student"], shipped="student")
     row = report["models"][0]
     assert row["auc"] == 0.95 and row["size_mb"] == pytest.approx(2.0)
     assert row["latency_p50_ms"]["b1_t16"] == 17.25 and row["latency_p50_ms"]["b32_t64"] is None
@@ -174,16 +198,94 @@ def test_a_changed_recipe_section_reruns_only_the_stages_that_read_it(tmp_path):
     fake = FakeCommands(tmp_path)
     fake.stages = {tuple(s.args): s for s in stages}
     qs.run_quickstart("smoke", overrides, tmp_path / "run", tmp_path / "bundle", invoke=fake)
-    assert fake.names() == ["int8", "bench", "check"]
+    assert fake.names() == [INT8, CHECK, "bench"]
 
 
 def test_ctrl_c_in_a_stage_stops_the_pipeline_and_keeps_finished_stages(tmp_path):
-    fake = FakeCommands(tmp_path, fail={"student": qs.EXIT_INTERRUPTED})
+    fake = FakeCommands(tmp_path, fail={STUDENT: qs.EXIT_INTERRUPTED})
     with pytest.raises(qs.QuickstartInterrupted, match="student"):
         _run(tmp_path, fake)
-    assert fake.names() == ["data", "teacher", "teacher-eval", "student"]
+    assert fake.names() == ["data", "teacher", "teacher-eval", STUDENT]
     state = json.loads((tmp_path / "run" / qs.STATE_FILE).read_text())
     assert set(state) == {"data", "teacher", "teacher-eval"}
     again = FakeCommands(tmp_path)
     _run(tmp_path, again)
-    assert again.names()[0] == "student" and again.calls[0][-1] == "--resume"
+    assert again.names()[0] == STUDENT and again.calls[0][-1] == "--resume"
+
+
+LADDER = ("quickstart.students=[{name: narrow, hidden_size: 16, num_heads: 2}, {name: wide}]",)
+
+
+def test_the_ladder_ships_the_first_student_that_passes_and_skips_the_rest(tmp_path):
+    fake = FakeCommands(tmp_path, overrides=LADDER)
+    results = {r.name: r for r in _run(tmp_path, fake, LADDER)}
+    assert qs.shipped_student(list(results.values())) == "narrow"
+    assert results["student[wide]"].status == "skipped" and "narrow passed" in results["student[wide]"].reason
+    narrow = next(c for c in fake.calls if c[0] == "distill")
+    assert "distill.hidden_size=16" in narrow and "distill.num_heads=2" in narrow
+
+
+def test_a_student_that_fails_the_gate_hands_over_to_the_next(tmp_path):
+    fake = FakeCommands(tmp_path, fail={"check[narrow]": 1}, overrides=LADDER)
+    results = {r.name: r for r in _run(tmp_path, fake, LADDER)}
+    assert results["check[narrow]"].status == "failed"
+    assert results["check[wide]"].status == "ran"
+    assert qs.shipped_student(list(results.values())) == "wide"
+    bench = next(c for c in fake.calls if c[0] == "bench")
+    assert str(tmp_path / "run" / "students" / "wide") in bench
+    wide = [c for c in fake.calls if c[0] == "distill"][1]
+    assert not any(arg.startswith("distill.") for arg in wide)  # the recipe's own width
+
+
+def test_all_students_measures_every_one_and_ships_the_fastest_that_passed(tmp_path, monkeypatch):
+    fake = FakeCommands(tmp_path, overrides=LADDER)
+    timed = {"narrow": 3.0, "wide": 2.0}  # as if the wide one had measured faster
+    monkeypatch.setattr(qs, "check_latency_ms", lambda path: timed[path.parent.name])
+    results = {r.name: r for r in _run(tmp_path, fake, LADDER, all_students=True)}
+    assert results["check[narrow]"].status == "ran" and results["check[wide]"].status == "ran"
+    assert qs.shipped_student(list(results.values())) == "wide"
+
+
+def test_a_changed_student_width_reruns_that_student_only(tmp_path):
+    _run(tmp_path, FakeCommands(tmp_path, fail={"check[narrow]": 1}, overrides=LADDER), LADDER)
+    changed = ("quickstart.students=[{name: narrow, hidden_size: 24, num_heads: 2}, {name: wide}]",)
+    fake = FakeCommands(tmp_path, fail={"check[narrow]": 1}, overrides=changed)
+    _run(tmp_path, fake, changed)
+    assert fake.names() == [f"{n}[narrow]" for n in ("student", "student-eval", "onnx", "onnx-eval", "int8",
+                                                     "check")]
+
+
+def test_ship_replaces_the_bundle_whole(tmp_path):
+    source, target = tmp_path / "src", tmp_path / "exported" / "qs"
+    source.mkdir()
+    (source / "manifest.json").write_text("{}")
+    target.mkdir(parents=True)
+    (target / "stale.onnx").write_text("old")
+    qs.ship_bundle(source, target)
+    assert sorted(p.name for p in target.iterdir()) == ["manifest.json"]
+    assert [p.name for p in target.parent.iterdir()] == ["qs"]  # no staging or retired copies left
+    with pytest.raises(qs.FbError, match="not an export bundle"):
+        qs.ship_bundle(tmp_path / "nothing", target)
+
+
+def test_report_lists_every_gated_student_with_its_pareto_flag(tmp_path):
+    out, bundle = tmp_path / "run", tmp_path / "bundle"
+    for name, auc, p50, size in (("fast", 0.80, 1.0, 1_000_000), ("mid", 0.80, 2.0, 2_000_000),
+                                 ("slow", 0.90, 4.0, 4_000_000)):
+        (out / "eval" / name).mkdir(parents=True)
+        (out / "students" / name).mkdir(parents=True)
+        (out / "students" / name / "config.json").write_text(json.dumps({"hidden_size": 64, "num_hidden_layers": 2}))
+        (out / "bundles" / name).mkdir(parents=True)
+        (out / "bundles" / name / "model.int8.onnx").write_bytes(b"x" * size)
+        metrics = {"auc": auc, "itr": {"r10": 0.5}, "tir": {"r10": 0.5}}
+        (out / "eval" / name / "check.json").write_text(json.dumps({
+            "verdict": "PASS", "checks": [{"metric": "speed-up (p50 ms @ 1x16 cpu)", "delta": 8.0 / p50}],
+            "candidate": {"eval": metrics, "latency": {"p50_ms": p50}},
+        }))
+    report = build_report(out, bundle, [], {"cpu": "Test CPU"}, ["fast", "mid", "slow", "untried"], "fast")
+    rows = {row["student"]: row for row in report["students"]}
+    assert set(rows) == {"fast", "mid", "slow"}  # a student that never reached its gate has no row
+    assert rows["fast"]["pareto"] and rows["slow"]["pareto"] and not rows["mid"]["pareto"]  # mid: fast dominates
+    assert rows["fast"]["shipped"] and rows["fast"]["speedup"] == 8.0 and rows["slow"]["int8_mb"] == 4.0
+    md = (out / "report.md").read_text()
+    assert "| fast | 2 | 64 |" in md and "Shipped student: **fast**" in md
