@@ -304,8 +304,8 @@ def _format_validation_error(source: str, exc: ValidationError) -> str:
     first = exc.errors()[0]
     key = ".".join(str(part) for part in first["loc"]) or "(top level)"
     if first["type"] == "extra_forbidden":
-        return f"{source}: unknown recipe key '{key}'"
-    return f"{source}: recipe key '{key}': {first['msg']}"
+        return f"{source}: unknown recipe key {key!r}"  # repr: a key holding a newline stays on one line
+    return f"{source}: recipe key {key!r}: {' '.join(str(first['msg']).split())}"
 
 
 def resolve_recipe_path(name_or_path: str | Path) -> Path:
@@ -336,6 +336,8 @@ def load_recipe(name_or_path: str | Path, overrides: dict | None = None) -> Reci
         payload = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise FbError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
+    except OSError as exc:
+        raise FbError(f"{path}: cannot read: {exc.strerror or exc}") from None
     recipe = parse_recipe(payload, str(path), overrides)
     if not recipe.name:
         recipe = recipe.model_copy(update={"name": path.stem})
@@ -355,15 +357,15 @@ def _deep_merge(base: dict, extra: dict) -> dict:
 def parse_override(text: str) -> dict:
     """`train.steps=10` → {'train': {'steps': 10}} (value parsed as YAML)."""
     if "=" not in text:
-        raise FbError(f"override '{text}' is not KEY=VALUE (e.g. train.steps=100)")
+        raise FbError(f"override {text!r} is not KEY=VALUE (e.g. train.steps=100)")
     key, raw = text.split("=", 1)
     try:
         value = yaml.safe_load(raw)
     except yaml.YAMLError as exc:
-        raise FbError(f"override '{text}': the value is not valid YAML ({str(exc).splitlines()[0]})") from None
+        raise FbError(f"override {text!r}: the value is not valid YAML ({str(exc).splitlines()[0]})") from None
     parts = key.strip().split(".")
     if not all(parts):
-        raise FbError(f"override '{text}': '{key}' is not a dotted recipe key (e.g. train.steps)")
+        raise FbError(f"override {text!r}: {key!r} is not a dotted recipe key (e.g. train.steps)")
     out: dict = {}
     node = out
     for part in parts[:-1]:

@@ -229,16 +229,53 @@ def _fingerprint(root: Path) -> str:
 
 
 def read_jsonl(path: Path) -> list[dict]:
+    return [row for _, row in _read_jsonl_numbered(path)]
+
+
+def _read_jsonl_numbered(path: Path) -> list[tuple[int, dict]]:
+    """(line number, object) per non-blank line. Lines are decoded one by one so that bytes that are not UTF-8, like
+    a line that is not a JSON object, are reported with their line instead of escaping as a raw exception."""
     rows = []
-    with open(path, encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, 1):
+    with open(path, "rb") as handle:
+        for lineno, raw in enumerate(handle, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise FbError(f"{path}:{lineno}: not UTF-8 text (byte {exc.start})") from None
             if not line.strip():
                 continue
             try:
-                rows.append(json.loads(line))
+                row = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise FbError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+            if not isinstance(row, dict):
+                raise FbError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+            rows.append((lineno, row))
     return rows
+
+
+# Types of record fields the readers index or join paths with (a list id would be unhashable, a null image path
+# cannot be joined); product_id/category/subcategory are only compared and str()-ed, so numbers are fine there.
+_RECORD_TYPES: dict[str, type | tuple[type, ...]] = {
+    **dict.fromkeys(("id", "image", "text", "features"), str),
+    **dict.fromkeys(("product_id", "category", "subcategory"), (str, int)),
+}
+# What each eval set's rows must hold (evaluate.py indexes these keys directly).
+_EVAL_TYPES: dict[str, dict[str, type]] = {
+    "pairs": {"image": str, "text": str, "label": int},
+    "itr": {"query": str, "positive": str, "negatives": list},
+    "tir": {"query": str, "positive": str, "negatives": list},
+}
+
+
+def _bad_field(row: dict, key: str, kind: type | tuple[type, ...]) -> str | None:
+    """Why `row[key]` is unusable, or None when it is fine."""
+    if key not in row:
+        return f"lacks {key}"
+    value = row[key]
+    if isinstance(value, bool) or not isinstance(value, kind):
+        return f"has {key} {json.dumps(value)[:40]}, of the wrong type"
+    return None
 
 
 @dataclass
@@ -257,9 +294,13 @@ class DatasetDir:
         if not meta_path.is_file():
             raise FbError(f"{root} is not a dataset dir (no dataset.json); make one with `fbcompress data ...`")
         try:
-            meta = json.loads(meta_path.read_text())
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
             raise FbError(f"{meta_path} is not valid JSON: {exc.msg}") from None
+        except UnicodeDecodeError:
+            raise FbError(f"{meta_path} is not UTF-8 text") from None
+        if not isinstance(meta, dict):
+            raise FbError(f"{meta_path} is not a JSON object")
         for name in [f"manifest-{s}.jsonl" for s in SPLITS] + ["eval-pairs.jsonl", "eval-itr.jsonl",
                                                                 "eval-tir.jsonl"]:
             if not (root / name).is_file():
@@ -273,12 +314,32 @@ class DatasetDir:
     def records(self, split: str) -> list[dict]:
         if split not in SPLITS:
             raise FbError(f"unknown split {split!r} (choose from {', '.join(SPLITS)})")
-        rows = read_jsonl(self.root / f"manifest-{split}.jsonl")
-        for row in rows:
+        name = f"manifest-{split}.jsonl"
+        rows = _read_jsonl_numbered(self.root / name)
+        for lineno, row in rows:
             missing = [k for k in REQUIRED_KEYS if k not in row]
             if missing:
-                raise FbError(f"manifest-{split}.jsonl: record {row.get('id', '?')} lacks {', '.join(missing)}")
-        return rows
+                raise FbError(f"{name}:{lineno}: record {row.get('id', '?')} lacks {', '.join(missing)}")
+            for key, kind in _RECORD_TYPES.items():
+                problem = _bad_field(row, key, kind) if key in row else None
+                if problem:
+                    raise FbError(f"{name}:{lineno}: record {row.get('id', '?')} {problem}")
+        return [row for _, row in rows]
 
     def eval_rows(self, kind: str, split: str) -> list[dict]:
-        return [row for row in read_jsonl(self.root / f"eval-{kind}.jsonl") if row["split"] == split]
+        name = f"eval-{kind}.jsonl"
+        rows = _read_jsonl_numbered(self.root / name)
+        fields = {"split": str, **_EVAL_TYPES.get(kind, {})}
+        for lineno, row in rows:
+            for key, value_type in fields.items():
+                problem = _bad_field(row, key, value_type)
+                if problem:
+                    raise FbError(f"{name}:{lineno}: eval row {problem}")
+            if kind == "pairs" and row["label"] not in (0, 1):
+                raise FbError(f"{name}:{lineno}: eval row has label {row['label']}, expected 0 or 1")
+            if "negatives" in fields and not all(isinstance(n, str) for n in row["negatives"]):
+                raise FbError(f"{name}:{lineno}: eval row has negatives that are not record ids")
+        selected = [row for _, row in rows if row["split"] == split]
+        if not selected:  # the writer always fills val and test; none left means a cut file, not NaN metrics
+            raise FbError(f"{self.root / name} has no rows for split '{split}' (truncated? make the dataset dir again)")
+        return selected

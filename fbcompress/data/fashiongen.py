@@ -130,6 +130,9 @@ def convert_fashiongen(
                         continue
                     image = pixels if final_size == pixels.shape[0] else _resize(pixels, final_size)
                     writer.add(record, image, split=split)
+            if not writer.records:  # say which files, rather than the writer's generic "no records"
+                names = ", ".join(s.path.name for s in sources)
+                raise FbError(f"no row of {names} has a name or a description; nothing to write")
             # extra_meta is written on exit of the writer, so the final count can still go in.
             extra_meta["skipped_rows"] = skipped
     if skipped:
@@ -178,6 +181,8 @@ def _open_source(index: int, path: Path, stack: contextlib.ExitStack) -> _Source
     if len(set(lengths.values())) > 1:
         listed = ", ".join(f"{key} {n}" for key, n in lengths.items())
         raise FbError(f"{path}: datasets have different numbers of rows ({listed})")
+    if rows == 0:
+        raise FbError(f"{path}: {IMAGE_KEY} has no rows")
     image = handle[IMAGE_KEY]
     shape = tuple(image.shape)
     if len(shape) != 4 or shape[3] != 3 or shape[1] != shape[2] or shape[1] < 1:
@@ -228,18 +233,24 @@ def _iter_rows(source: _Source, limit: int | None, bar: tqdm) -> Iterator[tuple[
 
 
 def _cell(value: Any) -> Any:
-    """A (1,)-shaped cell as a Python value: bytes decoded as latin-1 (as public loaders do), numbers kept."""
+    """A (1,)-shaped cell as a JSON-safe Python value: bytes decoded as latin-1 (as public loaders do), numbers kept.
+
+    Anything else a malformed file may hold (bool, complex, compound, infinite floats) becomes a string or None:
+    the value ends up in a manifest line, which must stay strict JSON.
+    """
     if isinstance(value, np.ndarray):
         value = value.reshape(-1)[0] if value.size else b""
     if isinstance(value, (bytes, np.bytes_)):
         return bytes(value).decode("latin-1")
-    if isinstance(value, np.integer):
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
         return int(value)
-    if isinstance(value, np.floating):
+    if isinstance(value, (float, np.floating)):
         # Via str: a float32 price of 120.3 stays 120.3 instead of becoming 120.30000305175781.
         number = float(str(value))
-        return None if math.isnan(number) else number
-    return value
+        return number if math.isfinite(number) else None
+    return value if isinstance(value, str) else str(value)
 
 
 def _text(value: Any) -> str:

@@ -24,7 +24,7 @@ def load_rgb(path: Path, image_size: int) -> np.ndarray:
             arr = np.asarray(img.convert("RGB"))
     except FileNotFoundError:
         raise FbError(f"image not found: {path}") from None
-    except (UnidentifiedImageError, OSError) as exc:
+    except (UnidentifiedImageError, OSError, ValueError) as exc:  # ValueError: e.g. a NUL byte in the path
         raise FbError(f"cannot read image {path}: {exc}") from None
     if arr.shape[:2] != (image_size, image_size):
         raise FbError(
