@@ -23,7 +23,7 @@ import pytest
 from cli_helpers import assert_one_line_error, run
 
 from fbcompress.check import CHECK_SCHEMA, check_section, format_verdict, verdict_rows
-from fbcompress.recipes import CheckSection
+from fbcompress.recipes import CheckSection, load_recipe
 
 # The teacher recipe for these tests: smoke sizes, trained until it reads colours (see the module doc).
 TEACHER_SETTINGS = (
@@ -222,7 +222,9 @@ def test_check_section_precedence(trained_smoke, tmp_path):
     named.mkdir()
     (named / "fbcompress.json").write_text(json.dumps({"recipe": {"name": "quickstart"}}))
     section, source = check_section(None, (), [named])
-    assert source == f"recipe quickstart (named by {named})" and section.min_speedup == 2.0
+    quickstart = load_recipe("quickstart").check.min_speedup
+    assert quickstart not in (0.5, 2.0)  # tells the named recipe from smoke's and from the defaults
+    assert source == f"recipe quickstart (named by {named})" and section.min_speedup == quickstart
     stored = tmp_path / "ckpt"
     stored.mkdir()
     (stored / "fbcompress.json").write_text(json.dumps({"recipe": {"name": "x", "check": {"min_speedup": 7}}}))
