@@ -29,12 +29,23 @@ from fbcompress.errors import FbError  # noqa: E402
 from fbcompress.latency import machine_info, machine_slug  # noqa: E402
 
 
+def shipped_student(run_dir: Path, exported: Path) -> Path:
+    """The checkpoint the bundle was exported from (its manifest's `source.checkpoint`: the quickstart ships one
+    student of its ladder, under run_dir/students/<name>), else run_dir/student (a hand-made run)."""
+    try:
+        source = json.loads((exported / "manifest.json").read_text())["source"]["checkpoint"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return run_dir / "student"
+    path = Path(source)
+    return path if path.is_absolute() else ROOT / path
+
+
 def cpu_targets(run_dir: Path, exported: Path, threads: int | None) -> list[Target]:
     """Teacher (PyTorch FP32, the speed-up baseline) vs the student in PyTorch FP32, then the student's ONNX graphs
     on ONNX Runtime's CPU provider: standard ops, ORT-fused, INT8 (what the issue's 15x target compares)."""
     return [
         Target(run_dir / "teacher", "pytorch", "cpu", threads=threads, label="teacher (pytorch fp32)"),
-        Target(run_dir / "student", "pytorch", "cpu", threads=threads, label="student (pytorch fp32)"),
+        Target(shipped_student(run_dir, exported), "pytorch", "cpu", threads=threads, label="student (pytorch fp32)"),
         Target(exported / "model.onnx", "onnxruntime", "cpu", threads=threads, label="student onnx fp32 (ort-cpu)"),
         Target(
             exported / "model.ort.onnx",
@@ -50,7 +61,7 @@ def cpu_targets(run_dir: Path, exported: Path, threads: int | None) -> list[Targ
 def gpu_targets(run_dir: Path, exported: Path, device: str, compile_: bool = True) -> list[Target]:
     """Teacher vs student on the GPU through every serving path: eager fp32/fp16, CUDA graphs, optionally
     torch.compile, ONNX Runtime's CUDA and TensorRT providers, and the bundle's TensorRT engines."""
-    student = run_dir / "student"
+    student = shipped_student(run_dir, exported)
     targets = [
         Target(run_dir / "teacher", "pytorch", device, label="teacher (pytorch fp32)"),
         Target(run_dir / "teacher", "pytorch", device, dtype="fp16", label="teacher (pytorch fp16)"),
@@ -107,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
         "--run-dir",
         type=Path,
         default=ROOT / "runs" / "quickstart",
-        help="holds teacher/ and student/ checkpoints (default: runs/quickstart)",
+        help="holds the teacher/ checkpoint; the student is the bundle's source checkpoint "
+        "(default: runs/quickstart)",
     )
     parser.add_argument(
         "--exported",
