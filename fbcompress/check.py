@@ -22,9 +22,9 @@ from typing import Any
 import click
 
 from fbcompress.errors import FbError
+from fbcompress.evaluate import TOLERANCE_EPS, within
 
 CHECK_SCHEMA = "fbcompress-check/1"
-EPS = 1e-9  # a drop exactly at the limit passes despite float rounding
 RANK_K = 10
 
 
@@ -43,7 +43,7 @@ def _drop_row(metric: str, teacher: float, candidate: float, limit: float) -> di
         "candidate": candidate,
         "delta": candidate - teacher,
         "limit": f"drop <= {limit:g}",
-        "passed": bool(drop <= limit + EPS),
+        "passed": within(drop, limit),
     }
 
 
@@ -78,7 +78,7 @@ def verdict_rows(evals: dict[str, dict], latency: dict[str, dict], section: Any,
             "candidate": cp50,
             "delta": speedup,
             "limit": f">= {section.min_speedup:g}x" if section.min_speedup > 0 else "not checked",
-            "passed": bool(speedup >= section.min_speedup - EPS) if section.min_speedup > 0 else None,
+            "passed": bool(speedup >= section.min_speedup - TOLERANCE_EPS) if section.min_speedup > 0 else None,
         }
     )
     rows.append(_info_row("ACC", t["accuracy"], c["accuracy"]))

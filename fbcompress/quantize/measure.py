@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from fbcompress.errors import FbError
-from fbcompress.evaluate import RANKS, evaluate
+from fbcompress.evaluate import RANKS, evaluate, within
 
 LATENCY_TEXTS = (8, 32)
 
@@ -56,7 +56,7 @@ def compare(
     deltas = {key: got[key] - ref[key] for key in ref if key in got}
     breaks = []
     drop = ref["auc"] - got["auc"]
-    if drop > max_auc_drop:
+    if not within(drop, max_auc_drop):
         breaks.append(
             {
                 "metric": "AUC",
@@ -72,7 +72,7 @@ def compare(
         if key not in ref or key not in got:
             continue
         drop = ref[key] - got[key]
-        if drop > max_rank10_drop:
+        if not within(drop, max_rank10_drop):
             breaks.append(
                 {
                     "metric": f"{mode.upper()} Rank@10",
