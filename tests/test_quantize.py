@@ -274,10 +274,12 @@ def test_a_drop_exactly_at_the_tolerance_passes_despite_float_rounding():
     from fbcompress.quantize.measure import compare
 
     assert 0.07 - 0.05 > 0.02  # what a plain comparison got wrong: 7 and 5 hits out of 100 queries
-    fp32 = {"accuracy": 0.5, "auc": 0.5, "itr": {"r1": 0, "r5": 0, "r10": 0.07}, "tir": {"r1": 0, "r5": 0, "r10": 0.12}}
-    at_limit = {"accuracy": 0.5, "auc": 0.5, "itr": {"r1": 0, "r5": 0, "r10": 0.05}, "tir": {"r1": 0, "r5": 0, "r10": 0.10}}
+    def metrics(itr10: float, tir10: float) -> dict:
+        return {"accuracy": 0.5, "auc": 0.5, "itr": {"r1": 0, "r5": 0, "r10": itr10},
+                "tir": {"r1": 0, "r5": 0, "r10": tir10}}
+
+    fp32, at_limit, beyond = metrics(0.07, 0.12), metrics(0.05, 0.10), metrics(0.04, 0.10)
     assert compare(fp32, at_limit, max_auc_drop=0.005, max_rank10_drop=0.02)["passed"]
-    beyond = {"accuracy": 0.5, "auc": 0.5, "itr": {"r1": 0, "r5": 0, "r10": 0.04}, "tir": {"r1": 0, "r5": 0, "r10": 0.10}}
     assert [b["metric"] for b in compare(fp32, beyond, 0.005, 0.02)["breaks"]] == ["ITR Rank@10"]
 
 
