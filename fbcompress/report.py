@@ -124,6 +124,7 @@ def student_rows(out: Path, students: list[str], shipped: str | None) -> list[di
             "speedup": speedup,
             "int8_mb": _size_mb(out / "bundles" / name / "model.int8.onnx"),
             "verdict": check.get("verdict"),
+            "failed": [str(metric).split(" (")[0] for metric in check.get("failed") or []],
             "shipped": name == shipped,
         })
     keys = (("auc", 1), ("rank10", 1), ("p50_ms", -1), ("int8_mb", -1))  # direction: 1 higher is better
@@ -239,7 +240,8 @@ def render_markdown(report: dict, has_weights: bool) -> str:
                 f"| {row['student']} | {row.get('num_hidden_layers')} | {row.get('hidden_size')} | "
                 f"{row.get('num_attention_heads')} | {row.get('intermediate_size')} | {_fmt(row['auc'])} | "
                 f"{_fmt(row['itr_r10'], 2)} | {_fmt(row['tir_r10'], 2)} | {_fmt(row['p50_ms'], 2)} | "
-                f"{_fmt(row['speedup'], 1)}× | {_fmt(row['int8_mb'], 1)} | {row['verdict']} | "
+                f"{_fmt(row['speedup'], 1)}× | {_fmt(row['int8_mb'], 1)} | {row['verdict']}"
+                f"{' (' + ', '.join(row['failed']) + ')' if row.get('failed') else ''} | "
                 f"{'yes' if row['pareto'] else ''} | {'**yes**' if row['shipped'] else ''} |")
     lines += ["", "## Stages", "", "Seconds of a reused stage are those of the run that made its output.", "",
               "| stage | status | seconds | note |", "|---|---|---|---|"]

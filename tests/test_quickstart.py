@@ -278,8 +278,10 @@ def test_report_lists_every_gated_student_with_its_pareto_flag(tmp_path):
         (out / "bundles" / name).mkdir(parents=True)
         (out / "bundles" / name / "model.int8.onnx").write_bytes(b"x" * size)
         metrics = {"auc": auc, "itr": {"r10": 0.5}, "tir": {"r10": 0.5}}
+        failed = ["AUC"] if name == "slow" else []
         (out / "eval" / name / "check.json").write_text(json.dumps({
-            "verdict": "PASS", "checks": [{"metric": "speed-up (p50 ms @ 1x16 cpu)", "delta": 8.0 / p50}],
+            "verdict": "FAIL" if failed else "PASS", "failed": failed,
+            "checks": [{"metric": "speed-up (p50 ms @ 1x16 cpu)", "delta": 8.0 / p50}],
             "candidate": {"eval": metrics, "latency": {"p50_ms": p50}},
         }))
     report = build_report(out, bundle, [], {"cpu": "Test CPU"}, ["fast", "mid", "slow", "untried"], "fast")
@@ -288,4 +290,4 @@ def test_report_lists_every_gated_student_with_its_pareto_flag(tmp_path):
     assert rows["fast"]["pareto"] and rows["slow"]["pareto"] and not rows["mid"]["pareto"]  # mid: fast dominates
     assert rows["fast"]["shipped"] and rows["fast"]["speedup"] == 8.0 and rows["slow"]["int8_mb"] == 4.0
     md = (out / "report.md").read_text()
-    assert "| fast | 2 | 64 |" in md and "Shipped student: **fast**" in md
+    assert "| fast | 2 | 64 |" in md and "Shipped student: **fast**" in md and "| FAIL (AUC) |" in md
