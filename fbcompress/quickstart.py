@@ -8,6 +8,11 @@ Reuse: every stage has a fingerprint (its command line, the resolved recipe, the
 fingerprints of the stages it reads from). A stage whose recorded fingerprint matches and whose outputs exist is
 skipped; `--force` redoes everything. A training stage that was interrupted (no record yet) resumes from its last
 complete checkpoint; one whose inputs changed starts over. The state file is written atomically after each stage.
+
+The student ladder (recipe `quickstart.students`, fastest first): width trades accuracy for latency, and which width
+keeps the release gate depends on how well the teacher learned, so the pipeline tries students in order (distill,
+eval, export, INT8, check) and ships the first that passes; `--all-students` measures all of them for the report's
+Pareto table. Only then do the shipped bundle's TensorRT engines and the benchmark run.
 """
 
 from __future__ import annotations
