@@ -516,32 +516,11 @@ def test_quantize_bad_inputs(bundle, tiny_data, tmp_path):
         2,
         "is not the bundle that holds --model",
     )
-    assert_one_line_error(
-        run(
-            "quantize",
-            "--model",
-            root / "model.onnx",
-            "--data",
-            tiny_data,
-            "--set",
-            "quantize.exclude_nodes=[/no/such/MatMul]",
-        ),
-        2,
-        "/no/such/MatMul",
-    )
-    assert_one_line_error(
-        run(
-            "quantize",
-            "--model",
-            root / "model.onnx",
-            "--data",
-            tiny_data,
-            "--set",
-            "quantize.calibration_method=Histogram",
-        ),
-        2,
-        "quantize.calibration_method",
-    )
+    for override, named in (("quantize.exclude_nodes=[/no/such/MatMul]", "/no/such/MatMul"),
+                            ("quantize.calibration_method=Histogram", "quantize.calibration_method")):
+        assert_one_line_error(
+            run("quantize", "--model", root / "model.onnx", "--data", tiny_data, "--set", override), 2, named
+        )
     lonely = tmp_path / "lonely" / "model.onnx"
     lonely.parent.mkdir()
     shutil.copyfile(root / "model.onnx", lonely)

@@ -182,19 +182,26 @@ def _check_nodes(names: list[str], model) -> None:
 # --------------------------------------------------------------------------------------------------------- methods
 
 
+def _source_graph(run: _Run) -> tuple[Any, Any, list[str]]:
+    """What every method starts from: this CPU's INT8 ISA, the FP32 graph, and the nodes kept FP by design (after
+    checking that the recipe's exclude_nodes name real nodes)."""
+    from fbcompress.quantize.cpu import detect_isa
+
+    fp_model = G.load(run.src)
+    _check_nodes(list(run.section.exclude_nodes), fp_model)
+    return detect_isa(), fp_model, G.default_fp_nodes(fp_model)
+
+
 def _static(run: _Run) -> dict[str, Any]:
     """ort-static: both QDQ files, with the accuracy fall-back loop on val."""
     from fbcompress.quantize import ort_methods as M
     from fbcompress.quantize.calibration import BatchReader
-    from fbcompress.quantize.cpu import detect_isa, resolve_reduce_range
+    from fbcompress.quantize.cpu import resolve_reduce_range
     from fbcompress.quantize.fallback import run_fallback
     from fbcompress.quantize.sensitivity import node_errors
 
     section = run.section
-    isa = detect_isa()
-    fp_model = G.load(run.src)
-    by_design = G.default_fp_nodes(fp_model)
-    _check_nodes(list(section.exclude_nodes), fp_model)
+    isa, fp_model, by_design = _source_graph(run)
     base = list(dict.fromkeys([*by_design, *section.exclude_nodes]))
     cache = run.work / "calibration-ranges.json"
     input_names = [i.name for i in session_factory(run.src).get_inputs()]
@@ -282,13 +289,10 @@ def _slim_steps(steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def _dynamic(run: _Run) -> dict[str, Any]:
     """ort-dynamic: MatMul/Gemm/Gather weights INT8, activations quantized per batch at run time."""
     from fbcompress.quantize import ort_methods as M
-    from fbcompress.quantize.cpu import detect_isa, resolve_reduce_range
+    from fbcompress.quantize.cpu import resolve_reduce_range
 
     section = run.section
-    isa = detect_isa()
-    fp_model = G.load(run.src)
-    by_design = G.default_fp_nodes(fp_model)
-    _check_nodes(list(section.exclude_nodes), fp_model)
+    isa, fp_model, by_design = _source_graph(run)
     folder = run.work / "dynamic"
     folder.mkdir()
     run.say("quantizing (dynamic INT8) ...")
