@@ -2,10 +2,10 @@
 
 FashionBERT's authors served a 2-layer model because the full one missed online latency. The student here:
 * is initialised from the teacher: embeddings, patch encoder, pooler and heads are copied, and student layer k
-  is a copy of teacher layer `layer_map[k]` (default: evenly spaced, the TinyBERT map). A narrower student
-  cannot copy layers: its embeddings and patch encoder are the teacher's projected onto the top principal
-  directions of the teacher's word embeddings (PCA), its layers are freshly initialised, and a learned linear
-  map lifts its hidden states to the teacher's width for the hidden-state loss (as TinyBERT does);
+  is a copy of teacher layer `layer_map[k]` (default: evenly spaced, the TinyBERT map). A narrower student is
+  cut out of those layers (fbcompress/width_pruning.py: the hidden channels, heads and FFN neurons that carry
+  most on real training pairs, Minitron-style), and a learned linear map lifts its hidden states to the
+  teacher's width for the hidden-state loss (as TinyBERT does), starting as the inverse of the cut;
 * learns from the frozen teacher (forward only, no gradients): soft alignment logits (KL at temperature T),
   hard labels, hidden-state MSE under the layer map, last-layer self-attention KL (MiniLM) and embedding MSE,
   each weighted in the recipe; extra same-subcategory negatives per batch are scored by the teacher so the
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from fbcompress.errors import FbError
 from fbcompress.model import FashionBERT
 from fbcompress.recipes import DistillSection, Recipe
 from fbcompress.teacher import MismatchSampler
+from fbcompress.width_pruning import channel_lift, head_size, measure_importance, prune_into
 
 
 def evenly_spaced_layers(teacher_layers: int, student_layers: int) -> list[int]:
@@ -46,7 +48,8 @@ def student_config(teacher: BertConfig, section: DistillSection) -> BertConfig:
     config.num_hidden_layers = section.layers
     if section.hidden_size is not None:
         config.hidden_size = section.hidden_size
-        config.num_attention_heads = section.num_heads or max(1, section.hidden_size // 64)
+        # a narrower student keeps whole teacher heads (fbcompress/width_pruning.py): same head size by default
+        config.num_attention_heads = section.num_heads or max(1, section.hidden_size // head_size(teacher))
         config.intermediate_size = section.intermediate_size or 4 * section.hidden_size
     elif section.num_heads is not None or section.intermediate_size is not None:
         raise FbError("distill.num_heads / intermediate_size need distill.hidden_size (a narrower student)")
@@ -55,15 +58,13 @@ def student_config(teacher: BertConfig, section: DistillSection) -> BertConfig:
     return config
 
 
-def pca_basis(embeddings: torch.Tensor, width: int) -> torch.Tensor:
-    """[H_teacher, width]: the top principal directions of the teacher's word embeddings."""
-    centred = embeddings - embeddings.mean(dim=0, keepdim=True)
-    _, _, v = torch.linalg.svd(centred.double(), full_matrices=False)
-    return v[:width].T.to(embeddings.dtype).contiguous()
+def build_student(
+    teacher: FashionBERT, section: DistillSection, batches: Iterable[dict[str, torch.Tensor]] = ()
+) -> tuple[FashionBERT, list[int], nn.Module | None]:
+    """Student, its layer map, and (for a narrower student) the student→teacher hidden projection.
 
-
-def build_student(teacher: FashionBERT, section: DistillSection) -> tuple[FashionBERT, list[int], nn.Module | None]:
-    """Student, its layer map, and (for a narrower student) the student→teacher hidden projection."""
+    A full-width student copies teacher layers; a narrower one is cut out of them (fbcompress/width_pruning.py),
+    which ranks the teacher's channels on `batches` of real training pairs."""
     t_layers = teacher.config.num_hidden_layers
     layer_map = list(section.layer_map) if section.layer_map is not None else evenly_spaced_layers(
         t_layers, section.layers)
@@ -71,8 +72,8 @@ def build_student(teacher: FashionBERT, section: DistillSection) -> tuple[Fashio
     if bad:
         raise FbError(f"distill.layer_map names teacher layer(s) {bad}; the teacher has layers 0..{t_layers - 1}")
     student = FashionBERT(student_config(teacher.config, section))
-    teacher_state = teacher.state_dict()
     if student.config.hidden_size == teacher.config.hidden_size:
+        teacher_state = teacher.state_dict()
         state = {}
         for name in student.state_dict():
             source = name
@@ -82,16 +83,20 @@ def build_student(teacher: FashionBERT, section: DistillSection) -> tuple[Fashio
             state[name] = teacher_state[source].clone()
         student.load_state_dict(state)
         return student, layer_map, None
-    basis = pca_basis(teacher.bert.embeddings.word_embeddings.weight.detach(), student.config.hidden_size)
-    with torch.no_grad():
-        t_emb, s_emb = teacher.bert.embeddings, student.bert.embeddings
-        for name in ("word_embeddings", "position_embeddings", "token_type_embeddings"):
-            getattr(s_emb, name).weight.copy_(getattr(t_emb, name).weight @ basis)
-        student.patch_position.weight.copy_(teacher.patch_position.weight @ basis)
-        student.patch_proj.weight.copy_(basis.T @ teacher.patch_proj.weight)
-        student.patch_proj.bias.copy_(teacher.patch_proj.bias @ basis)
-    projection = nn.Linear(student.config.hidden_size, teacher.config.hidden_size)
-    return student, layer_map, projection
+    kept = prune_into(student, teacher, layer_map, measure_importance(teacher, batches))
+    return student, layer_map, channel_lift(kept, teacher.config.hidden_size)
+
+
+PRUNING_BATCHES = 8  # batches of matched training pairs that rank the teacher's channels for a narrower student
+
+
+def pruning_batches(data: SplitData, recipe: Recipe) -> Iterator[dict[str, torch.Tensor]]:
+    """The first length-bucketed training batches, as matched pairs: fixed by the seed, so every DDP rank and a
+    resumed run cut the same student. Lazy: a full-width student never loads them."""
+    batches = LengthBucketedBatches.for_split(data, recipe.train)
+    for index in range(PRUNING_BATCHES):
+        rows = batches.rows(index)
+        yield data.batch(rows, rows)
 
 
 def soft_logit_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -251,7 +256,7 @@ def distill(
         train_data = SplitData(dataset, "train", tokenizer, spec, recipe.data.cache_images)
         val_data = SplitData(dataset, "val", tokenizer, spec, recipe.data.cache_images)
         torch.manual_seed(recipe.train.seed)
-        student, layer_map, projection = build_student(teacher, recipe.distill)
+        student, layer_map, projection = build_student(teacher, recipe.distill, pruning_batches(train_data, recipe))
         objective = DistillObjective(student, None if no_teacher else teacher, projection, layer_map, train_data,
                                      recipe)
         section = recipe.distill

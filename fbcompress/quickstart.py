@@ -187,7 +187,7 @@ def build_suffix(recipe_ref: str, overrides: tuple[str, ...], layout: Layout, sh
         Stage("bench", "latency benchmark",
               ["bench", "--model", str(layout.teacher), "--model", str(student), "--model", str(onnx),
                "--model", str(int8), "--label", "teacher", "--label", "student", "--label", "student-onnx",
-               "--label", "student-int8", "--batch-sizes", "1,8,32", "--text-lengths", "8,16,32,64",
+               "--label", "student-int8", "--batch-sizes", "1", "--text-lengths", "8,16,32,64", "--pad-to", "64",
                "--json", str(out / "bench.json"), "--md", str(out / "bench.md"), "--plots", str(out / "plots")],
               [out / "bench.json"], ["teacher", "ship"], student=shipped),
     ]

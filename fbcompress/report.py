@@ -21,7 +21,10 @@ FORMS = [
     ("student ONNX FP32 (ORT CPU)", "onnx", "model.onnx"),
     ("student INT8 (ORT CPU)", "int8", "model.int8.onnx"),
 ]
-REFERENCE_SHAPES = [(1, 8), (1, 16), (1, 64), (32, 64)]  # (batch, text length) columns of the latency table
+# (batch, text length) columns of the latency table: the online shape (one request), short to long texts. The
+# quickstart times batch 1 only; the batch 1/8/32 matrix is `bench/matrix.py`'s.
+REFERENCE_SHAPES = [(1, 8), (1, 16), (1, 64)]
+VSL_TEXT, VSL_PADDED_TO = 8, 64  # the VSL figure: 8 real tokens, unpadded against padded to 64
 
 
 def _load(path: Path) -> Any:
@@ -38,15 +41,15 @@ def _size_mb(path: Path) -> float | None:
     return path.stat().st_size / 1e6 if path.is_file() else None
 
 
-def _p50(bench: dict | None, model_path: Path, batch: int, text: int) -> float | None:
-    """The VSL (unpadded) p50 of `model_path` at one shape from a bench JSON, or None."""
+def _p50(bench: dict | None, model_path: Path, batch: int, text: int, padded_to: int | None = None) -> float | None:
+    """The p50 of `model_path` at one shape from a bench JSON (VSL, i.e. unpadded, unless `padded_to`), or None."""
     if not bench:
         return None
     names = {m.get("id"): m for m in bench.get("models", []) if isinstance(m, dict)}
     for row in bench.get("results", []):
         model = names.get(row.get("model"), {})
         same_model = Path(str(model.get("path", ""))).resolve() == model_path.resolve()
-        if (same_model and row.get("batch") == batch and row.get("text") == text and row.get("padded_to") is None
+        if (same_model and row.get("batch") == batch and row.get("text") == text and row.get("padded_to") == padded_to
                 and row.get("error") is None):
             return float(row["p50_ms"])
     return None
@@ -175,6 +178,8 @@ def build_report(out: Path, bundle: Path, stages: list[dict], machine: dict, stu
             "tir": metrics.get("tir"),
             "size_mb": _size_mb(model_path),
             "latency_p50_ms": {f"b{b}_t{t}": _p50(bench, model_path, b, t) for b, t in REFERENCE_SHAPES},
+            "padded_p50_ms": {f"b1_t{VSL_TEXT}_pad{VSL_PADDED_TO}": _p50(bench, model_path, 1, VSL_TEXT,
+                                                                         VSL_PADDED_TO)},
         })
     plots = out / "plots"
     has_weights = plot_task_weights(out / "teacher" / "train-log.jsonl", plots / "task-weights.png")
@@ -200,6 +205,30 @@ def build_report(out: Path, bundle: Path, stages: list[dict], machine: dict, stu
     return report
 
 
+def _ratio(numerator: float | None, denominator: float | None) -> str:
+    return f"{numerator / denominator:.1f}×" if numerator and denominator else "–"
+
+
+def vsl_lines(models: list[dict]) -> list[str]:
+    """What variable sequence length buys at batch 1: each form with 8 real tokens, unpadded against padded to 64,
+    and the teacher against each form at 8 and at 64 tokens."""
+    short, long_, padded = f"b1_t{VSL_TEXT}", f"b1_t{VSL_PADDED_TO}", f"b1_t{VSL_TEXT}_pad{VSL_PADDED_TO}"
+    teacher = next((m for m in models if m["form"].startswith("teacher")), None)
+    if teacher is None:
+        return []
+    lines = ["", f"### Variable sequence length (batch 1, p50 ms; text {VSL_TEXT} unpadded vs padded to "
+             f"{VSL_PADDED_TO})", "",
+             f"| model | t{VSL_TEXT} VSL | t{VSL_TEXT} padded to {VSL_PADDED_TO} | VSL gain | t{VSL_PADDED_TO} | "
+             f"teacher ÷ model at t{VSL_TEXT} | teacher ÷ model at t{VSL_PADDED_TO} |", "|---" * 7 + "|"]
+    for row in models:
+        p50, pad = row["latency_p50_ms"], row.get("padded_p50_ms", {})
+        t = teacher["latency_p50_ms"]
+        lines.append(f"| {row['form']} | {_fmt(p50.get(short), 2)} | {_fmt(pad.get(padded), 2)} | "
+                     f"{_ratio(pad.get(padded), p50.get(short))} | {_fmt(p50.get(long_), 2)} | "
+                     f"{_ratio(t.get(short), p50.get(short))} | {_ratio(t.get(long_), p50.get(long_))} |")
+    return lines
+
+
 def render_markdown(report: dict, has_weights: bool) -> str:
     machine = report["machine"]
     cpu = f"{machine.get('cpu', '?')} ({machine.get('usable_cores', '?')} usable cores)"
@@ -222,6 +251,7 @@ def render_markdown(report: dict, has_weights: bool) -> str:
             + " | ".join(_fmt(d.get(k)) for d in (itr, tir) for k in ("r1", "r5", "r10"))
             + " | " + " | ".join(latency) + f" | {_fmt(row['size_mb'], 1)} |"
         )
+    lines += vsl_lines(report["models"])
     check = report.get("check")
     shipped = report.get("shipped_student")
     if isinstance(check, dict):

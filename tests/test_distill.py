@@ -58,16 +58,67 @@ def test_student_layer_k_equals_its_teacher_layer_before_training():
     assert torch.equal(copied, teacher.bert.encoder.layer[2].output.dense.weight)
 
 
-def test_narrow_student_gets_pca_embeddings_and_a_projection():
+def _batches(n: int = 3, text: int = 5):
+    torch.manual_seed(1)
+    return [{"input_ids": torch.randint(0, 100, (4, text)), "attention_mask": torch.ones(4, text, dtype=torch.long),
+             "token_type_ids": torch.zeros(4, text, dtype=torch.long), "patches": torch.rand(4, 16, 12)}
+            for _ in range(n)]
+
+
+def test_narrow_student_is_the_kept_slice_of_its_teacher_layers():
+    """Student layer k is teacher layer layer_map[k] restricted to the kept channels, heads and neurons."""
+    from fbcompress.width_pruning import measure_importance, top
+
     teacher = _teacher(4)
-    student, _, projection = build_student(teacher, DistillSection(layers=2, hidden_size=16, num_heads=2))
-    assert student.config.hidden_size == 16 and student.config.num_attention_heads == 2
-    assert isinstance(projection, torch.nn.Linear) and projection.in_features == 16 and projection.out_features == 32
-    # PCA keeps the embeddings' structure: the word embeddings' pairwise distances are mostly preserved.
-    t = teacher.bert.embeddings.word_embeddings.weight.detach()
-    s = student.bert.embeddings.word_embeddings.weight.detach()
-    corr = torch.corrcoef(torch.stack([torch.pdist(t - t.mean(0)), torch.pdist(s)]))[0, 1]
-    assert corr > 0.8
+    student, layer_map, projection = build_student(
+        teacher, DistillSection(layers=2, hidden_size=16, intermediate_size=24), _batches())
+    assert student.config.num_attention_heads == 2  # the teacher's 8-wide heads are kept whole
+    importance = measure_importance(teacher, _batches())
+    kept = top(importance.channels, 16)
+    assert projection.in_features == 16 and projection.out_features == 32
+    assert torch.equal(projection.weight[kept], torch.eye(16))  # the lift starts as the inverse of the cut
+    assert torch.equal(student.bert.embeddings.word_embeddings.weight,
+                       teacher.bert.embeddings.word_embeddings.weight[:, kept])
+    for k, m in enumerate(layer_map):
+        s_layer, t_layer = student.bert.encoder.layer[k], teacher.bert.encoder.layer[m]
+        heads = top(importance.heads[m], 2)
+        rows = (heads[:, None] * 8 + torch.arange(8)).reshape(-1)
+        assert torch.equal(s_layer.attention.self.query.weight, t_layer.attention.self.query.weight[rows][:, kept])
+        assert torch.equal(s_layer.attention.output.dense.weight,
+                           t_layer.attention.output.dense.weight[kept][:, rows])
+        neurons = top(importance.neurons[m], 24)
+        assert torch.equal(s_layer.output.dense.weight, t_layer.output.dense.weight[kept][:, neurons])
+        assert torch.equal(s_layer.output.LayerNorm.weight, t_layer.output.LayerNorm.weight[kept])
+    assert torch.equal(student.ita_head.weight, teacher.ita_head.weight[:, kept])
+
+
+def test_width_pruning_keeps_what_carries_the_most():
+    """A channel, head and neuron made to dominate the activations are among the kept ones; a dead one is not."""
+    from fbcompress.width_pruning import measure_importance, top
+
+    teacher = _teacher(2)
+    with torch.no_grad():
+        teacher.bert.embeddings.LayerNorm.weight[5] = 50.0
+        for norm in (m for m in teacher.bert.modules() if isinstance(m, torch.nn.LayerNorm)):
+            norm.weight[6], norm.bias[6] = 0.0, 0.0  # channel 6 is dead everywhere
+        teacher.bert.encoder.layer[1].attention.self.value.weight[16:24] *= 40  # head 2 of layer 1
+        teacher.bert.encoder.layer[0].intermediate.dense.bias[7] = 30.0
+    importance = measure_importance(teacher, _batches())
+    assert 5 in top(importance.channels, 4).tolist() and 6 not in top(importance.channels, 28).tolist()
+    assert top(importance.heads[1], 1).tolist() == [2]
+    assert top(importance.neurons[0], 1).tolist() == [7]
+
+
+def test_width_pruning_refuses_what_it_cannot_cut():
+    from fbcompress.errors import FbError
+
+    teacher = _teacher(2)
+    with pytest.raises(FbError, match="num_heads to 2"):
+        build_student(teacher, DistillSection(layers=2, hidden_size=16, num_heads=4), _batches())
+    with pytest.raises(FbError, match="multiple of 8"):
+        build_student(teacher, DistillSection(layers=2, hidden_size=12, num_heads=1), _batches())
+    with pytest.raises(FbError, match="at least one batch"):
+        build_student(teacher, DistillSection(layers=2, hidden_size=16), [])
 
 
 def test_bad_layer_map_is_a_clear_error():
@@ -160,6 +211,6 @@ def test_no_teacher_ablation_and_narrow_student(trained_smoke, tiny_data, tmp_pa
     log = [json.loads(line) for line in (tmp_path / "ablation" / "train-log.jsonl").read_text().splitlines()]
     assert set(log[-1]["losses"]) == {"hard"}
     assert open_checkpoint(tmp_path / "ablation").meta["no_teacher"] is True
-    _distill([*base, "--out", str(tmp_path / "narrow"), "--set", "distill.hidden_size=16",
-              "--set", "distill.num_heads=2"])
-    assert open_checkpoint(tmp_path / "narrow").config.hidden_size == 16
+    _distill([*base, "--out", str(tmp_path / "narrow"), "--set", "distill.hidden_size=16"])
+    narrow = open_checkpoint(tmp_path / "narrow").config
+    assert narrow.hidden_size == 16 and narrow.num_attention_heads == 1  # the smoke teacher's 16-wide heads

@@ -174,14 +174,18 @@ def test_report_reads_the_stage_outputs(tmp_path):
     ))
     (out / "bench.json").write_text(json.dumps({
         "models": [{"id": 0, "path": str(out / "teacher")}],
-        "results": [{"model": 0, "batch": 1, "text": 16, "padded_to": None, "p50_ms": 17.25}],
+        "results": [{"model": 0, "batch": 1, "text": 16, "padded_to": None, "p50_ms": 17.25},
+                    {"model": 0, "batch": 1, "text": 8, "padded_to": None, "p50_ms": 10.0},
+                    {"model": 0, "batch": 1, "text": 8, "padded_to": 64, "p50_ms": 25.0}],
     }))
     report = build_report(out, bundle, [{"name": "teacher", "status": "ran", "seconds": 3.0}],
                           {"cpu": "Test CPU", "usable_cores": 2}, ["student"], shipped="student")
     row = report["models"][0]
     assert row["auc"] == 0.95 and row["size_mb"] == pytest.approx(2.0)
-    assert row["latency_p50_ms"]["b1_t16"] == 17.25 and row["latency_p50_ms"]["b32_t64"] is None
+    assert row["latency_p50_ms"]["b1_t16"] == 17.25 and row["latency_p50_ms"]["b1_t64"] is None
+    assert row["latency_p50_ms"]["b1_t8"] == 10.0 and row["padded_p50_ms"]["b1_t8_pad64"] == 25.0
     md = (out / "report.md").read_text()
+    assert "| teacher (PyTorch FP32) | 10.00 | 25.00 | 2.5× | – | 1.0× | – |" in md  # the VSL table
     assert "SYNTHETIC" in md and "Test CPU" in md and "| 0.950 |" in md and "17.25" in md
     assert (out / "plots" / "task-weights.png").stat().st_size > 1000
     assert (bundle / "report" / "report.md").read_text() == md
