@@ -22,7 +22,7 @@ from typing import Any
 import click
 
 from fbcompress.errors import FbError
-from fbcompress.evaluate import TOLERANCE_EPS, within
+from fbcompress.tolerance import TOLERANCE_EPS, within
 
 CHECK_SCHEMA = "fbcompress-check/1"
 RANK_K = 10

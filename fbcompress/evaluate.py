@@ -17,15 +17,9 @@ from fbcompress.data.dataset_dir import DatasetDir
 from fbcompress.data.loader import SplitData
 from fbcompress.errors import FbError
 from fbcompress.scoring import Scorer, match_probability
+from fbcompress.tolerance import TOLERANCE_EPS, within  # noqa: F401 - re-exported: the gates compare through it
 
 RANKS = (1, 5, 10)
-TOLERANCE_EPS = 1e-9  # metric deltas are float differences: a drop exactly at its limit must pass
-
-
-def within(drop: float, limit: float) -> bool:
-    """Whether a metric drop keeps its tolerance. Rank@10 moves in steps of 1/n_queries, so a drop of exactly the
-    limit (0.07 - 0.05 = 0.020000000000000004 against 0.02) is common and must not fail on float rounding."""
-    return drop <= limit + TOLERANCE_EPS
 
 
 def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
