@@ -1,8 +1,8 @@
 """`fbcompress quickstart`: the whole pipeline on the embedded default, one progress display, one report.
 
-Why stages call the public commands (through Click; those that time something in a child process, see `_invoke`)
-instead of library functions: the quickstart is the documented contract in action, so a user can re-run any stage
-by hand with the command it prints, and a stage's output is exactly what that command writes.
+Why stages call the public commands (through Click, in this process) instead of library functions: the quickstart
+is the documented contract in action, so a user can re-run any stage by hand with the command it prints, and a
+stage's output is exactly what that command writes.
 
 Reuse: every stage has a fingerprint (its command line, the resolved recipe, the package version and the
 fingerprints of the stages it reads from). A stage whose recorded fingerprint matches and whose outputs exist is
@@ -19,10 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -263,29 +259,8 @@ def _read_state(path: Path) -> dict:
     return state if isinstance(state, dict) else {}
 
 
-PARENT_ENV = "FBCOMPRESS_QUICKSTART_PARENT"  # set for a stage's child process: the pid it must not outlive
-
-
-# Commands that time something (latency in the quantize report, the release gate's speed-up, the benchmark, the
-# engine build's own timing): run in a child process of their own, see `_invoke`.
-TIMING_COMMANDS = frozenset({"bench", "check", "quantize", "export"})
-
-
 def _invoke(args: list[str]) -> int:
-    """Run one fbcompress command; its exit code (0 on success).
-
-    Commands that time something run in a child process, the others in this one. Why: measured on the 2-core CPU,
-    `fbcompress bench` run inside the quickstart process, after 40 min of training stages, timed every model
-    20-35% slower than the same command on its own (teacher 20.85 against 16.86 ms, INT8 student 1.07 against
-    0.77 ms at batch 1, text 8 and 16). A child starts with clean memory and thread pools, as the printed command
-    line would. The others stay here because a child pays 3-4 s of imports (torch, transformers) per stage."""
-    if args and args[0] in TIMING_COMMANDS:
-        return _invoke_child(args)
-    return _invoke_here(args)
-
-
-def _invoke_here(args: list[str]) -> int:
-    """Run one fbcompress command in this process."""
+    """Run one fbcompress command in this process; its exit code (0 on success)."""
     from fbcompress.cli import main
 
     try:
@@ -298,39 +273,6 @@ def _invoke_here(args: list[str]) -> int:
         exc.show()
         return exc.exit_code
     return 0
-
-
-def _invoke_child(args: list[str]) -> int:
-    """Run one fbcompress command in a child process that dies with this one (see `die_with_parent`), so a
-    kill -9 of the quickstart leaves no orphan running."""
-    env = {**os.environ, PARENT_ENV: str(os.getpid())}
-    child = subprocess.Popen([sys.executable, "-m", "fbcompress", *args], env=env)
-    try:
-        return child.wait()
-    except KeyboardInterrupt:  # Ctrl-C reached the child too (same process group): let it clean up, then stop
-        try:
-            child.wait()
-        except KeyboardInterrupt:
-            child.kill()
-            child.wait()
-        return EXIT_INTERRUPTED
-
-
-def die_with_parent() -> None:
-    """In a stage's child process: ask Linux for SIGTERM when the quickstart process dies (PR_SET_PDEATHSIG), and
-    exit at once if it is already gone. Elsewhere (no such parent, or not Linux) nothing happens."""
-    parent = os.environ.get(PARENT_ENV)
-    if not parent or not parent.isdigit():
-        return
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, int(signal.SIGTERM))  # 1 = PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        return
-    if os.getppid() != int(parent):  # the parent died before the request took effect
-        raise SystemExit(EXIT_INTERRUPTED)
 
 
 def _run_action(action: Callable[[], None]) -> int:

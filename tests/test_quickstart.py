@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -298,35 +297,8 @@ def test_report_lists_every_gated_student_with_its_pareto_flag(tmp_path):
     assert "| fast | 2 | 64 |" in md and "Shipped student: **fast**" in md and "| FAIL (AUC) |" in md
 
 
-def test_stages_that_time_something_run_as_their_own_process(tmp_path, monkeypatch):
-    assert qs._invoke_child(["--help"]) == 0
-    assert qs._invoke_child(["check", "--teacher", str(tmp_path / "missing"), "--candidate", str(tmp_path),
-                             "--data", str(tmp_path)]) == 2
-    routed = []
-    monkeypatch.setattr(qs, "_invoke_child", lambda args: routed.append(("child", args[0])) or 0)
-    monkeypatch.setattr(qs, "_invoke_here", lambda args: routed.append(("here", args[0])) or 0)
-    for command in ("train-teacher", "eval", "bench", "check", "quantize"):
-        qs._invoke([command])
-    assert routed == [("here", "train-teacher"), ("here", "eval"), ("child", "bench"), ("child", "check"),
-                      ("child", "quantize")]
-
-
-def test_a_stage_child_does_not_outlive_its_quickstart():
-    """A child told that its quickstart is a process that is not its parent (the parent died before the child
-    asked Linux to follow it) stops at once instead of running on as an orphan."""
-    import subprocess
-    import sys
-
-    env = {**os.environ, qs.PARENT_ENV: "1"}  # pid 1 is never this test's child's parent
-    done = subprocess.run([sys.executable, "-m", "fbcompress", "--help"], env=env, capture_output=True)
-    assert done.returncode == qs.EXIT_INTERRUPTED
-    env[qs.PARENT_ENV] = str(os.getpid())
-    done = subprocess.run([sys.executable, "-m", "fbcompress", "--help"], env=env, capture_output=True)
-    assert done.returncode == 0 and b"quickstart" in done.stdout
-
-
 def test_smoke_quickstart_end_to_end_then_reused(tmp_path):
-    """The real pipeline on the smoke recipe, every stage a child process; a second run reuses every stage."""
+    """The real pipeline on the smoke recipe, every stage through its command; a second run reuses every stage."""
     from click.testing import CliRunner
 
     from fbcompress.cli import main
