@@ -265,7 +265,7 @@ def quickstart_cmd(out: Path, bundle: Path, recipe: str, force: bool, all_studen
 
     \b
     Examples:
-      fbcompress quickstart                      # the embedded default, ~45 min on a 2-core CPU
+      fbcompress quickstart                      # the embedded default, ~40 min on a 2-core CPU
       fbcompress quickstart --out runs/smoke-qs --bundle exported/smoke-qs --recipe smoke
       fbcompress quickstart --all-students       # every student width, for the Pareto table
     """
