@@ -22,7 +22,7 @@ from typing import Any
 import click
 
 from fbcompress.errors import FbError
-from fbcompress.tolerance import TOLERANCE_EPS, within
+from fbcompress.tolerance import within
 
 CHECK_SCHEMA = "fbcompress-check/1"
 RANK_K = 10
@@ -78,7 +78,7 @@ def verdict_rows(evals: dict[str, dict], latency: dict[str, dict], section: Any,
             "candidate": cp50,
             "delta": speedup,
             "limit": f">= {section.min_speedup:g}x" if section.min_speedup > 0 else "not checked",
-            "passed": bool(speedup >= section.min_speedup - TOLERANCE_EPS) if section.min_speedup > 0 else None,
+            "passed": within(section.min_speedup - speedup, 0.0) if section.min_speedup > 0 else None,
         }
     )
     rows.append(_info_row("ACC", t["accuracy"], c["accuracy"]))

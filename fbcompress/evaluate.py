@@ -17,7 +17,6 @@ from fbcompress.data.dataset_dir import DatasetDir
 from fbcompress.data.loader import SplitData
 from fbcompress.errors import FbError
 from fbcompress.scoring import Scorer, match_probability
-from fbcompress.tolerance import TOLERANCE_EPS, within  # noqa: F401 - re-exported: the gates compare through it
 
 RANKS = (1, 5, 10)
 

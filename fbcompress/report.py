@@ -171,6 +171,7 @@ def build_report(out: Path, bundle: Path, stages: list[dict], machine: dict, stu
             metrics = check.get("candidate", {}).get("eval") or {}  # the gate scored the INT8 model: reuse it
         rows.append({
             "form": label,
+            "key": key,
             "path": str(model_path),
             "accuracy": metrics.get("accuracy"),
             "auc": metrics.get("auc"),
@@ -213,7 +214,7 @@ def vsl_lines(models: list[dict]) -> list[str]:
     """What variable sequence length buys at batch 1: each form with 8 real tokens, unpadded against padded to 64,
     and the teacher against each form at 8 and at 64 tokens."""
     short, long_, padded = f"b1_t{VSL_TEXT}", f"b1_t{VSL_PADDED_TO}", f"b1_t{VSL_TEXT}_pad{VSL_PADDED_TO}"
-    teacher = next((m for m in models if m["form"].startswith("teacher")), None)
+    teacher = next((m for m in models if m.get("key") == "teacher"), None)
     if teacher is None:
         return []
     lines = ["", f"### Variable sequence length (batch 1, p50 ms; text {VSL_TEXT} unpadded vs padded to "

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from fbcompress.errors import FbError
-from fbcompress.evaluate import RANKS, evaluate, within
+from fbcompress.evaluate import RANKS, evaluate
+from fbcompress.tolerance import within
 
 LATENCY_TEXTS = (8, 32)
 
