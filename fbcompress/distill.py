@@ -49,7 +49,11 @@ def student_config(teacher: BertConfig, section: DistillSection) -> BertConfig:
     if section.hidden_size is not None:
         config.hidden_size = section.hidden_size
         # a narrower student keeps whole teacher heads (fbcompress/width_pruning.py): same head size by default
-        config.num_attention_heads = section.num_heads or max(1, section.hidden_size // head_size(teacher))
+        size = head_size(teacher)
+        if section.num_heads is None and section.hidden_size % size:
+            raise FbError(f"distill.hidden_size {section.hidden_size} must be a multiple of the teacher's head size "
+                          f"{size}: a narrower student keeps whole teacher heads")
+        config.num_attention_heads = section.num_heads or max(1, section.hidden_size // size)
         config.intermediate_size = section.intermediate_size or 4 * section.hidden_size
     elif section.num_heads is not None or section.intermediate_size is not None:
         raise FbError("distill.num_heads / intermediate_size need distill.hidden_size (a narrower student)")

@@ -117,6 +117,8 @@ def test_width_pruning_refuses_what_it_cannot_cut():
         build_student(teacher, DistillSection(layers=2, hidden_size=16, num_heads=4), _batches())
     with pytest.raises(FbError, match="multiple of 8"):
         build_student(teacher, DistillSection(layers=2, hidden_size=12, num_heads=1), _batches())
+    with pytest.raises(FbError, match="hidden_size 12 must be a multiple of the teacher's head size 8"):
+        build_student(teacher, DistillSection(layers=2, hidden_size=12), _batches())
     with pytest.raises(FbError, match="at least one batch"):
         build_student(teacher, DistillSection(layers=2, hidden_size=16), [])
 
