@@ -57,3 +57,37 @@ def test_eval_cli_json_keys(trained_smoke, tiny_data, tmp_path):
     assert set(payload["itr"]) == set(payload["tir"]) == {"r1", "r5", "r10"}
     assert payload["n_negatives"] == 8 and payload["backend"] == "pytorch"
     assert 0 <= payload["auc"] <= 1 and payload["itr"]["r10"] >= payload["itr"]["r1"]
+
+
+def test_rank_candidates_are_scored_in_length_sorted_batches(trained_smoke, tiny_data):
+    """VSL in eval: a query's candidate texts are batched by length (each batch padded to its own longest text),
+    and the scores equal those of the whole query scored as one batch padded to its longest candidate."""
+    from fbcompress.evaluate import score_rows
+    from fbcompress.scoring import match_probability, open_scorer
+
+    scorer = open_scorer(trained_smoke)
+    dataset = DatasetDir.open(tiny_data)
+    from fbcompress.backbone import load_tokenizer
+    from fbcompress.data.loader import SplitData
+
+    data = SplitData(dataset, "test", load_tokenizer(scorer.tokenizer_dir), scorer.spec)
+    query = dataset.eval_rows("itr", "test")[0]
+    image = data.position(query["query"])
+    texts = [data.position(query["positive"])] + [data.position(n) for n in query["negatives"]]
+    for i, t in enumerate(texts):  # the fixture's texts are all one length: vary them (the scores need not mean much)
+        data.token_ids[t] = list(data.token_ids[t])[: 3 + i % 5]
+    assert len({len(data.token_ids[t]) for t in texts}) > 1
+    widths = []
+    real = scorer.logits
+
+    def spy(batch):
+        widths.append((batch["input_ids"].shape[1], int(batch["attention_mask"][:, : batch["input_ids"].shape[1]]
+                                                         .sum(1).max())))
+        return real(batch)
+
+    scorer.logits = spy
+    chunked = score_rows(scorer, data, [image] * len(texts), texts, batch_size=3)
+    assert len(widths) == -(-len(texts) // 3)
+    assert all(padded == longest for padded, longest in widths), widths
+    whole = match_probability(real(data.batch([image] * len(texts), texts)))
+    np.testing.assert_allclose(chunked, whole, atol=1e-5)
