@@ -230,12 +230,28 @@ def library_versions() -> dict[str, str | None]:
     }
 
 
+def matmul_gflops(size: int = 1024, seconds: float = 0.3) -> float:
+    """FP32 GEMM throughput of this machine with torch's threads, measured for `seconds`.
+
+    Why: cloud VMs of one name differ. On two "AMD EPYC, 2 cores" VMs of this project the same quickstart stage
+    took 1.6x longer on one than the other; the measured GFLOPS beside a wall time says which kind of machine it was.
+    """
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    calls, start = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - start) < seconds:
+        a @ b
+        calls += 1
+    return round(2 * size**3 * calls / elapsed / 1e9, 1)
+
+
 def machine_info(gpu_index: int | None = None) -> dict:
     """What a latency figure was measured on (design.md: always report the machine beside the number): CPU,
     cores, torch threads, GPU and driver when one is used or visible, library versions, ORT providers."""
     import platform
 
     info: dict = {**cpu_info(), "torch_threads": torch.get_num_threads(), "os": platform.platform()}
+    info["fp32_matmul_gflops"] = matmul_gflops()
     gpu = gpu_info(gpu_index or 0) if gpu_index is not None or torch.cuda.is_available() else None
     if gpu is not None:
         info["gpu"] = gpu

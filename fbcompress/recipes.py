@@ -219,6 +219,10 @@ class QuantizeSection(_Strict):
     reduce_range: Literal["auto", "on", "off"] = Field(
         "auto", description="7-bit weights for the CPU file; auto: on for AVX2 without VNNI (u8*s8 pairs saturate "
         "int16 there), off on VNNI/AMX")
+    cpu_file: Literal["auto", "static", "dynamic"] = Field(
+        "auto", description="ort-static: which graph ships as model.int8.onnx for ONNX Runtime on CPU; auto builds "
+        "static QDQ and dynamic INT8, checks both on val, times both on this CPU and ships the faster one within "
+        "tolerance (fbcompress/quantize/cpu_choice.py)")
     max_auc_drop: float = Field(0.005, description="max AUC drop of the INT8 model vs FP32 model.onnx")
     max_rank10_drop: float = Field(0.02, description="max ITR/TIR Rank@10 drop vs FP32 model.onnx")
     fallback: bool = Field(True, description="accuracy-aware fall-back: return the most sensitive MatMuls to FP "

@@ -232,7 +232,9 @@ def vsl_lines(models: list[dict]) -> list[str]:
 
 def render_markdown(report: dict, has_weights: bool) -> str:
     machine = report["machine"]
-    cpu = f"{machine.get('cpu', '?')} ({machine.get('usable_cores', '?')} usable cores)"
+    cpu = f"{machine.get('cpu', '?')} ({machine.get('usable_cores', '?')} usable cores" + (
+        f", FP32 GEMM {machine['fp32_matmul_gflops']:.0f} GFLOPS)" if machine.get("fp32_matmul_gflops") else ")"
+    )
     gpu = machine.get("gpu", {}).get("name") if isinstance(machine.get("gpu"), dict) else None
     lines = [
         "# fbcompress quickstart report",

@@ -135,6 +135,15 @@ class FakeRunner:
         pass
 
 
+def test_machine_info_carries_a_measured_gemm_speed():
+    """Two VMs of one name can differ 1.6x: every result file says how fast the machine's FP32 GEMM was."""
+    from fbcompress.latency import machine_info, matmul_gflops
+
+    assert 0.1 < matmul_gflops(size=128, seconds=0.05) < 1e5
+    info = machine_info()
+    assert info["fp32_matmul_gflops"] > 0 and info["torch_threads"] >= 1
+
+
 def test_measure_reports_stats_throughput_and_memory():
     clock = FakeClock()
     runner = FakeRunner("m", 0.01, clock)

@@ -54,11 +54,13 @@ def copy_bundle(bundle: Path, tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def quantized(bundle, tiny_data, tmp_path_factory) -> tuple[Path, dict, dict[str, str]]:
-    """The smoke bundle after `fbcompress quantize` (ort-static, the smoke recipe named by the checkpoint)."""
+    """The smoke bundle after `fbcompress quantize` (ort-static, the smoke recipe named by the checkpoint), the CPU
+    file pinned to static QDQ so the graph tests below see it (auto picks by timing: `test_cpu_file_auto_...`)."""
     copy = copy_bundle(bundle, tmp_path_factory.mktemp("q"))
     before = tree_state(copy)
     report_path = copy.parent / "report.json"
-    result = run("quantize", "--model", copy / "model.onnx", "--data", tiny_data, "--out", copy, "--json", report_path)
+    result = run("quantize", "--model", copy / "model.onnx", "--data", tiny_data, "--out", copy, "--json", report_path,
+                 "--set", "quantize.cpu_file=static")
     assert result.exit_code == 0, result.output
     return copy, json.loads(report_path.read_text()), before
 
@@ -336,6 +338,72 @@ def test_dynamic_method(bundle, tiny_data, tmp_path):
     assert "not applied" in report["fallback"]["stopped"]
 
 
+def test_cpu_file_auto_ships_the_faster_candidate_within_tolerance(bundle, tiny_data, tmp_path):
+    """The default: both CPU graphs are built, checked on val and timed here; the shipped file is the one the report
+    names, and the report holds both candidates' numbers. The TensorRT file stays static QDQ whatever wins."""
+    root = copy_bundle(bundle, tmp_path)
+    report_path = tmp_path / "auto.json"
+    result = run("quantize", "--model", root / "model.onnx", "--data", tiny_data, "--json", report_path)
+    assert result.exit_code == 0, result.output
+    report = json.loads(report_path.read_text())
+    choice = report["cpu_file"]
+    assert choice["mode"] == "auto" and set(choice["candidates"]) == {"static-qdq", "dynamic"}
+    for candidate in choice["candidates"].values():
+        assert candidate["val"]["passed"] and [c["text"] for c in candidate["latency"]] == [8, 32]
+        assert candidate["mean_p50_ms"] == pytest.approx(np.mean([c["p50_ms"] for c in candidate["latency"]]))
+    fastest = min(choice["candidates"], key=lambda name: choice["candidates"][name]["mean_p50_ms"])
+    assert choice["chosen"] == fastest and "fastest within tolerance" in choice["reason"]
+    ops = {n.op_type for n in onnx.load(str(root / "model.int8.onnx")).graph.node}
+    assert ("MatMulInteger" in ops) == (fastest == "dynamic"), ops
+    trt_ops = {n.op_type for n in onnx.load(str(root / "model.int8.trt.onnx")).graph.node}
+    assert "QuantizeLinear" in trt_ops and "MatMulInteger" not in trt_ops
+    manifest = json.loads((root / "manifest.json").read_text())
+    purpose = manifest["models"]["model.int8.onnx"]["purpose"]
+    assert ("dynamic INT8" in purpose) == (fastest == "dynamic") and "chosen over" in purpose
+    assert report["files"]["model.int8.onnx"]["settings"]["format"] == choice["candidates"][fastest]["format"]
+    assert "## Which graph is the CPU file" in (root / "quantization.md").read_text()
+
+
+def test_cpu_file_pinned_to_dynamic(bundle, tiny_data, tmp_path):
+    root = copy_bundle(bundle, tmp_path)
+    report_path = tmp_path / "pinned.json"
+    result = run("quantize", "--model", root / "model.onnx", "--data", tiny_data, "--json", report_path,
+                 "--set", "quantize.cpu_file=dynamic", "--latency-runs", "0")
+    assert result.exit_code == 0, result.output
+    report = json.loads(report_path.read_text())
+    assert report["cpu_file"]["chosen"] == "dynamic" and list(report["cpu_file"]["candidates"]) == ["dynamic"]
+    assert "MatMulInteger" in {n.op_type for n in onnx.load(str(root / "model.int8.onnx")).graph.node}
+    graph = report["files"]["model.int8.onnx"]["graph"]
+    assert graph["quantized_nodes"] and "dq_feeding_layernorm_or_softmax" not in graph
+    assert report["accuracy"]["files"]["model.int8.onnx"]["passed"]
+
+
+def test_cpu_file_choice_rules():
+    from fbcompress.quantize.cpu_choice import Candidate, choose, pick
+
+    def cand(name, passed, p50s):
+        return Candidate(name, Path(name), {"format": name}, {"passed": passed, "auc": 0.9, "fp32_auc": 0.9},
+                         [{"text": t, "p50_ms": v} for t, v in zip((8, 32), p50s, strict=True)])
+
+    assert pick([cand("static-qdq", True, (1.0, 1.2)), cand("dynamic", True, (0.9, 1.0))])[0].name == "dynamic"
+    assert pick([cand("static-qdq", True, (0.8, 1.0)), cand("dynamic", True, (0.9, 1.0))])[0].name == "static-qdq"
+    chosen, why = pick([cand("static-qdq", True, (2.0, 2.0)), cand("dynamic", False, (0.5, 0.5))])
+    assert chosen.name == "static-qdq" and "only candidate within tolerance" in why
+    chosen, why = pick([cand("static-qdq", False, (2.0, 2.0)), cand("dynamic", False, (0.5, 0.5))])
+    assert chosen.name == "static-qdq" and "guard decides" in why
+    # auto times only the candidates within tolerance; pinned modes build one candidate and time nothing
+    raced = []
+    static, dynamic = cand("static-qdq", True, (1.0, 1.0)), cand("dynamic", None, (0.5, 0.5))
+    dynamic.val = None
+    chosen, section = choose("auto", lambda: static, lambda: dynamic, lambda c: {"passed": False}, raced.append)
+    assert chosen is static and raced == [[static]] and section["candidates"]["dynamic"]["val"] == {"passed": False}
+    built = []
+    chosen, section = choose("dynamic", lambda: built.append("s"), lambda: dynamic, None, None)
+    assert chosen is dynamic and built == [] and section["reason"] == "pinned by quantize.cpu_file"
+    with pytest.raises(ValueError, match="quantize.cpu_file"):
+        choose("fastest", None, None, None, None)
+
+
 def test_inc_method_refuses_with_the_reason(bundle, tiny_data, tmp_path):
     """INC cannot make these ONNX files beside this stack: the command says why, before any work, bundle as it was."""
     root = copy_bundle(bundle, tmp_path)
@@ -493,6 +561,9 @@ def test_recipe_quantize_section(tmp_path):
     with pytest.raises(FbError, match="unknown recipe key 'quantize.tolerance'"):
         parse_recipe({"quantize": {"tolerance": 1}})
     assert parse_recipe({"quantize": {"max_auc_drop": -1}}).quantize.max_auc_drop == -1
+    assert section.cpu_file == "auto"
+    with pytest.raises(FbError, match="quantize.cpu_file"):
+        parse_recipe({"quantize": {"cpu_file": "fastest"}})
 
 
 def test_quantize_help_has_an_example():

@@ -9,6 +9,9 @@ Why this subsystem looks the way it does (issue 6; numbers in the report of ever
   kernels are emulated), so the CPU file `model.int8.onnx` uses the activation type the CPU's ISA is fast at (U8S8
   on AVX2, S8S8 on VNNI/AMX) and also weight-quantizes the embedding Gathers: the 30522-row word-embedding table
   outweighs two encoder layers, and a file with only MatMuls quantized stays at ~83% of FP32.
+* The CPU file is whichever of static QDQ and dynamic INT8 is faster *here* within tolerance (`cpu_choice.py`,
+  recipe `quantize.cpu_file: auto`): on a narrow student the Q/DQ pairs around each small GEMM cost what INT8
+  saves, and a static file measured slower than FP32 at batch 1; which wins depends on the width and the ISA.
 * Quantization starts from the standard-ops `model.onnx`, never from the ORT-fused `model.ort.onnx` (its fused
   com.microsoft ops are not what TensorRT or the QDQ quantizer understand).
 * Calibration runs real training pairs (matched and mismatched) in batches of different text lengths, as the model

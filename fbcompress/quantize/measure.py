@@ -107,25 +107,39 @@ def latency(
     path: Path, spec, max_positions: int, runs: int, texts: tuple[int, ...] = LATENCY_TEXTS
 ) -> list[dict[str, Any]]:
     """p50/p90/p99 ms of one ONNX Runtime CPU session at batch 1 and each text length (capped to the model's)."""
+    return race({"model": path}, spec, max_positions, runs, texts)["model"]
+
+
+def race(
+    paths: dict[str, Path], spec, max_positions: int, runs: int, texts: tuple[int, ...] = LATENCY_TEXTS
+) -> dict[str, list[dict[str, Any]]]:
+    """Time several ONNX files at batch 1 and each text length, in alternating blocks of 10 runs
+    (`latency.time_interleaved`), so that a slow spell of a shared machine does not decide which one is faster."""
     import onnxruntime as ort
 
-    from fbcompress.latency import example_inputs, time_callable
+    from fbcompress.latency import example_inputs, time_interleaved
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    names = {i.name for i in session.get_inputs()}
-    cases = []
+    sessions = {
+        name: ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        for name, path in paths.items()
+    }
+    cases: dict[str, list[dict[str, Any]]] = {name: [] for name in paths}
     for text in sorted({min(t, max_positions) for t in texts}):
-        feed = {k: v.numpy() for k, v in example_inputs(spec, 1, text).items() if k in names}
-        stats = time_callable(lambda feed=feed: session.run(None, feed), runs=runs, warmup=10)
-        cases.append(
-            {
-                "batch": 1,
-                "text": text,
-                **stats.to_dict(),
-                "pairs_per_s": 1000.0 / stats.p50_ms if stats.p50_ms > 0 else None,
-            }
-        )
+        calls = []
+        for session in sessions.values():
+            names = {i.name for i in session.get_inputs()}
+            feed = {k: v.numpy() for k, v in example_inputs(spec, 1, text).items() if k in names}
+            calls.append(lambda session=session, feed=feed: session.run(None, feed))
+        for name, stats in zip(sessions, time_interleaved(calls, runs=runs, warmup=10, block=10), strict=True):
+            cases[name].append(
+                {
+                    "batch": 1,
+                    "text": text,
+                    **stats.to_dict(),
+                    "pairs_per_s": 1000.0 / stats.p50_ms if stats.p50_ms > 0 else None,
+                }
+            )
     return cases

@@ -24,6 +24,7 @@ from fbcompress.errors import FbError
 from fbcompress.export import bundle as B
 from fbcompress.quantize import INT8_CPU_FILE, INT8_TRT_FILE, METHODS, REPORT_JSON, REPORT_MD, ROLE_REPORT, measure
 from fbcompress.quantize import graph as G
+from fbcompress.quantize.cpu_choice import DYNAMIC, STATIC, Candidate, choose
 
 FP32_FILE = "model.onnx"
 ORT_FP32_FILE = "model.ort.onnx"
@@ -252,12 +253,21 @@ def _static(run: _Run) -> dict[str, Any]:
         result.ranking = rank(result.files)  # the report lists per-node errors even when nothing was returned
     attempt = len(result.steps) - 1
     methods = infos[attempt]
-    methods[INT8_CPU_FILE]["isa"] = isa.to_dict()
     for info in methods.values():
         info["calibration"] = calibration
+    static_cpu = Candidate(STATIC, result.files[INT8_CPU_FILE], methods[INT8_CPU_FILE])
+    static_cpu.val = result.steps[-1]["val"].get(INT8_CPU_FILE)
+    chosen, cpu_file = _choose_cpu_file(run, static_cpu, [*base, *result.excluded], isa)
+    chosen.settings["isa"] = isa.to_dict()
+    files = {**result.files, INT8_CPU_FILE: chosen.path}
+    methods[INT8_CPU_FILE] = chosen.settings
+    first_files = dict(result.first_files)
+    if chosen.name != STATIC:  # the fall-back's latency cost is a static-file figure: no baseline for this one
+        first_files.pop(INT8_CPU_FILE, None)
     return {
-        "files": result.files,
-        "first_files": result.first_files,
+        "files": files,
+        "first_files": first_files,
+        "cpu_file": cpu_file,
         "settings": methods,
         "fp_by_design": by_design,
         "fp_by_recipe": list(section.exclude_nodes),
@@ -271,6 +281,41 @@ def _static(run: _Run) -> dict[str, Any]:
             "passed_on_val": result.passed,
         },
     }
+
+
+def _choose_cpu_file(run: _Run, static: Candidate, keep_fp: list[str], isa) -> tuple[Candidate, dict[str, Any]]:
+    """quantize.cpu_file: the static QDQ file or dynamic INT8 (same nodes kept FP), measured here when auto."""
+    from fbcompress.quantize import ort_methods as M
+    from fbcompress.quantize.cpu import resolve_reduce_range
+
+    section = run.section
+
+    def build_dynamic() -> Candidate:
+        folder = run.work / "dynamic-candidate"
+        folder.mkdir()
+        run.say("quantizing the dynamic INT8 candidate for the CPU file ...")
+        info = M.quantize_dyn(
+            run.src, folder / INT8_CPU_FILE, section.per_channel, resolve_reduce_range(section.reduce_range, isa),
+            list(dict.fromkeys(keep_fp)),
+        )
+        return Candidate(DYNAMIC, folder / INT8_CPU_FILE, info)
+
+    def val_check(candidate: Candidate) -> dict[str, Any]:
+        return run.val_check({f"{INT8_CPU_FILE} ({candidate.name})": candidate.path})["val"].popitem()[1]
+
+    def race(candidates: list[Candidate]) -> None:
+        if len(candidates) < 2 or run.opts.latency_runs <= 0:
+            return
+        run.say("timing the CPU candidates (" + " vs ".join(c.name for c in candidates) + ") ...")
+        timed = measure.race(
+            {c.name: c.path for c in candidates}, run.spec, run.max_positions, max(run.opts.latency_runs, 100)
+        )
+        for candidate in candidates:
+            candidate.latency = timed[candidate.name]
+
+    chosen, report = choose(section.cpu_file, lambda: static, build_dynamic, val_check, race)
+    run.say(f"CPU file: {chosen.name} ({report['reason']})")
+    return chosen, report
 
 
 def _slim_steps(steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -325,9 +370,13 @@ def _dynamic(run: _Run) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------------------- steps
 
 
-def _file_entry(rel: str, path: Path, settings: dict[str, Any], method: str, fp32_bytes: int) -> dict[str, Any]:
+def _is_dynamic(settings: dict[str, Any]) -> bool:
+    return str(settings.get("format", "")).startswith("dynamic")
+
+
+def _file_entry(rel: str, path: Path, settings: dict[str, Any], fp32_bytes: int) -> dict[str, Any]:
     model = G.load(path)
-    dynamic = method == "ort-dynamic"
+    dynamic = _is_dynamic(settings)
     graph = G.describe_dynamic(model) if dynamic else G.describe_qdq(model)
     ranges = (
         G.summarize_ranges(G.activation_ranges(model))
@@ -344,7 +393,7 @@ def _file_entry(rel: str, path: Path, settings: dict[str, Any], method: str, fp3
     }
 
 
-def _purpose(rel: str, method: str, settings: dict[str, Any]) -> dict[str, str]:
+def _purpose(rel: str, settings: dict[str, Any], cpu_file: dict[str, Any] | None) -> dict[str, str]:
     if rel == INT8_TRT_FILE:
         return {
             "role": B.ROLE_ONNX_INT8_QDQ,
@@ -353,11 +402,14 @@ def _purpose(rel: str, method: str, settings: dict[str, Any]) -> dict[str, str]:
             "runtime": "TensorRT (explicit quantization); runs in ONNX Runtime too, but slowly on CPUs without VNNI",
         }
     isa = settings.get("isa", {})
-    how = {"ort-static": "static QDQ", "ort-dynamic": "dynamic INT8"}[method]
+    how = "dynamic INT8" if _is_dynamic(settings) else f"static QDQ, {isa.get('scheme', 'U8S8')}"
+    if cpu_file and cpu_file["mode"] == "auto" and len(cpu_file["candidates"]) > 1:
+        how += f", chosen over {' and '.join(n for n in cpu_file['candidates'] if n != cpu_file['chosen'])}: " + (
+            "faster here" if "fastest" in cpu_file["reason"] else "the other broke the tolerance on val"
+        )
     return {
         "role": B.ROLE_ONNX_INT8,
-        "purpose": f"ONNX Runtime on CPU ({how}; {isa.get('scheme', 'U8S8')} for "
-        f"{isa.get('isa', 'x86')}), embeddings stored INT8",
+        "purpose": f"ONNX Runtime on CPU ({how}; for {isa.get('isa', 'x86')}), embeddings stored INT8",
         "runtime": "ONNX Runtime CPUExecutionProvider",
     }
 
@@ -467,7 +519,10 @@ def _report(
     entries = {}
     for rel_q, path in files.items():
         settings = produced["settings"].get(rel_q, {})
-        entries[rel_q] = {**_purpose(rel_q, method, settings), **_file_entry(rel_q, path, settings, method, fp32_bytes)}
+        entries[rel_q] = {
+            **_purpose(rel_q, settings, produced.get("cpu_file")),
+            **_file_entry(rel_q, path, settings, fp32_bytes),
+        }
     fallback = dict(produced["fallback"])
     cost = {}
     for rel_q in files if fallback.get("returned_to_fp") else []:
@@ -505,6 +560,7 @@ def _report(
             "by_fallback": fallback.get("returned_to_fp", []),
         },
         "fallback": fallback,
+        "cpu_file": produced.get("cpu_file"),
         "accuracy": {
             "split": run.opts.split,
             "fp32": measure.headline(reference),

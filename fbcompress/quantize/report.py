@@ -146,6 +146,36 @@ def _fallback_rows(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _cpu_file_rows(report: dict[str, Any]) -> list[str]:
+    choice = report.get("cpu_file")
+    if not choice:
+        return []
+    lines = [
+        "## Which graph is the CPU file",
+        "",
+        f"`quantize.cpu_file: {choice['mode']}` -> **{choice['chosen']}**: {choice['reason']}.",
+        "",
+    ]
+    if len(choice["candidates"]) < 2:
+        return lines
+    texts = sorted({c["text"] for cand in choice["candidates"].values() for c in cand["latency"]})
+    lines += [
+        "| candidate | format | val AUC (FP32) | within tolerance | "
+        + " | ".join(f"p50 ms, text {t}" for t in texts) + " |",
+        "|---|---|---|---|" + "---|" * len(texts),
+    ]
+    for name, cand in choice["candidates"].items():
+        val = cand.get("val") or {}
+        by_text = {c["text"]: c["p50_ms"] for c in cand["latency"]}
+        auc = f"{val['auc']:.4f} ({val['fp32_auc']:.4f})" if "auc" in val else "-"
+        cells = [f"{by_text[t]:.3f}" if t in by_text else "-" for t in texts]
+        lines.append(
+            f"| {name} | {cand['format']} | {auc} | {'yes' if val.get('passed') else 'no'} | " + " | ".join(cells)
+            + " |"
+        )
+    return [*lines, "", "Timed at batch 1 in alternating blocks of 10 runs, both sessions loaded side by side.", ""]
+
+
 def _modelopt_rows(report: dict[str, Any]) -> list[str]:
     mo = report.get("comparisons", {}).get("modelopt", {})
     return [f"Not run: {mo.get('reason', 'n/a')}."]
@@ -176,6 +206,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         *_latency_rows(report),
         "",
+        *_cpu_file_rows(report),
         "## Nodes kept in floating point",
         "",
         *_fallback_rows(report),
