@@ -352,7 +352,8 @@ def test_cpu_file_auto_ships_the_faster_candidate_within_tolerance(bundle, tiny_
         assert candidate["val"]["passed"] and [c["text"] for c in candidate["latency"]] == [8, 32]
         assert candidate["mean_p50_ms"] == pytest.approx(np.mean([c["p50_ms"] for c in candidate["latency"]]))
     fastest = min(choice["candidates"], key=lambda name: choice["candidates"][name]["mean_p50_ms"])
-    assert choice["chosen"] == fastest and "fastest within tolerance" in choice["reason"]
+    assert choice["chosen"] == fastest and choice["basis"] == "latency"
+    assert "fastest within tolerance" in choice["reason"]
     ops = {n.op_type for n in onnx.load(str(root / "model.int8.onnx")).graph.node}
     assert ("MatMulInteger" in ops) == (fastest == "dynamic"), ops
     trt_ops = {n.op_type for n in onnx.load(str(root / "model.int8.trt.onnx")).graph.node}
@@ -387,10 +388,13 @@ def test_cpu_file_choice_rules():
 
     assert pick([cand("static-qdq", True, (1.0, 1.2)), cand("dynamic", True, (0.9, 1.0))])[0].name == "dynamic"
     assert pick([cand("static-qdq", True, (0.8, 1.0)), cand("dynamic", True, (0.9, 1.0))])[0].name == "static-qdq"
-    chosen, why = pick([cand("static-qdq", True, (2.0, 2.0)), cand("dynamic", False, (0.5, 0.5))])
-    assert chosen.name == "static-qdq" and "only candidate within tolerance" in why
-    chosen, why = pick([cand("static-qdq", False, (2.0, 2.0)), cand("dynamic", False, (0.5, 0.5))])
-    assert chosen.name == "static-qdq" and "guard decides" in why
+    chosen, why, basis = pick([cand("static-qdq", True, (2.0, 2.0)), cand("dynamic", False, (0.5, 0.5))])
+    assert chosen.name == "static-qdq" and basis == "tolerance" and "only candidate within tolerance" in why
+    chosen, why, basis = pick([cand("static-qdq", False, (2.0, 2.0)), cand("dynamic", False, (0.5, 0.5))])
+    assert chosen.name == "static-qdq" and basis == "tolerance" and "guard decides" in why
+    untimed = [cand("static-qdq", True, (1.0, 1.0)), cand("dynamic", True, (0.5, 0.5))]
+    untimed[1].latency = []
+    assert pick(untimed)[0].name == "static-qdq" and pick(untimed)[2] == "untimed"
     # auto times only the candidates within tolerance; pinned modes build one candidate and time nothing
     raced = []
     static, dynamic = cand("static-qdq", True, (1.0, 1.0)), cand("dynamic", None, (0.5, 0.5))
@@ -399,7 +403,7 @@ def test_cpu_file_choice_rules():
     assert chosen is static and raced == [[static]] and section["candidates"]["dynamic"]["val"] == {"passed": False}
     built = []
     chosen, section = choose("dynamic", lambda: built.append("s"), lambda: dynamic, None, None)
-    assert chosen is dynamic and built == [] and section["reason"] == "pinned by quantize.cpu_file"
+    assert chosen is dynamic and built == [] and section["basis"] == "pinned"
     with pytest.raises(ValueError, match="quantize.cpu_file"):
         choose("fastest", None, None, None, None)
 

@@ -52,22 +52,23 @@ class Candidate:
         }
 
 
-def pick(candidates: list[Candidate]) -> tuple[Candidate, str]:
-    """The fastest candidate within tolerance on val (the first one if none is: the guard will then refuse it)."""
+def pick(candidates: list[Candidate]) -> tuple[Candidate, str, str]:
+    """The fastest candidate within tolerance on val (the first one if none is: the guard will then refuse it).
+    Returns it, the reason in words, and the basis of the choice: pinned | tolerance | latency | untimed."""
     if len(candidates) == 1:
-        return candidates[0], "pinned by quantize.cpu_file"
+        return candidates[0], "pinned by quantize.cpu_file", "pinned"
     eligible = [c for c in candidates if c.passed]
     if not eligible:
-        return candidates[0], "no candidate kept the tolerance on val; the guard decides on the static file"
+        return candidates[0], "no candidate kept the tolerance on val; the guard decides on the first", "tolerance"
     if len(eligible) == 1:
         dropped = ", ".join(c.name for c in candidates if c is not eligible[0])
-        return eligible[0], f"the only candidate within tolerance on val ({dropped} broke it)"
+        return eligible[0], f"the only candidate within tolerance on val ({dropped} broke it)", "tolerance"
     if not all(c.latency for c in eligible):
-        return eligible[0], f"not timed (latency runs 0): {eligible[0].name} kept"
+        return eligible[0], f"not timed (latency runs 0): {eligible[0].name} kept", "untimed"
     best = min(eligible, key=lambda c: c.mean_p50_ms)
     others = [c for c in eligible if c is not best]
     ratio = ", ".join(f"{o.mean_p50_ms / best.mean_p50_ms:.2f}x faster than {o.name}" for o in others)
-    return best, f"fastest within tolerance here: mean batch-1 p50 {best.mean_p50_ms:.3f} ms, {ratio}"
+    return best, f"fastest within tolerance here: mean batch-1 p50 {best.mean_p50_ms:.3f} ms, {ratio}", "latency"
 
 
 def choose(
@@ -91,10 +92,11 @@ def choose(
             if candidate.val is None:
                 candidate.val = val_check(candidate)
         race([c for c in candidates if c.passed])
-    chosen, reason = pick(candidates)
+    chosen, reason, basis = pick(candidates)
     return chosen, {
         "mode": mode,
         "chosen": chosen.name,
+        "basis": basis,
         "reason": reason,
         "candidates": {c.name: c.summary() for c in candidates},
     }

@@ -403,10 +403,10 @@ def _purpose(rel: str, settings: dict[str, Any], cpu_file: dict[str, Any] | None
         }
     isa = settings.get("isa", {})
     how = "dynamic INT8" if _is_dynamic(settings) else f"static QDQ, {isa.get('scheme', 'U8S8')}"
-    if cpu_file and cpu_file["mode"] == "auto" and len(cpu_file["candidates"]) > 1:
-        how += f", chosen over {' and '.join(n for n in cpu_file['candidates'] if n != cpu_file['chosen'])}: " + (
-            "faster here" if "fastest" in cpu_file["reason"] else "the other broke the tolerance on val"
-        )
+    if cpu_file and cpu_file["basis"] in ("latency", "tolerance"):
+        others = " and ".join(n for n in cpu_file["candidates"] if n != cpu_file["chosen"])
+        why = {"latency": "faster here", "tolerance": "the other broke the tolerance on val"}[cpu_file["basis"]]
+        how += f", chosen over {others}: {why}"
     return {
         "role": B.ROLE_ONNX_INT8,
         "purpose": f"ONNX Runtime on CPU ({how}; for {isa.get('isa', 'x86')}), embeddings stored INT8",
