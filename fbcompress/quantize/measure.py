@@ -1,8 +1,9 @@
 """Scoring, comparing and timing the FP32 and INT8 graphs: the guard's numbers and the report's.
 
 Accuracy uses design.md's metrics through `fbcompress.evaluate.evaluate` on the fixed eval sets, so the INT8 and
-FP32 models are scored on exactly the same pairs and candidates. Latency uses `fbcompress.latency.time_callable`
-(>= 100 timed runs after warm-up) on ONNX Runtime's CPU provider at batch 1, the online case.
+FP32 models are scored on exactly the same pairs and candidates. Latency uses `fbcompress.latency.time_interleaved`
+(>= 100 timed runs after warm-up, every file in alternating blocks) on ONNX Runtime's CPU provider at batch 1, the
+online case.
 """
 
 from __future__ import annotations
@@ -101,13 +102,6 @@ def describe_breaks(rel: str, breaks: list[dict[str, Any]]) -> str:
         for b in breaks
     ]
     return f"{rel}: " + "; ".join(parts)
-
-
-def latency(
-    path: Path, spec, max_positions: int, runs: int, texts: tuple[int, ...] = LATENCY_TEXTS
-) -> list[dict[str, Any]]:
-    """p50/p90/p99 ms of one ONNX Runtime CPU session at batch 1 and each text length (capped to the model's)."""
-    return race({"model": path}, spec, max_positions, runs, texts)["model"]
 
 
 def race(
