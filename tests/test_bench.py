@@ -179,6 +179,29 @@ def test_run_bench_speedups_vsl_savings_and_schema():
     json.dumps(result)  # serialisable as is
 
 
+def test_models_of_one_shape_are_timed_in_alternating_blocks():
+    """A slow spell of a shared machine must hit every model of a comparison alike: blocks of 10 runs alternate."""
+    clock, order = FakeClock(), []
+
+    class Logged(FakeRunner):
+        def prepare(self, inputs):
+            call = super().prepare(inputs)
+
+            def logged() -> None:
+                order.append(self.label)
+                call()
+
+            return logged
+
+    runners = [Logged("a", 0.01, clock), Logged("b", 0.02, clock)]
+    result = run_bench([], BenchSettings((1,), (8,), runs=25, warmup=2), runners=runners, timer=clock)
+    assert order[:4] == ["a", "a", "b", "b"]  # each warmed up alone first
+    timed = order[4:]
+    assert timed == ["a"] * 10 + ["b"] * 10 + ["a"] * 10 + ["b"] * 10 + ["a"] * 5 + ["b"] * 5
+    a, b = result["results"]
+    assert (a["label"], b["label"]) == ("a", "b") and b["p50_ms"] == pytest.approx(2 * a["p50_ms"])
+
+
 def test_run_bench_refuses_lengths_a_model_cannot_run_or_clips_defaults():
     from fbcompress.errors import FbError
 

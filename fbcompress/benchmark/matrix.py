@@ -1,7 +1,8 @@
 """The benchmark matrix: every model x batch size x text length, timed as design.md defines latency.
 
 Inputs at text length T are T real tokens (VSL: no padding; `fbcompress.latency.example_inputs`), the same seeded
-tensors for every model so rows compare like with like. With `pad_to` each shape is also timed padded to that
+tensors for every model so rows compare like with like; all models of one shape are timed together in alternating
+blocks (`measure_shape`). With `pad_to` each shape is also timed padded to that
 length (what a fixed-length model pays), and the VSL row records the saving. A case that fails at run time (a
 TensorRT profile that does not fit, out of memory) is recorded with its error and the matrix goes on; bad input
 (paths, flags, lengths the models cannot read) is refused before anything is timed.
@@ -21,7 +22,7 @@ from tqdm import tqdm
 
 from fbcompress.benchmark.runners import MEMORY_CPU, MEMORY_CUDA_DEVICE, MEMORY_TORCH_CUDA, Runner, Target, open_runner
 from fbcompress.errors import FbError
-from fbcompress.latency import example_inputs, machine_info, padded_inputs, throughput, time_callable
+from fbcompress.latency import example_inputs, machine_info, padded_inputs, throughput, time_interleaved
 
 BENCH_SCHEMA = "fbcompress-bench/1"
 MIN_RUNS = 100  # design.md: p50/p90/p99 over >= 100 timed runs
@@ -57,8 +58,8 @@ def _rss_bytes() -> int:
 
 
 class MemoryProbe:
-    """Peak memory of one case where it can be read. CPU: resident set size now and its growth over the case
-    (warm-up included), and the process high-water mark (getrusage; it never goes down, so a case that stays
+    """Peak memory of one case where it can be read. CPU: resident set size now and its growth while the model was
+    prepared and warmed up, and the process high-water mark (getrusage; it never goes down, so a case that stays
     below an earlier peak shows the earlier one). CUDA/PyTorch: the allocator's peak. ORT/TensorRT on CUDA:
     device-wide used memory (their allocations are invisible to torch), which counts other processes too."""
 
@@ -115,20 +116,59 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
+def measure_shape(
+    runners: list[Runner],
+    inputs: list[dict[str, torch.Tensor]],
+    runs: int,
+    warmup: int,
+    timer: Callable[[], float] | None = None,
+) -> list[dict[str, Any]]:
+    """Time one shape on every model: each is prepared and warmed up alone (its memory read over that), then all
+    are timed together in alternating blocks of 10 runs (`latency.time_interleaved`).
+
+    Why interleaved: on a shared VM, one model timed after the other met different slow spells; a quickstart
+    bench put the teacher at 37 ms for 8 tokens and 29 ms for 16. Alternating blocks give every model the same
+    spells, so the ratios (speed-up, VSL gain) hold even where the absolute numbers wobble. A model that fails to
+    prepare or warm up gets an error row and the others are timed without it.
+    """
+    out: list[dict[str, Any]] = [{} for _ in runners]
+    ready: list[tuple[int, Callable[[], object], Callable[[], None]]] = []
+    with torch.inference_mode():
+        for index, (runner, case_inputs) in enumerate(zip(runners, inputs, strict=True)):
+            probe = MemoryProbe(runner.memory_kind, runner.target.device)
+            probe.start()
+            try:
+                call = runner.prepare(case_inputs)
+                for _ in range(warmup):
+                    call()
+                runner.synchronize()
+            except Exception as exc:  # a failed case is reported in its row; the matrix goes on (module doc)
+                out[index] = {"runs": 0, "error": _one_line(exc)}
+                continue
+            out[index] = {"memory": probe.stop()}
+            ready.append((index, call, runner.synchronize))
+        kwargs = {"timer": timer} if timer is not None else {}
+        try:
+            stats = time_interleaved(
+                [call for _, call, _ in ready], runs=runs, warmup=0, block=10,
+                synchronize=[sync for _, _, sync in ready], **kwargs,
+            )
+        except Exception as exc:
+            error = f"failed while timed with the others: {_one_line(exc)}"
+            for index, _, _ in ready:
+                out[index] = {"runs": 0, "error": error}
+            return out
+    for (index, _, _), stat in zip(ready, stats, strict=True):
+        batch = int(inputs[index]["input_ids"].shape[0])
+        out[index] = {**stat.to_dict(), "pairs_per_s": throughput(stat, batch), **out[index], "error": None}
+    return out
+
+
 def measure(
     runner: Runner, inputs: dict[str, torch.Tensor], runs: int, warmup: int, timer: Callable[[], float] | None = None
 ) -> dict[str, Any]:
-    """Time one case: prepare (device copies, graph capture), warm up, then `runs` timed calls."""
-    probe = MemoryProbe(runner.memory_kind, runner.target.device)
-    probe.start()
-    with torch.inference_mode():
-        call = runner.prepare(inputs)
-        kwargs = {"timer": timer} if timer is not None else {}
-        stats = time_callable(call, runs=runs, warmup=warmup, synchronize=runner.synchronize, **kwargs)
-    memory = probe.stop()
-    del call
-    batch = int(inputs["input_ids"].shape[0])
-    return {**stats.to_dict(), "pairs_per_s": throughput(stats, batch), "memory": memory}
+    """Time one model at one shape (`measure_shape` with one model)."""
+    return measure_shape([runner], [inputs], runs, warmup, timer)[0]
 
 
 def _check_lengths(runners: list[Runner], settings: BenchSettings, clip: bool) -> BenchSettings:
@@ -228,35 +268,34 @@ def run_bench(
             }
         )
     pad_to = settings.pad_to
-    cases = [
-        (m, b, t, pad)
-        for m in range(len(runners))
+    shapes = [
+        (b, t, pad)
         for b in settings.batch_sizes
         for t in settings.text_lengths
         for pad in (None, *([pad_to] if pad_to is not None and pad_to > t else []))
     ]
     rows: list[dict[str, Any]] = []
-    bar = tqdm(cases, desc="bench", unit="case", disable=not progress, leave=False)
-    for model_id, batch, text, pad in bar:
-        runner = runners[model_id]
-        bar.set_postfix_str(f"{labels[model_id]} b{batch} t{text}{f'→{pad}' if pad else ''}")
-        inputs = example_inputs(runner.spec, batch, text, seed=settings.seed)
-        if pad is not None:
-            inputs = padded_inputs(inputs, pad)
-        row: dict[str, Any] = {
-            "model": model_id,
-            "label": labels[model_id],
-            "batch": batch,
-            "text": text,
-            "padded_to": pad,
-            "seq_len": (pad or text) + runner.spec.num_patches,
-        }
-        try:
-            row.update(measure(runner, inputs, settings.runs, settings.warmup, timer))
-            row["error"] = None
-        except Exception as exc:  # a failed case is reported in its row; the matrix goes on (see module doc)
-            row.update({"runs": 0, "error": _one_line(exc)})
-        rows.append(row)
+    bar = tqdm(shapes, desc="bench", unit="shape", disable=not progress, leave=False)
+    for batch, text, pad in bar:
+        bar.set_postfix_str(f"b{batch} t{text}{f'→{pad}' if pad else ''}")
+        inputs = []
+        for runner in runners:
+            case_inputs = example_inputs(runner.spec, batch, text, seed=settings.seed)
+            inputs.append(padded_inputs(case_inputs, pad) if pad is not None else case_inputs)
+        timed = measure_shape(runners, inputs, settings.runs, settings.warmup, timer)
+        for model_id, (runner, result) in enumerate(zip(runners, timed, strict=True)):
+            rows.append(
+                {
+                    "model": model_id,
+                    "label": labels[model_id],
+                    "batch": batch,
+                    "text": text,
+                    "padded_to": pad,
+                    "seq_len": (pad or text) + runner.spec.num_patches,
+                    **result,
+                }
+            )
+    rows.sort(key=lambda row: row["model"])  # stable: per model, in shape order, as the tables read
     _add_speedups(rows)
     return {
         "schema": BENCH_SCHEMA,

@@ -18,7 +18,9 @@ SPEEDUP_PLOT = "speedup.png"
 def machine_line(machine: dict[str, Any]) -> str:
     """One line naming the machine beside every figure (design.md)."""
     cores = machine.get("usable_cores") or machine.get("logical_cores")
-    parts = [f"CPU {machine.get('cpu', '?')} ({cores} usable cores, torch threads {machine.get('torch_threads')})"]
+    gemm = f", FP32 GEMM {machine['fp32_matmul_gflops']:.0f} GFLOPS" if machine.get("fp32_matmul_gflops") else ""
+    threads = machine.get("torch_threads")
+    parts = [f"CPU {machine.get('cpu', '?')} ({cores} usable cores, torch threads {threads}{gemm})"]
     gpu = machine.get("gpu")
     if gpu:
         parts.append(
@@ -83,9 +85,11 @@ def format_report(result: dict[str, Any], plots: list[str] | None = None, title:
         f"- machine: {machine_line(machine)}",
         f"- OS: {machine.get('os', '?')}",
         f"- runs per case: {settings['runs']} timed after {settings['warmup']} warm-up; latency = wall time of "
-        "one call (GPU: synchronised); pairs/s = batch / p50",
+        "one call (GPU: synchronised), the models of one shape timed in alternating blocks of 10; "
+        "pairs/s = batch / p50",
         "- inputs: real text length (VSL, no padding), 64 random patches; `→N (pad)` rows are the same texts "
-        "padded to N; memory: CPU = process RSS (+ growth over the case), CUDA = peak allocated",
+        "padded to N; memory: CPU = process RSS (+ growth while the model was prepared and warmed up), CUDA = peak "
+        "allocated",
         "",
     ]
     for model in result["models"]:
