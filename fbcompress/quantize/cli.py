@@ -89,10 +89,11 @@ def quantize_cmd(
 
     \b
     ort-static writes model.int8.trt.onnx (symmetric INT8 Q/DQ on MatMul/Gemm inputs, the TensorRT
-    engine's source) and model.int8.onnx (ONNX Runtime on this CPU: U8S8 on AVX2, S8S8 on VNNI/AMX,
-    embeddings INT8), calibrated on training pairs of varied text lengths. While the val AUC or
-    Rank@10 drop exceeds quantize.max_auc_drop / max_rank10_drop, the most sensitive MatMuls return
-    to FP. The final guard scores --split against FP32: beyond tolerance the command exits 1, says
+    engine's source) and model.int8.onnx (ONNX Runtime on this CPU, embeddings INT8): static QDQ
+    (U8S8 on AVX2, S8S8 on VNNI/AMX) or dynamic INT8, whichever is faster here within tolerance
+    (quantize.cpu_file: auto; static or dynamic pin it), calibrated on training pairs of varied text
+    lengths. While the val AUC or Rank@10 drop exceeds quantize.max_auc_drop / max_rank10_drop, the
+    most sensitive MatMuls return to FP. The final guard scores --split against FP32: beyond tolerance the command exits 1, says
     which metric broke by how much, and writes nothing. Report: quantization.{json,md} in the bundle.
 
     \b
@@ -100,6 +101,7 @@ def quantize_cmd(
       fbcompress quantize --model exported/qs/model.onnx --data runs/qs/data --out exported/qs
       fbcompress quantize -m exported/qs/model.onnx --data runs/qs/data --method ort-dynamic --json q.json
       fbcompress quantize -m exported/qs/model.onnx --data D --set quantize.calibration_method=Entropy
+      fbcompress quantize -m exported/qs/model.onnx --data D --set quantize.cpu_file=static
       fbcompress export --model runs/qs/student --target tensorrt --precision int8 --out exported/qs
     """
     from fbcompress.artifacts import write_json_output
