@@ -93,8 +93,9 @@ def quantize_cmd(
     (U8S8 on AVX2, S8S8 on VNNI/AMX) or dynamic INT8, whichever is faster here within tolerance
     (quantize.cpu_file: auto; static or dynamic pin it), calibrated on training pairs of varied text
     lengths. While the val AUC or Rank@10 drop exceeds quantize.max_auc_drop / max_rank10_drop, the
-    most sensitive MatMuls return to FP. The final guard scores --split against FP32: beyond tolerance the command exits 1, says
-    which metric broke by how much, and writes nothing. Report: quantization.{json,md} in the bundle.
+    most sensitive MatMuls return to FP. The final guard scores --split against FP32: beyond
+    tolerance the command exits 1, says which metric broke by how much, and writes nothing.
+    Report: quantization.{json,md} in the bundle.
 
     \b
     Examples:
