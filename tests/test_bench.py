@@ -17,7 +17,7 @@ import pytest
 import torch
 from cli_helpers import assert_one_line_error, run, stdout_json
 
-from fbcompress.benchmark.matrix import BENCH_SCHEMA, BenchSettings, measure, run_bench
+from fbcompress.benchmark.matrix import BENCH_SCHEMA, BenchSettings, measure_shape, run_bench
 from fbcompress.benchmark.report import LATENCY_PLOT, SPEEDUP_PLOT, format_table, write_plots
 from fbcompress.benchmark.runners import MEMORY_CPU, Target
 from fbcompress.latency import LatencyStats, throughput, time_callable, time_interleaved
@@ -149,7 +149,7 @@ def test_measure_reports_stats_throughput_and_memory():
     runner = FakeRunner("m", 0.01, clock)
     from fbcompress.latency import example_inputs
 
-    row = measure(runner, example_inputs(SPEC, 4, 16), runs=5, warmup=1, timer=clock)
+    (row,) = measure_shape([runner], [example_inputs(SPEC, 4, 16)], runs=5, warmup=1, timer=clock)
     expected_ms = 0.01 * (16 + 64) * 4
     assert row["p50_ms"] == pytest.approx(expected_ms) and row["runs"] == 5
     assert row["pairs_per_s"] == pytest.approx(4 / (expected_ms / 1000))

@@ -164,13 +164,6 @@ def measure_shape(
     return out
 
 
-def measure(
-    runner: Runner, inputs: dict[str, torch.Tensor], runs: int, warmup: int, timer: Callable[[], float] | None = None
-) -> dict[str, Any]:
-    """Time one model at one shape (`measure_shape` with one model)."""
-    return measure_shape([runner], [inputs], runs, warmup, timer)[0]
-
-
 def _check_lengths(runners: list[Runner], settings: BenchSettings, clip: bool) -> BenchSettings:
     """Refuse (or, for default lengths, drop with a note) text lengths a model cannot run; note the lengths that
     run but are longer than its tokenizer ever emits (latency of a shape no served request has)."""
