@@ -18,7 +18,6 @@ measures what distillation is worth).
 
 from __future__ import annotations
 
-import logging
 import random
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -32,7 +31,7 @@ from transformers import BertConfig
 from fbcompress.data.batching import LengthBucketedBatches
 from fbcompress.data.loader import SplitData
 from fbcompress.errors import FbError
-from fbcompress.model import FashionBERT
+from fbcompress.model import EncoderOutput, FashionBERT
 from fbcompress.recipes import DistillSection, Recipe
 from fbcompress.teacher import MismatchSampler
 from fbcompress.width_pruning import channel_lift, head_size, measure_importance, prune_into
@@ -128,6 +127,12 @@ def attention_kl(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tenso
     return (kl * rows).sum() / (rows.sum() * kl.shape[1]).clamp(min=1)
 
 
+def last_layer_attention(model: FashionBERT, out: EncoderOutput, mask: torch.Tensor) -> torch.Tensor:
+    """The last encoder layer's attention maps, from its input (the second-to-last of `out.hidden_states`)."""
+    assert out.hidden_states is not None
+    return model.attention_probs(model.config.num_hidden_layers - 1, out.hidden_states[-2], mask)
+
+
 class DistillObjective(nn.Module):
     """forward(global batch index) → the distillation terms (unweighted); DDP wraps this module."""
 
@@ -184,21 +189,25 @@ class DistillObjective(nn.Module):
         target = torch.tensor(labels, device=device)
         self._count_padding(inputs["attention_mask"])
         w = self.weights
-        need_hidden = self.teacher is not None and (w["hidden"] > 0 or w["embedding"] > 0)
+        # the last layer's attention maps are recomputed from its input (FashionBERT.attention_probs), so the
+        # encoders keep their SDPA kernels: hidden states are all the attention term needs from them
         need_attention = self.teacher is not None and w["attention"] > 0
-        s = self.student.encode(**inputs, output_hidden_states=need_hidden, output_attentions=need_attention)
+        need_hidden = self.teacher is not None and (w["hidden"] > 0 or w["embedding"] > 0 or need_attention)
+        s = self.student.encode(**inputs, output_hidden_states=need_hidden)
         s_logits = self.student.ita_head(s.pooled).float()
         losses: dict[str, torch.Tensor] = {}
         if w["hard"] > 0 or self.teacher is None:
             losses["hard"] = F.cross_entropy(s_logits, target)
         if self.teacher is None:
             return losses
-        with torch.no_grad():
-            t = self.teacher.encode(**inputs, output_hidden_states=need_hidden, output_attentions=need_attention)
-            t_logits = self.teacher.ita_head(t.pooled).float()
         full_mask = torch.cat(
             [inputs["attention_mask"], torch.ones(inputs["patches"].shape[:2], dtype=torch.long, device=device)], 1
         )
+        with torch.no_grad():
+            t = self.teacher.encode(**inputs, output_hidden_states=need_hidden)
+            t_logits = self.teacher.ita_head(t.pooled).float()
+            if need_attention:
+                t_attention = last_layer_attention(self.teacher, t, full_mask)
         if w["soft"] > 0:
             losses["soft"] = soft_logit_loss(s_logits, t_logits, self.recipe.distill.temperature)
         if w["hidden"] > 0:
@@ -210,7 +219,8 @@ class DistillObjective(nn.Module):
         if w["embedding"] > 0:
             losses["embedding"] = masked_mse(self.projection(s.hidden_states[0]), t.hidden_states[0], full_mask)
         if w["attention"] > 0:
-            losses["attention"] = attention_kl(s.attentions[-1].float(), t.attentions[-1].float(), full_mask)
+            s_attention = last_layer_attention(self.student, s, full_mask)
+            losses["attention"] = attention_kl(s_attention.float(), t_attention.float(), full_mask)
         return losses
 
     def _count_padding(self, mask: torch.Tensor) -> None:
@@ -246,9 +256,6 @@ def distill(
 
     if recipe.train.num_threads:
         torch.set_num_threads(recipe.train.num_threads)
-    # The teacher's SDPA attention falls back to the eager kernel when asked for attention maps (needed for the
-    # MiniLM term); transformers warns about that on every run. It is expected here, so keep the log clean.
-    logging.getLogger("transformers.models.bert.modeling_bert").setLevel(logging.ERROR)
     ctx = distributed.setup(device)
     try:
         teacher, teacher_ckpt = load_model(teacher_dir, ctx.device)

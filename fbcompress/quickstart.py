@@ -124,7 +124,8 @@ def build_prefix(recipe_ref: str, overrides: tuple[str, ...], layout: Layout) ->
               ["train-teacher", *recipe, "--data", str(data), "--out", str(teacher)],
               [teacher / "model.safetensors"], ["data"], resumable=True, sections=("teacher", "train")),
         Stage("teacher-eval", "eval teacher",
-              ["eval", "--model", str(teacher), "--data", str(data), "--json", str(layout.teacher_eval)],
+              ["eval", "--model", str(teacher), "--data", str(data), "--runtime", "onnxruntime",
+               "--json", str(layout.teacher_eval)],
               [layout.teacher_eval], ["teacher"]),
     ]
 
@@ -161,8 +162,8 @@ def build_student_stages(
               [evals / "onnx.json"], ["onnx"]),
         stage("int8", "INT8 quantization with accuracy guard",
               ["quantize", "--model", str(onnx), "--data", data, "--out", str(bundle), *recipe,
-               "--json", str(evals / "quantize.json")],
-              [int8], ["onnx"], may_fail=True, sections=("quantize",)),
+               "--reference-eval", str(evals / "onnx.json"), "--json", str(evals / "quantize.json")],
+              [int8], ["onnx", "onnx-eval"], may_fail=True, sections=("quantize",)),
         stage("check", "release gate: INT8 student vs teacher",
               ["check", "--teacher", teacher, "--candidate", str(int8), "--data", data, *recipe,
                "--teacher-eval", str(layout.teacher_eval), "--json", str(evals / "check.json")],

@@ -177,6 +177,8 @@ def build_report(out: Path, bundle: Path, stages: list[dict], machine: dict, stu
             "auc": metrics.get("auc"),
             "itr": metrics.get("itr"),
             "tir": metrics.get("tir"),
+            "scored_by": metrics.get("backend"),
+            "parity_vs_pytorch": metrics.get("parity_vs_pytorch"),
             "size_mb": _size_mb(model_path),
             "latency_p50_ms": {f"b{b}_t{t}": _p50(bench, model_path, b, t) for b, t in REFERENCE_SHAPES},
             "padded_p50_ms": {f"b1_t{VSL_TEXT}_pad{VSL_PADDED_TO}": _p50(bench, model_path, 1, VSL_TEXT,
@@ -254,6 +256,11 @@ def render_markdown(report: dict, has_weights: bool) -> str:
             + " | ".join(_fmt(d.get(k)) for d in (itr, tir) for k in ("r1", "r5", "r10"))
             + " | " + " | ".join(latency) + f" | {_fmt(row['size_mb'], 1)} |"
         )
+    for row in report["models"]:
+        parity = row.get("parity_vs_pytorch")
+        if parity:
+            lines += ["", f"{row['form']}: accuracy scored in {row.get('scored_by')}, whose logits matched PyTorch's "
+                      f"within {parity['max_abs_diff']:.1g} (tolerance {parity['tolerance']:g}); latency in PyTorch."]
     lines += vsl_lines(report["models"])
     check = report.get("check")
     shipped = report.get("shipped_student")

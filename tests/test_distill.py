@@ -65,6 +65,22 @@ def _batches(n: int = 3, text: int = 5):
             for _ in range(n)]
 
 
+def test_attention_maps_recomputed_from_a_layer_input_equal_the_encoders_own():
+    """Distillation takes the last layer's attention maps from FashionBERT.attention_probs (so the encoders keep
+    SDPA); they must equal what the eager kernel returns, padded text positions included."""
+    model = _teacher(3).eval()
+    batch = _batches(1, text=6)[0]
+    batch["attention_mask"][1:, 3:] = 0
+    with torch.no_grad():
+        out = model.encode(**batch, output_hidden_states=True, output_attentions=True)
+        mask = torch.cat([batch["attention_mask"], torch.ones(4, 16, dtype=torch.long)], 1)
+        for layer in range(3):
+            recomputed = model.attention_probs(layer, out.hidden_states[layer], mask)
+            assert recomputed.shape == out.attentions[layer].shape == (4, 4, 22, 22)
+            torch.testing.assert_close(recomputed, out.attentions[layer], rtol=0, atol=1e-6)
+    assert float(recomputed[1, :, :, 3:6].max()) == 0.0  # padded keys get no weight
+
+
 def test_narrow_student_is_the_kept_slice_of_its_teacher_layers():
     """Student layer k is teacher layer layer_map[k] restricted to the kept channels, heads and neurons."""
     from fbcompress.width_pruning import measure_importance, top

@@ -91,3 +91,35 @@ def test_rank_candidates_are_scored_in_length_sorted_batches(trained_smoke, tiny
     assert all(padded == longest for padded, longest in widths), widths
     whole = match_probability(real(data.batch([image] * len(texts), texts)))
     np.testing.assert_allclose(chunked, whole, atol=1e-5)
+
+
+def test_eval_of_a_checkpoint_in_onnxruntime_matches_pytorch(trained_smoke, tiny_data, tmp_path):
+    """--runtime onnxruntime exports the checkpoint, checks parity, and scores the same: the same ranks and AUC,
+    stamped with the checkpoint's weights hash (so `check --teacher-eval` accepts it like a PyTorch eval)."""
+    import json
+
+    from click.testing import CliRunner
+
+    from fbcompress.cli import main
+
+    results = {}
+    for runtime in ("pytorch", "onnxruntime"):
+        out = tmp_path / f"{runtime}.json"
+        result = CliRunner().invoke(main, ["eval", "--model", str(trained_smoke), "--data", str(tiny_data),
+                                           "--runtime", runtime, "--json", str(out)])
+        assert result.exit_code == 0, result.output
+        results[runtime] = json.loads(out.read_text())
+    torch_eval, ort_eval = results["pytorch"], results["onnxruntime"]
+    assert ort_eval["backend"].startswith("onnxruntime-cpu") and "exported from the checkpoint" in ort_eval["backend"]
+    assert 0 <= ort_eval["parity_vs_pytorch"]["max_abs_diff"] <= 1e-4 and "parity_vs_pytorch" not in torch_eval
+    assert ort_eval["model_sha256"] == torch_eval["model_sha256"]
+    assert ort_eval["itr"] == torch_eval["itr"] and ort_eval["tir"] == torch_eval["tir"]
+    assert ort_eval["auc"] == pytest.approx(torch_eval["auc"], abs=1e-3)
+
+
+def test_eval_in_onnxruntime_refuses_a_graph_off_pytorch(trained_smoke):
+    from fbcompress.errors import FbError
+    from fbcompress.export import checkpoint_ort
+
+    with pytest.raises(FbError, match="differ from PyTorch"):
+        checkpoint_ort.open_checkpoint_ort(trained_smoke, tolerance=0.0)

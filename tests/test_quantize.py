@@ -365,6 +365,30 @@ def test_cpu_file_auto_ships_the_faster_candidate_within_tolerance(bundle, tiny_
     assert "## Which graph is the CPU file" in (root / "quantization.md").read_text()
 
 
+def test_a_saved_fp32_eval_is_reused_as_the_guard_reference_only_when_it_matches(bundle, tiny_data, tmp_path):
+    """--reference-eval (the quickstart passes its ONNX eval): the guard compares against the saved FP32 scores
+    instead of scoring model.onnx on test again; an eval of another file is refused before anything is built."""
+    root = copy_bundle(bundle, tmp_path)
+    saved, other = tmp_path / "onnx-eval.json", tmp_path / "ort-eval.json"
+    assert run("eval", "--model", root / "model.onnx", "--data", tiny_data, "--json", saved).exit_code == 0
+    assert run("eval", "--model", root / "model.ort.onnx", "--data", tiny_data, "--json", other).exit_code == 0
+    before = tree_state(root)
+    assert_one_line_error(
+        run("quantize", "--model", root / "model.onnx", "--data", tiny_data, "--reference-eval", other),
+        2, "model_sha256 differs",
+    )
+    assert tree_state(root) == before
+    report_path = tmp_path / "q.json"
+    result = run("quantize", "--model", root / "model.onnx", "--data", tiny_data, "--reference-eval", saved,
+                 "--latency-runs", "0", "--json", report_path)
+    assert result.exit_code == 0, result.output
+    assert f"FP32 reference on test: reusing {saved}" in result.output
+    assert "scoring FP32 model.onnx on test" not in result.output
+    evaluated, report = json.loads(saved.read_text()), json.loads(report_path.read_text())
+    assert report["accuracy"]["fp32"]["auc"] == evaluated["auc"]
+    assert report["accuracy"]["fp32"]["itr_r10"] == evaluated["itr"]["r10"]
+
+
 def test_cpu_file_pinned_to_dynamic(bundle, tiny_data, tmp_path):
     root = copy_bundle(bundle, tmp_path)
     report_path = tmp_path / "pinned.json"

@@ -164,7 +164,8 @@ def test_report_reads_the_stage_outputs(tmp_path):
     (out / "eval").mkdir(parents=True)
     bundle.mkdir()
     teacher = {"accuracy": 0.9, "auc": 0.95, "itr": {"r1": 0.5, "r5": 0.8, "r10": 0.9},
-               "tir": {"r1": 0.4, "r5": 0.7, "r10": 0.85}}
+               "tir": {"r1": 0.4, "r5": 0.7, "r10": 0.85}, "backend": "onnxruntime-cpu (exported from the checkpoint)",
+               "parity_vs_pytorch": {"max_abs_diff": 2.1e-6, "tolerance": 1e-4}}
     (out / "eval" / "teacher.json").write_text(json.dumps(teacher))
     (out / "teacher").mkdir()
     (out / "teacher" / "model.safetensors").write_bytes(b"x" * 2_000_000)
@@ -187,6 +188,8 @@ def test_report_reads_the_stage_outputs(tmp_path):
     md = (out / "report.md").read_text()
     assert "| teacher (PyTorch FP32) | 10.00 | 25.00 | 2.5× | – | 1.0× | – |" in md  # the VSL table
     assert "SYNTHETIC" in md and "Test CPU" in md and "| 0.950 |" in md and "17.25" in md
+    assert ("teacher (PyTorch FP32): accuracy scored in onnxruntime-cpu (exported from the checkpoint), whose logits "
+            "matched PyTorch's within 2e-06 (tolerance 0.0001); latency in PyTorch.") in md
     assert (out / "plots" / "task-weights.png").stat().st_size > 1000
     assert (bundle / "report" / "report.md").read_text() == md
 
@@ -312,3 +315,5 @@ def test_smoke_quickstart_end_to_end_then_reused(tmp_path):
     assert again.exit_code == 0, again.output
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert {s["status"] for s in report["stages"]} <= {"reused", "skipped"}
+    teacher = next(row for row in report["models"] if row["key"] == "teacher")
+    assert teacher["scored_by"].startswith("onnxruntime") and teacher["parity_vs_pytorch"]["max_abs_diff"] <= 1e-4

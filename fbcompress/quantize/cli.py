@@ -73,6 +73,12 @@ EXIT_REJECTED = 1
     type=click.IntRange(min=0),
     help="timed ONNX Runtime CPU runs per model and text length (0: skip latency)",
 )
+@click.option(
+    "--reference-eval",
+    type=click.Path(path_type=Path),
+    help="a saved `fbcompress eval --json` of --model on --split (all queries), reused as the guard's FP32 "
+    "reference instead of scoring it again; refused unless made from that file, this data and split",
+)
 @click.option("--json", "json_path", metavar="PATH", help="also write the report as JSON ('-': stdout)")
 def quantize_cmd(
     model: Path,
@@ -83,6 +89,7 @@ def quantize_cmd(
     overrides: tuple[str, ...],
     split: str,
     latency_runs: int,
+    reference_eval: Path | None,
     json_path: str | None,
 ) -> None:
     """Quantize a bundle's FP32 model.onnx to INT8 and add it to the bundle, if accuracy holds.
@@ -103,6 +110,7 @@ def quantize_cmd(
       fbcompress quantize -m exported/qs/model.onnx --data runs/qs/data --method ort-dynamic --json q.json
       fbcompress quantize -m exported/qs/model.onnx --data D --set quantize.calibration_method=Entropy
       fbcompress quantize -m exported/qs/model.onnx --data D --set quantize.cpu_file=static
+      fbcompress quantize -m exported/qs/model.onnx --data D --reference-eval runs/qs/eval/onnx.json
       fbcompress export --model runs/qs/student --target tensorrt --precision int8 --out exported/qs
     """
     from fbcompress.artifacts import write_json_output
@@ -124,6 +132,7 @@ def quantize_cmd(
         out=out,
         split=split,
         latency_runs=latency_runs,
+        reference_eval=reference_eval,
         progress=sys.stderr.isatty(),
         log=lambda line: click.echo(line, err=True),
     )

@@ -47,6 +47,7 @@ class QuantizeOptions:
     out: Path | None = None
     split: str = "test"
     latency_runs: int = 100
+    reference_eval: Path | None = None  # a saved eval of the FP32 source on `split`: the guard's reference
     progress: bool = False
     log: Callable[[str], None] | None = None
 
@@ -63,7 +64,7 @@ class _Run:
         self.tokenizer_dir: Path = bundle.tokenizer_dir
         self.dataset: Any = None
         self.data: dict[str, Any] = {}
-        self.fp32: dict[str, dict[str, Any]] = {}
+        self.fp32: dict[tuple[str, int | None], dict[str, Any]] = {}  # (split, max_queries) -> FP32 scores
         self.batches: list[dict[str, Any]] = []
 
     def say(self, text: str) -> None:
@@ -93,7 +94,7 @@ class _Run:
         )
 
     def reference(self, split: str, max_queries: int | None = None) -> dict[str, Any]:
-        key = f"{split}:{max_queries}"
+        key = (split, max_queries)
         if key not in self.fp32:
             self.say(f"scoring FP32 {FP32_FILE} on {split} ...")
             self.fp32[key] = self.score(self.src, FP32_FILE, split, max_queries)
@@ -437,6 +438,13 @@ def run_quantize(opts: QuantizeOptions) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="fbcompress-quantize-") as tmp:
         run = _Run(opts, bundle, rel, Path(tmp))
         run.dataset = dataset
+        if opts.reference_eval is not None:
+            from fbcompress.evaluate import reusable_eval
+
+            run.fp32[(opts.split, None)] = reusable_eval(
+                opts.reference_eval, bundle.root / rel, dataset, opts.split, None
+            )
+            run.say(f"FP32 reference on {opts.split}: reusing {opts.reference_eval}")
         shutil.copyfile(bundle.root / rel, run.src)  # the live bundle may be swapped by another stage meanwhile
         from fbcompress.artifacts import sha256_file
 
