@@ -214,17 +214,17 @@ def distill_cmd(recipe, teacher_dir, data_dir, out, resume, force, no_teacher, d
 @click.option("--split", default="test", show_default=True, type=click.Choice(["val", "test"]))
 @click.option("--max-queries", type=int, help="score only the first N Rank@K queries of each task")
 @click.option("--device", default="cpu", show_default=True, help="cpu | cuda")
-@click.option("--runtime", type=click.Choice(["pytorch", "onnxruntime"]), default="pytorch", show_default=True,
-              help="for a checkpoint dir: score it in PyTorch, or export it to a temporary ONNX file and score that "
-                   "in ONNX Runtime (faster on CPUs; refused unless its logits match PyTorch's within 1e-4)")
+@click.option("--backend", type=click.Choice(["auto", "pytorch", "onnxruntime"]), default="auto", show_default=True,
+              help="auto follows the model form; onnxruntime on a checkpoint dir exports it to a temporary ONNX file "
+                   "and scores that (faster on CPUs; refused unless its logits match PyTorch's within 1e-4)")
 @json_option
-def eval_cmd(model_path, data_dir, split, max_queries, device, runtime, json_path) -> None:
+def eval_cmd(model_path, data_dir, split, max_queries, device, backend, json_path) -> None:
     """Score a model: ACC, AUC, ITR and TIR Rank@1/5/10 on the dataset's fixed eval sets.
 
     \b
     Examples:
       fbcompress eval --model runs/qs/teacher --data runs/qs/data --json runs/qs/teacher-eval.json
-      fbcompress eval --model runs/qs/teacher --data runs/qs/data --runtime onnxruntime
+      fbcompress eval --model runs/qs/teacher --data runs/qs/data --backend onnxruntime
       fbcompress eval --model exported/quickstart/model.int8.onnx --data runs/qs/data
     """
     from fbcompress.artifacts import write_json_output
@@ -238,15 +238,14 @@ def eval_cmd(model_path, data_dir, split, max_queries, device, runtime, json_pat
         raise FbError("--max-queries must be at least 1")
     dataset = DatasetDir.open(data_dir)
     parity = None
-    if runtime == "onnxruntime" and Path(model_path).is_dir() and (Path(model_path) / "fbcompress.json").is_file():
+    if backend == "onnxruntime" and Path(model_path).is_dir() and (Path(model_path) / "fbcompress.json").is_file():
         from fbcompress.export.checkpoint_ort import open_checkpoint_ort
 
         scorer, parity = open_checkpoint_ort(model_path, device)
     else:
         scorer = open_scorer(model_path, device)
-        if runtime == "onnxruntime" and not scorer.backend.startswith("onnxruntime"):
-            raise FbError(f"--runtime onnxruntime: {model_path} runs in {scorer.backend}; pass a checkpoint dir, "
-                          "an .onnx file or an export bundle")
+        if backend != "auto" and not scorer.backend.startswith(backend):
+            raise FbError(f"--backend {backend} cannot score {model_path}: it runs in {scorer.backend}")
     data_split = SplitData(dataset, split, load_tokenizer(scorer.tokenizer_dir), scorer.spec)
     result = stamp(evaluate(scorer, dataset, data_split, split, max_queries=max_queries), model_path, dataset)
     if parity is not None:

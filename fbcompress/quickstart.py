@@ -124,7 +124,7 @@ def build_prefix(recipe_ref: str, overrides: tuple[str, ...], layout: Layout) ->
               ["train-teacher", *recipe, "--data", str(data), "--out", str(teacher)],
               [teacher / "model.safetensors"], ["data"], resumable=True, sections=("teacher", "train")),
         Stage("teacher-eval", "eval teacher",
-              ["eval", "--model", str(teacher), "--data", str(data), "--runtime", "onnxruntime",
+              ["eval", "--model", str(teacher), "--data", str(data), "--backend", "onnxruntime",
                "--json", str(layout.teacher_eval)],
               [layout.teacher_eval], ["teacher"]),
     ]

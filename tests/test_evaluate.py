@@ -94,7 +94,7 @@ def test_rank_candidates_are_scored_in_length_sorted_batches(trained_smoke, tiny
 
 
 def test_eval_of_a_checkpoint_in_onnxruntime_matches_pytorch(trained_smoke, tiny_data, tmp_path):
-    """--runtime onnxruntime exports the checkpoint, checks parity, and scores the same: the same ranks and AUC,
+    """--backend onnxruntime exports the checkpoint, checks parity, and scores the same: the same ranks and AUC,
     stamped with the checkpoint's weights hash (so `check --teacher-eval` accepts it like a PyTorch eval)."""
     import json
 
@@ -103,12 +103,12 @@ def test_eval_of_a_checkpoint_in_onnxruntime_matches_pytorch(trained_smoke, tiny
     from fbcompress.cli import main
 
     results = {}
-    for runtime in ("pytorch", "onnxruntime"):
-        out = tmp_path / f"{runtime}.json"
+    for backend in ("pytorch", "onnxruntime"):
+        out = tmp_path / f"{backend}.json"
         result = CliRunner().invoke(main, ["eval", "--model", str(trained_smoke), "--data", str(tiny_data),
-                                           "--runtime", runtime, "--json", str(out)])
+                                           "--backend", backend, "--json", str(out)])
         assert result.exit_code == 0, result.output
-        results[runtime] = json.loads(out.read_text())
+        results[backend] = json.loads(out.read_text())
     torch_eval, ort_eval = results["pytorch"], results["onnxruntime"]
     assert ort_eval["backend"].startswith("onnxruntime-cpu") and "exported from the checkpoint" in ort_eval["backend"]
     assert 0 <= ort_eval["parity_vs_pytorch"]["max_abs_diff"] <= 1e-4 and "parity_vs_pytorch" not in torch_eval

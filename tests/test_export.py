@@ -272,6 +272,11 @@ def test_tampered_tokenizer_is_refused(bundle_copy, tiny_data):
     assert_one_line_error(result, "vocab.txt", "does not match its sha256")
 
 
+def test_eval_backend_the_form_cannot_run_is_refused(bundle, tiny_data):
+    result = run("eval", "--model", bundle / "model.onnx", "--data", tiny_data, "--backend", "pytorch")
+    assert_one_line_error(result, "--backend pytorch cannot score", "onnxruntime-cpu")
+
+
 def test_onnx_outside_a_bundle_is_refused(bundle, tiny_data, tmp_path):
     lonely = tmp_path / "lonely" / "model.onnx"
     lonely.parent.mkdir()

@@ -1,4 +1,4 @@
-"""Score a training checkpoint through ONNX Runtime: `fbcompress eval --runtime onnxruntime`.
+"""Score a training checkpoint through ONNX Runtime: `fbcompress eval --backend onnxruntime`.
 
 Why: eval of a 6-layer teacher is compute-bound (each Rank@K query is 101 full cross-encoder passes), and on a
 2-core CPU ONNX Runtime's fused graph scored it ~1.3x faster than PyTorch eager (2.0 against 2.7 s per query),
@@ -47,7 +47,7 @@ def open_checkpoint_ort(
         worst = max(parity["cases"], key=lambda c: c["max_abs_diff"])
         raise FbError(
             f"{path}: ONNX Runtime logits differ from PyTorch by {parity['max_abs_diff']:.3g} > {tolerance:g} "
-            f"(batch {worst['batch']}, text {worst['text']}); score it with --runtime pytorch"
+            f"(batch {worst['batch']}, text {worst['text']}); score it with --backend pytorch"
         )
     scorer.backend = f"{scorer.backend} (exported from the checkpoint)"
     return scorer, {"max_abs_diff": parity["max_abs_diff"], "tolerance": tolerance, "cases": parity["cases"]}

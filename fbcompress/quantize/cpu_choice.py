@@ -10,6 +10,11 @@ towards static. So `quantize.cpu_file: auto` builds both from the same FP32 grap
 scores both on val against the recipe's tolerance, times both here in alternating blocks (a shared machine's slow
 spell hits both alike), and ships the faster one of those within tolerance; the report keeps both candidates'
 numbers. `static` or `dynamic` pins the choice (e.g. to build on one machine for another).
+
+Order of work under auto (`pipeline._dynamic_first`): both graphs are first built with only the nodes kept FP by
+design and raced; when dynamic is ahead and within tolerance on val, it ships at once, the static CPU graph is not
+scored, and the accuracy fall-back serves the TensorRT file alone. Otherwise the static files go through the
+fall-back together and `choose` below decides between the static graph and a dynamic one with the same FP nodes.
 """
 
 from __future__ import annotations

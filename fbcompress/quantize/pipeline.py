@@ -222,19 +222,26 @@ def _static(run: _Run) -> dict[str, Any]:
     run.say(f"calibrating ({section.calibration_method}, {len(run.batches)} batches) ...")
     calibration = M.calibrate(run.src, reader, cache, settings([], False))
 
-    def build(excluded: list[str], attempt: int) -> dict[str, Path]:
-        folder = run.work / f"attempt-{attempt}"
-        folder.mkdir()
-        run.say(f"quantizing (static QDQ, attempt {attempt}, {len(excluded)} node(s) returned to FP) ...")
-        trt = M.quantize_trt(run.src, folder / INT8_TRT_FILE, cache, settings(excluded, False))
-        cpu = M.quantize_cpu(
+    def build_cpu_static(excluded: list[str], folder: Path) -> dict[str, Any]:
+        return M.quantize_cpu(
             run.src,
             folder / INT8_CPU_FILE,
             cache,
             settings(excluded, resolve_reduce_range(section.reduce_range, isa)),
             isa,
         )
-        infos[attempt] = {INT8_TRT_FILE: trt, INT8_CPU_FILE: cpu}
+
+    settled = _dynamic_first(run, build_cpu_static, base, isa) if section.cpu_file == "auto" else None
+
+    def build(excluded: list[str], attempt: int) -> dict[str, Path]:
+        folder = run.work / f"attempt-{attempt}"
+        folder.mkdir()
+        run.say(f"quantizing (static QDQ, attempt {attempt}, {len(excluded)} node(s) returned to FP) ...")
+        trt = M.quantize_trt(run.src, folder / INT8_TRT_FILE, cache, settings(excluded, False))
+        infos[attempt] = {INT8_TRT_FILE: trt}
+        if settled is not None:  # the CPU file is settled: the fall-back serves the TensorRT file alone
+            return {INT8_TRT_FILE: folder / INT8_TRT_FILE}
+        infos[attempt][INT8_CPU_FILE] = build_cpu_static(excluded, folder)
         return {INT8_TRT_FILE: folder / INT8_TRT_FILE, INT8_CPU_FILE: folder / INT8_CPU_FILE}
 
     def rank(files: dict[str, Path]) -> list[dict[str, Any]]:
@@ -256,9 +263,12 @@ def _static(run: _Run) -> dict[str, Any]:
     methods = infos[attempt]
     for info in methods.values():
         info["calibration"] = calibration
-    static_cpu = Candidate(STATIC, result.files[INT8_CPU_FILE], methods[INT8_CPU_FILE])
-    static_cpu.val = result.steps[-1]["val"].get(INT8_CPU_FILE)
-    chosen, cpu_file = _choose_cpu_file(run, static_cpu, [*base, *result.excluded], isa)
+    if settled is not None:
+        chosen, cpu_file = settled
+    else:
+        static_cpu = Candidate(STATIC, result.files[INT8_CPU_FILE], methods[INT8_CPU_FILE])
+        static_cpu.val = result.steps[-1]["val"].get(INT8_CPU_FILE)
+        chosen, cpu_file = _choose_cpu_file(run, static_cpu, [*base, *result.excluded], isa)
     chosen.settings["isa"] = isa.to_dict()
     files = {**result.files, INT8_CPU_FILE: chosen.path}
     methods[INT8_CPU_FILE] = chosen.settings
@@ -284,37 +294,84 @@ def _static(run: _Run) -> dict[str, Any]:
     }
 
 
-def _choose_cpu_file(run: _Run, static: Candidate, keep_fp: list[str], isa) -> tuple[Candidate, dict[str, Any]]:
-    """quantize.cpu_file: the static QDQ file or dynamic INT8 (same nodes kept FP), measured here when auto."""
+def _dynamic_candidate(run: _Run, keep_fp: list[str], isa, folder_name: str) -> Candidate:
+    """Dynamic INT8 for the CPU file, with `keep_fp` nodes left FP."""
     from fbcompress.quantize import ort_methods as M
     from fbcompress.quantize.cpu import resolve_reduce_range
 
     section = run.section
+    folder = run.work / folder_name
+    folder.mkdir()
+    run.say("quantizing the dynamic INT8 candidate for the CPU file ...")
+    info = M.quantize_dyn(
+        run.src, folder / INT8_CPU_FILE, section.per_channel, resolve_reduce_range(section.reduce_range, isa),
+        list(dict.fromkeys(keep_fp)),
+    )
+    return Candidate(DYNAMIC, folder / INT8_CPU_FILE, info)
 
-    def build_dynamic() -> Candidate:
-        folder = run.work / "dynamic-candidate"
-        folder.mkdir()
-        run.say("quantizing the dynamic INT8 candidate for the CPU file ...")
-        info = M.quantize_dyn(
-            run.src, folder / INT8_CPU_FILE, section.per_channel, resolve_reduce_range(section.reduce_range, isa),
-            list(dict.fromkeys(keep_fp)),
-        )
-        return Candidate(DYNAMIC, folder / INT8_CPU_FILE, info)
 
-    def val_check(candidate: Candidate) -> dict[str, Any]:
-        return run.val_check({f"{INT8_CPU_FILE} ({candidate.name})": candidate.path})["val"].popitem()[1]
+def _val_check_candidate(run: _Run, candidate: Candidate) -> dict[str, Any]:
+    return run.val_check({f"{INT8_CPU_FILE} ({candidate.name})": candidate.path})["val"].popitem()[1]
 
-    def race(candidates: list[Candidate]) -> None:
-        if len(candidates) < 2 or run.opts.latency_runs <= 0:
-            return
-        run.say("timing the CPU candidates (" + " vs ".join(c.name for c in candidates) + ") ...")
-        timed = measure.race(
-            {c.name: c.path for c in candidates}, run.spec, run.max_positions, max(run.opts.latency_runs, 100)
-        )
-        for candidate in candidates:
-            candidate.latency = timed[candidate.name]
 
-    chosen, report = choose(section.cpu_file, lambda: static, build_dynamic, val_check, race)
+def _race_candidates(run: _Run, candidates: list[Candidate]) -> None:
+    """Time the CPU candidates side by side (alternating blocks); skipped with --latency-runs 0."""
+    if len(candidates) < 2 or run.opts.latency_runs <= 0:
+        return
+    run.say("timing the CPU candidates (" + " vs ".join(c.name for c in candidates) + ") ...")
+    timed = measure.race(
+        {c.name: c.path for c in candidates}, run.spec, run.max_positions, max(run.opts.latency_runs, 100)
+    )
+    for candidate in candidates:
+        candidate.latency = timed[candidate.name]
+
+
+def _dynamic_first(
+    run: _Run, build_static: Callable[[list[str], Path], dict[str, Any]], keep_fp: list[str], isa
+) -> tuple[Candidate, dict[str, Any]] | None:
+    """cpu_file auto: settle the CPU file before the fall-back loop when dynamic INT8 wins outright.
+
+    Both CPU graphs are built with only the nodes kept FP by design and timed side by side; if dynamic is the
+    faster and is within tolerance on val, it ships and the fall-back serves the TensorRT file alone (returns
+    the choice). Why: the static CPU graph used to take part in every fall-back step, so when it broke the
+    tolerance, MatMuls went back to FP in the TensorRT file too and both files were scored on val at each step,
+    for a graph that then lost the race (the quickstart student: 3 attempts x 2 files, 2 MatMuls lost by the
+    TensorRT file). Otherwise returns None, and both static files go through the fall-back as before."""
+    if run.opts.latency_runs <= 0:
+        return None  # no timing, no early choice: the joint flow decides on tolerance
+    folder = run.work / "cpu-probe"
+    folder.mkdir()
+    static = Candidate(STATIC, folder / INT8_CPU_FILE, build_static([], folder))
+    dynamic = _dynamic_candidate(run, keep_fp, isa, "dynamic-first")
+    _race_candidates(run, [static, dynamic])
+    if dynamic.mean_p50_ms >= static.mean_p50_ms:
+        return None
+    dynamic.val = _val_check_candidate(run, dynamic)
+    if not dynamic.passed:
+        return None
+    speedup = static.mean_p50_ms / dynamic.mean_p50_ms
+    reason = (f"faster here (mean batch-1 p50 {dynamic.mean_p50_ms:.3f} ms, {speedup:.2f}x faster than {STATIC}) "
+              f"and within tolerance on val, with no node returned to FP: {STATIC} was not scored, and the "
+              f"fall-back served {INT8_TRT_FILE} alone")
+    run.say(f"CPU file: {DYNAMIC} ({reason})")
+    return dynamic, {
+        "mode": "auto",
+        "chosen": DYNAMIC,
+        "basis": "latency",
+        "reason": reason,
+        "candidates": {c.name: c.summary() for c in (static, dynamic)},
+    }
+
+
+def _choose_cpu_file(run: _Run, static: Candidate, keep_fp: list[str], isa) -> tuple[Candidate, dict[str, Any]]:
+    """quantize.cpu_file: the static QDQ file or dynamic INT8 (same nodes kept FP), measured here when auto."""
+    chosen, report = choose(
+        run.section.cpu_file,
+        lambda: static,
+        lambda: _dynamic_candidate(run, keep_fp, isa, "dynamic-candidate"),
+        lambda candidate: _val_check_candidate(run, candidate),
+        lambda candidates: _race_candidates(run, candidates),
+    )
     run.say(f"CPU file: {chosen.name} ({report['reason']})")
     return chosen, report
 

@@ -146,6 +146,10 @@ def _fallback_rows(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _within(val: dict[str, Any]) -> str:
+    return "not scored" if not val else "yes" if val.get("passed") else "no"
+
+
 def _cpu_file_rows(report: dict[str, Any]) -> list[str]:
     choice = report.get("cpu_file")
     if not choice:
@@ -170,7 +174,7 @@ def _cpu_file_rows(report: dict[str, Any]) -> list[str]:
         auc = f"{val['auc']:.4f} ({val['fp32_auc']:.4f})" if "auc" in val else "-"
         cells = [f"{by_text[t]:.3f}" if t in by_text else "-" for t in texts]
         lines.append(
-            f"| {name} | {cand['format']} | {auc} | {'yes' if val.get('passed') else 'no'} | " + " | ".join(cells)
+            f"| {name} | {cand['format']} | {auc} | {_within(val)} | " + " | ".join(cells)
             + " |"
         )
     return [*lines, "", "Timed at batch 1 in alternating blocks of 10 runs, both sessions loaded side by side.", ""]
