@@ -331,12 +331,13 @@ def _dynamic_first(
 ) -> tuple[Candidate, dict[str, Any]] | None:
     """cpu_file auto: settle the CPU file before the fall-back loop when dynamic INT8 wins outright.
 
-    Both CPU graphs are built with only the nodes kept FP by design and timed side by side; if dynamic is the
-    faster and is within tolerance on val, it ships and the fall-back serves the TensorRT file alone (returns
-    the choice). Why: the static CPU graph used to take part in every fall-back step, so when it broke the
-    tolerance, MatMuls went back to FP in the TensorRT file too and both files were scored on val at each step,
-    for a graph that then lost the race (the quickstart student: 3 attempts x 2 files, 2 MatMuls lost by the
-    TensorRT file). Otherwise returns None, and both static files go through the fall-back as before."""
+    Both CPU graphs are built with only the nodes kept FP by design or by the recipe, and timed side by side; if
+    dynamic is the faster and is within tolerance on val, it ships and the fall-back serves the TensorRT file
+    alone (returns the choice). Why: the static CPU graph used to take part in every fall-back step, so when it
+    broke the tolerance, MatMuls went back to FP in the TensorRT file too and both files were scored on val at
+    each step, for a graph that then lost the race (an earlier quickstart student: 3 attempts x 2 files, and 2
+    MatMuls lost by a TensorRT file that had passed at attempt 0). Otherwise returns None, and both static files
+    go through the fall-back as before."""
     if run.opts.latency_runs <= 0:
         return None  # no timing, no early choice: the joint flow decides on tolerance
     folder = run.work / "cpu-probe"
