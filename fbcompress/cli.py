@@ -209,7 +209,7 @@ def distill_cmd(recipe, teacher_dir, data_dir, out, resume, force, no_teacher, d
 
 @main.command("eval")
 @click.option("--model", "-m", "model_path", required=True, type=click.Path(path_type=Path),
-              help="checkpoint dir (ONNX / TensorRT forms plug into the same interface)")
+              help="checkpoint dir, .onnx or .plan file, or export bundle dir")
 @click.option("--data", "data_dir", required=True, type=click.Path(path_type=Path), help="dataset dir")
 @click.option("--split", default="test", show_default=True, type=click.Choice(["val", "test"]))
 @click.option("--max-queries", type=int, help="score only the first N Rank@K queries of each task")

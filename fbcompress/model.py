@@ -127,7 +127,7 @@ class FashionBERT(nn.Module):
 
         Why not `encode(output_attentions=True)`: that switches every layer from SDPA to the eager kernel, which
         materialises all the maps. Distillation needs one layer's map; recomputing it from that layer's input
-        (Q·Kᵀ and a softmax) made a distillation step ~10% cheaper on a 2-core CPU."""
+        (Q·Kᵀ and a softmax) made an H128 distillation step 7% cheaper on a 2-core CPU (0.853 -> 0.796 s)."""
         attention = self.bert.encoder.layer[layer].attention.self
         batch, length, _ = hidden.shape
         heads, size = attention.num_attention_heads, attention.attention_head_size
