@@ -237,15 +237,8 @@ def eval_cmd(model_path, data_dir, split, max_queries, device, backend, json_pat
     if max_queries is not None and max_queries < 1:
         raise FbError("--max-queries must be at least 1")
     dataset = DatasetDir.open(data_dir)
-    parity = None
-    if backend == "onnxruntime" and Path(model_path).is_dir() and (Path(model_path) / "fbcompress.json").is_file():
-        from fbcompress.export.checkpoint_ort import open_checkpoint_ort
-
-        scorer, parity = open_checkpoint_ort(model_path, device)
-    else:
-        scorer = open_scorer(model_path, device)
-        if backend != "auto" and not scorer.backend.startswith(backend):
-            raise FbError(f"--backend {backend} cannot score {model_path}: it runs in {scorer.backend}")
+    scorer = open_scorer(model_path, device, backend)
+    parity = getattr(scorer, "parity", None)
     data_split = SplitData(dataset, split, load_tokenizer(scorer.tokenizer_dir), scorer.spec)
     result = stamp(evaluate(scorer, dataset, data_split, split, max_queries=max_queries), model_path, dataset)
     if parity is not None:

@@ -52,10 +52,23 @@ class TorchScorer:
         return self.model(**moved).float().cpu().numpy()
 
 
-def open_scorer(path: str | Path, device: str = "cpu") -> Scorer:
+def open_scorer(path: str | Path, device: str = "cpu", backend: str = "auto") -> Scorer:
     """Backend from the path: a checkpoint dir → PyTorch; `.onnx` → ONNX Runtime; `.plan` → TensorRT; an export
-    bundle dir → its primary model. Bundle files are hash-checked against the bundle's manifest.json first."""
+    bundle dir → its primary model. Bundle files are hash-checked against the bundle's manifest.json first.
+    `backend` "onnxruntime" also takes a checkpoint dir (exported on the fly, parity-checked:
+    export/checkpoint_ort.py); a backend the form cannot run is bad input."""
     path = Path(path)
+    if backend == "onnxruntime" and path.is_dir() and (path / "fbcompress.json").is_file():
+        from fbcompress.export.checkpoint_ort import open_checkpoint_ort
+
+        return open_checkpoint_ort(path, device)
+    scorer = _open_by_form(path, device)
+    if backend != "auto" and not scorer.backend.startswith(backend):
+        raise FbError(f"--backend {backend} cannot score {path}: it runs in {scorer.backend}")
+    return scorer
+
+
+def _open_by_form(path: Path, device: str) -> Scorer:
     if path.is_dir() and (path / "manifest.json").is_file() and not (path / "fbcompress.json").is_file():
         from fbcompress.export.bundle import Bundle
 

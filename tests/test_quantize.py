@@ -356,12 +356,12 @@ def _race_favouring(monkeypatch, winner: str) -> None:
     monkeypatch.setattr(measure, "race", race)
 
 
-def _auto_quantize(bundle, tiny_data, tmp_path) -> tuple[Path, dict]:
+def _auto_quantize(bundle, tiny_data, tmp_path) -> tuple[Path, dict, str]:
     root = copy_bundle(bundle, tmp_path)
     report_path = tmp_path / "auto.json"
     result = run("quantize", "--model", root / "model.onnx", "--data", tiny_data, "--json", report_path)
     assert result.exit_code == 0, result.output
-    return root, json.loads(report_path.read_text())
+    return root, json.loads(report_path.read_text()), result.output
 
 
 def test_cpu_file_auto_settles_a_faster_dynamic_graph_before_the_fallback(bundle, tiny_data, tmp_path, monkeypatch):
@@ -369,7 +369,7 @@ def test_cpu_file_auto_settles_a_faster_dynamic_graph_before_the_fallback(bundle
     is not scored, and the fall-back serves the TensorRT file alone (it no longer loses MatMuls to FP, or val
     scorings, for a CPU graph that lost the race)."""
     _race_favouring(monkeypatch, "dynamic")
-    root, report = _auto_quantize(bundle, tiny_data, tmp_path)
+    root, report, _ = _auto_quantize(bundle, tiny_data, tmp_path)
     choice = report["cpu_file"]
     assert choice["chosen"] == "dynamic" and choice["basis"] == "latency" and "static-qdq was not scored" in choice[
         "reason"]
@@ -391,7 +391,7 @@ def test_cpu_file_auto_scores_both_when_static_qdq_is_faster(bundle, tiny_data, 
     """When static QDQ wins the first race, both static files go through the fall-back together, then both CPU
     graphs (same nodes kept FP) are scored on val and raced again; the faster within tolerance ships."""
     _race_favouring(monkeypatch, "static-qdq")
-    root, report = _auto_quantize(bundle, tiny_data, tmp_path)
+    root, report, output = _auto_quantize(bundle, tiny_data, tmp_path)
     choice = report["cpu_file"]
     assert choice["mode"] == "auto" and set(choice["candidates"]) == {"static-qdq", "dynamic"}
     for candidate in choice["candidates"].values():
@@ -400,6 +400,10 @@ def test_cpu_file_auto_scores_both_when_static_qdq_is_faster(bundle, tiny_data, 
     assert choice["chosen"] == "static-qdq" and choice["basis"] == "latency"
     assert "fastest within tolerance" in choice["reason"]
     assert {"model.int8.trt.onnx", "model.int8.onnx"} <= set(report["fallback"]["steps"][0]["val"])
+    # no node returned to FP, so the first race's dynamic graph is the candidate: built and scored once
+    assert report["fallback"]["returned_to_fp"] == []
+    assert output.count("quantizing the dynamic INT8 candidate") == 1
+    assert output.count("model.int8.onnx (dynamic) on val") == 1
     ops = {n.op_type for n in onnx.load(str(root / "model.int8.onnx")).graph.node}
     assert "QuantizeLinear" in ops and "MatMulInteger" not in ops
     purpose = json.loads((root / "manifest.json").read_text())["models"]["model.int8.onnx"]["purpose"]

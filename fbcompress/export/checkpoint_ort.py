@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Any
 
 from fbcompress.errors import FbError
 from fbcompress.export.ort_scorer import OrtScorer
@@ -20,10 +19,8 @@ from fbcompress.export.ort_scorer import OrtScorer
 PARITY_TOLERANCE = 1e-4  # max |logit diff| against PyTorch; the export stage's default (recipe export.parity_tolerance)
 
 
-def open_checkpoint_ort(
-    path: str | Path, device: str = "cpu", tolerance: float = PARITY_TOLERANCE
-) -> tuple[OrtScorer, dict[str, Any]]:
-    """An `OrtScorer` for checkpoint dir `path`, and its parity against the checkpoint in PyTorch (checked)."""
+def open_checkpoint_ort(path: str | Path, device: str = "cpu", tolerance: float = PARITY_TOLERANCE) -> OrtScorer:
+    """An `OrtScorer` for checkpoint dir `path`; its `parity` holds the checked parity against PyTorch."""
     from fbcompress.checkpoint import load_model
     from fbcompress.export.onnx_export import (
         MIN_OPSET,
@@ -50,4 +47,5 @@ def open_checkpoint_ort(
             f"(batch {worst['batch']}, text {worst['text']}); score it with --backend pytorch"
         )
     scorer.backend = f"{scorer.backend} (exported from the checkpoint)"
-    return scorer, {"max_abs_diff": parity["max_abs_diff"], "tolerance": tolerance, "cases": parity["cases"]}
+    scorer.parity = {"max_abs_diff": parity["max_abs_diff"], "tolerance": tolerance, "cases": parity["cases"]}
+    return scorer

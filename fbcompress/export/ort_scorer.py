@@ -62,6 +62,8 @@ def providers_for(device: str, available: list[str] | None = None) -> list[Any]:
 class OrtScorer:
     """Scores through an `onnxruntime.InferenceSession`; feeds only the inputs the graph declares."""
 
+    parity: dict[str, Any] | None = None  # set when the graph was exported from a checkpoint just now
+
     def __init__(self, path: Path, spec: PatchSpec, tokenizer_dir: Path, name: str, device: str = "cpu",
                  precision: str = "fp32", threads: int | None = None):
         import onnxruntime as ort

@@ -231,7 +231,7 @@ def _static(run: _Run) -> dict[str, Any]:
             isa,
         )
 
-    settled = _dynamic_first(run, build_cpu_static, base, isa) if section.cpu_file == "auto" else None
+    settled, probe = _dynamic_first(run, build_cpu_static, base, isa) if section.cpu_file == "auto" else (None, None)
 
     def build(excluded: list[str], attempt: int) -> dict[str, Path]:
         folder = run.work / f"attempt-{attempt}"
@@ -268,7 +268,10 @@ def _static(run: _Run) -> dict[str, Any]:
     else:
         static_cpu = Candidate(STATIC, result.files[INT8_CPU_FILE], methods[INT8_CPU_FILE])
         static_cpu.val = result.steps[-1]["val"].get(INT8_CPU_FILE)
-        chosen, cpu_file = _choose_cpu_file(run, static_cpu, [*base, *result.excluded], isa)
+        # the probe's dynamic graph has the same FP nodes unless the fall-back returned some: reuse it (and its
+        # val score) rather than quantize and score the same graph again
+        reuse = probe if not result.excluded else None
+        chosen, cpu_file = _choose_cpu_file(run, static_cpu, [*base, *result.excluded], isa, reuse)
     chosen.settings["isa"] = isa.to_dict()
     files = {**result.files, INT8_CPU_FILE: chosen.path}
     methods[INT8_CPU_FILE] = chosen.settings
@@ -328,7 +331,7 @@ def _race_candidates(run: _Run, candidates: list[Candidate]) -> None:
 
 def _dynamic_first(
     run: _Run, build_static: Callable[[list[str], Path], dict[str, Any]], keep_fp: list[str], isa
-) -> tuple[Candidate, dict[str, Any]] | None:
+) -> tuple[tuple[Candidate, dict[str, Any]] | None, Candidate | None]:
     """cpu_file auto: settle the CPU file before the fall-back loop when dynamic INT8 wins outright.
 
     Both CPU graphs are built with only the nodes kept FP by design or by the recipe, and timed side by side; if
@@ -336,40 +339,44 @@ def _dynamic_first(
     alone (returns the choice). Why: the static CPU graph used to take part in every fall-back step, so when it
     broke the tolerance, MatMuls went back to FP in the TensorRT file too and both files were scored on val at
     each step, for a graph that then lost the race (an earlier quickstart student: 3 attempts x 2 files, and 2
-    MatMuls lost by a TensorRT file that had passed at attempt 0). Otherwise returns None, and both static files
-    go through the fall-back as before."""
+    MatMuls lost by a TensorRT file that had passed at attempt 0). Otherwise no choice, and both static files
+    go through the fall-back as before. Also returns the dynamic graph it built (with its val score, if taken),
+    for the later choice to reuse when the fall-back returns no node."""
     if run.opts.latency_runs <= 0:
-        return None  # no timing, no early choice: the joint flow decides on tolerance
+        return None, None  # no timing, no early choice: the joint flow decides on tolerance
     folder = run.work / "cpu-probe"
     folder.mkdir()
     static = Candidate(STATIC, folder / INT8_CPU_FILE, build_static([], folder))
     dynamic = _dynamic_candidate(run, keep_fp, isa, "dynamic-first")
     _race_candidates(run, [static, dynamic])
     if dynamic.mean_p50_ms >= static.mean_p50_ms:
-        return None
+        return None, dynamic
     dynamic.val = _val_check_candidate(run, dynamic)
     if not dynamic.passed:
-        return None
+        return None, dynamic
     speedup = static.mean_p50_ms / dynamic.mean_p50_ms
     reason = (f"faster here (mean batch-1 p50 {dynamic.mean_p50_ms:.3f} ms, {speedup:.2f}x faster than {STATIC}) "
               f"and within tolerance on val, with no node returned to FP: {STATIC} was not scored, and the "
               f"fall-back served {INT8_TRT_FILE} alone")
     run.say(f"CPU file: {DYNAMIC} ({reason})")
-    return dynamic, {
+    return (dynamic, {
         "mode": "auto",
         "chosen": DYNAMIC,
         "basis": "latency",
         "reason": reason,
         "candidates": {c.name: c.summary() for c in (static, dynamic)},
-    }
+    }), dynamic
 
 
-def _choose_cpu_file(run: _Run, static: Candidate, keep_fp: list[str], isa) -> tuple[Candidate, dict[str, Any]]:
-    """quantize.cpu_file: the static QDQ file or dynamic INT8 (same nodes kept FP), measured here when auto."""
+def _choose_cpu_file(
+    run: _Run, static: Candidate, keep_fp: list[str], isa, reuse: Candidate | None = None
+) -> tuple[Candidate, dict[str, Any]]:
+    """quantize.cpu_file: the static QDQ file or dynamic INT8 (same nodes kept FP), measured here when auto;
+    `reuse` is a dynamic graph already built with exactly `keep_fp` (scored on val or not)."""
     chosen, report = choose(
         run.section.cpu_file,
         lambda: static,
-        lambda: _dynamic_candidate(run, keep_fp, isa, "dynamic-candidate"),
+        lambda: reuse or _dynamic_candidate(run, keep_fp, isa, "dynamic-candidate"),
         lambda candidate: _val_check_candidate(run, candidate),
         lambda candidates: _race_candidates(run, candidates),
     )
