@@ -62,6 +62,11 @@ class TeacherSection(_Strict):
     patch_encoder: Literal["pixels", "features"] = "pixels"
     feature_dim: int | None = Field(None, ge=1, description="per-patch feature size for patch_encoder=features")
     dropout: float = Field(0.1, ge=0, lt=1)
+    pooler_init: Literal["backbone", "identity"] = Field(
+        "backbone",
+        description="'identity' starts the [CLS] pooler as tanh(x) (weight I, bias 0) instead of the backbone's: "
+        "for backbones whose pooler was never trained (all-MiniLM-L6-v2's; sentence-transformers pool by mean)",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> TeacherSection:

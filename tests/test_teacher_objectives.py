@@ -85,3 +85,21 @@ def test_itc_task_joins_the_adaptive_weights(tiny_data, tmp_path):
     assert abs(sum(last["weights"].values()) - 1) < 1e-5
     meta = json.loads((out / "fbcompress.json").read_text())
     assert len(meta["patch_warmup_loss"]) == 2
+
+
+def test_identity_pooler_replaces_minilms_untrained_pooler_and_passes_cls_through_tanh():
+    from fbcompress.backbone import load_tokenizer, packaged_minilm_dir
+    from fbcompress.recipes import load_recipe
+    from fbcompress.teacher import build_teacher
+
+    vocab = len(load_tokenizer(packaged_minilm_dir()))
+    shipped = build_teacher(load_recipe("smoke", {"teacher": {"backbone": "minilm"}}), vocab).bert.pooler.dense
+    # what identity_pooler's docstring states of the packaged backbone: a pooler nobody trained
+    assert float(shipped.bias.detach().abs().max()) == 0.0 and 0.005 < float(shipped.weight.detach().std()) < 0.015
+    recipe = load_recipe("smoke", {"teacher": {"backbone": "minilm", "pooler_init": "identity"}})
+    model = build_teacher(recipe, vocab)
+    assert torch.equal(model.bert.pooler.dense.weight, torch.eye(384))
+    hidden = torch.randn(2, 5, 384)
+    assert torch.allclose(model.bert.pooler(hidden), torch.tanh(hidden[:, 0]))
+    assert torch.equal(model.bert.encoder.layer[0].attention.self.query.weight,
+                       build_teacher(recipe, vocab).bert.encoder.layer[0].attention.self.query.weight)
