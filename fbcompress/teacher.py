@@ -95,9 +95,12 @@ def identity_pooler(model: FashionBERT) -> None:
     Why: all-MiniLM-L6-v2 ships a pooler that was never trained (bias exactly 0, weight a random matrix of std
     0.009; sentence-transformers pool by mean). The alignment loss reaches the encoder only through that matrix,
     shrunk about 5x (its rms gain is 0.18), and the language and patch tasks share the same update: the
-    alignment task stalled at chance for 490-620 of the quickstart's 1200 steps in every run. Started as the
-    identity, the same run left chance earlier (val AUC 0.62 at step 300 against 0.50-0.55; the alignment loss
-    fell below 0.62 at ~350 steps instead of ~600): bench/results/amd-epyc-2c-2026-11-29-teacher-plateau.
+    alignment task stalled at chance for 491-622 of the quickstart's steps in four runs (the step at which the
+    20-step mean of its loss fell below 0.6). Started as the identity, it left chance at steps 366 and 515 in two
+    runs. That is earlier in both, but two runs against so wide a spread is weak evidence. None of the other
+    changes tried (batch 8, easy negatives only, twice the lr, 4x the alignment weight) left chance within the
+    319-922 steps they ran.
+    Measured in bench/results/amd-epyc-2c-2026-11-29-teacher-plateau.
     """
     with torch.no_grad():
         dense = model.bert.pooler.dense
