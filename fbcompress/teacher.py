@@ -96,10 +96,10 @@ def identity_pooler(model: FashionBERT) -> None:
     0.009; sentence-transformers pool by mean). The alignment loss reaches the encoder only through that matrix,
     shrunk about 5x (its rms gain is 0.18), and the language and patch tasks share the same update: the
     alignment task stalled at chance for 491-622 of the quickstart's steps in four runs (the step at which the
-    20-step mean of its loss fell below 0.6). Started as the identity, it left chance at steps 366 and 515 in two
-    runs. That is earlier in both, but two runs against so wide a spread is weak evidence. None of the other
-    changes tried (batch 8, easy negatives only, twice the lr, 4x the alignment weight) left chance within the
-    319-922 steps they ran.
+    20-step mean of its loss fell below 0.6). Started as the identity, it left chance at steps 366, 515 and 493
+    in three runs: earlier on average (458 against 586), but two of the three are near the others' range, so the
+    evidence is weak. None of the other changes tried (batch 8, easy negatives only, twice the lr, 4x the
+    alignment weight) left chance within the 319-922 steps they ran.
     Measured in bench/results/amd-epyc-2c-2026-11-29-teacher-plateau.
     """
     with torch.no_grad():
