@@ -29,7 +29,7 @@ import click
 from fbcompress import __version__
 from fbcompress.artifacts import atomic_write_json
 from fbcompress.errors import FbError
-from fbcompress.recipes import StudentShape
+from fbcompress.recipes import StudentShape, without_later_defaults
 
 STATE_FILE = "quickstart-state.json"
 EXIT_INTERRUPTED = 130  # what the CLI exits with on Ctrl-C
@@ -411,7 +411,7 @@ def run_quickstart(
     ladder = [build_student_stages(recipe_ref, overrides, layout, shape) for shape in students]
     total = len(prefix) + sum(len(rung) for rung in ladder) + len(build_suffix(recipe_ref, overrides, layout, "-"))
     bar = tqdm(total=total, desc="quickstart", unit="stage", position=0, leave=True)
-    runner = _Runner(parsed.model_dump(mode="json"), out, force, invoke, bar)
+    runner = _Runner(without_later_defaults(parsed.model_dump(mode="json")), out, force, invoke, bar)
     for stage in prefix:
         runner.run(stage)
     passed: list[str] = []

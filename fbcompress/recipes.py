@@ -317,6 +317,21 @@ def _format_validation_error(source: str, exc: ValidationError) -> str:
     return f"{source}: recipe key {key!r}: {' '.join(str(first['msg']).split())}"
 
 
+# Fields added after checkpoints and quickstart runs already existed, with the default that reproduces the
+# behaviour from before them: left out of fingerprints at that default, so that an existing checkpoint still
+# resumes and an unchanged quickstart stage is still reused.
+LATER_FIELD_DEFAULTS: dict[tuple[str, str], object] = {("teacher", "pooler_init"): "backbone"}
+
+
+def without_later_defaults(dump: dict) -> dict:
+    """A copy of a recipe dump (`model_dump(mode="json")`) less the LATER_FIELD_DEFAULTS fields at their default."""
+    out = {name: dict(value) if isinstance(value, dict) else value for name, value in dump.items()}
+    for (section, key), default in LATER_FIELD_DEFAULTS.items():
+        if isinstance(out.get(section), dict) and out[section].get(key) == default:
+            out[section].pop(key)
+    return out
+
+
 def resolve_recipe_path(name_or_path: str | Path) -> Path:
     path = Path(name_or_path)
     if path.is_file():

@@ -33,7 +33,7 @@ from fbcompress.distributed import RunContext, barrier
 from fbcompress.errors import FbError
 from fbcompress.evaluate import classification_metrics, score_pairs
 from fbcompress.model import FashionBERT
-from fbcompress.recipes import Recipe
+from fbcompress.recipes import Recipe, without_later_defaults
 from fbcompress.scoring import TorchScorer
 
 LOG_FILE = "train-log.jsonl"
@@ -92,7 +92,7 @@ def _recipe_fingerprint(recipe: Recipe) -> dict:
     """The training sections of the recipe as JSON would store them (tuples become lists), less the settings
     that may change on resume. Export, quantize, check and quickstart settings are left out: changing a release
     tolerance must not make a half-trained checkpoint unusable."""
-    full = recipe.model_dump(mode="json")
+    full = without_later_defaults(recipe.model_dump(mode="json"))
     dump = {name: full[name] for name in TRAINING_SECTIONS}
     dump["train"].pop("eval_every", None)
     dump["train"].pop("save_every", None)

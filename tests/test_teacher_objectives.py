@@ -103,3 +103,15 @@ def test_identity_pooler_replaces_minilms_untrained_pooler_and_passes_cls_throug
     assert torch.allclose(model.bert.pooler(hidden), torch.tanh(hidden[:, 0]))
     assert torch.equal(model.bert.encoder.layer[0].attention.self.query.weight,
                        build_teacher(recipe, vocab).bert.encoder.layer[0].attention.self.query.weight)
+
+
+def test_pooler_init_at_its_default_leaves_training_fingerprints_as_they_were_before_the_field():
+    from fbcompress.recipes import load_recipe
+    from fbcompress.train import _recipe_fingerprint
+
+    before_the_field = load_recipe("smoke").model_dump(mode="json")
+    del before_the_field["teacher"]["pooler_init"]  # what checkpoints made before it stored
+    stored = {name: before_the_field[name] for name in ("data", "teacher", "train", "distill")}
+    stored["train"] = {k: v for k, v in stored["train"].items() if k not in ("eval_every", "save_every")}
+    assert _recipe_fingerprint(load_recipe("smoke")) == stored
+    assert _recipe_fingerprint(load_recipe("smoke", {"teacher": {"pooler_init": "identity"}})) != stored
