@@ -13,15 +13,14 @@ QUICKSTART_OUT ?= runs/quickstart
 # files every stage process spent 26 s instead of 10 s importing torch and transformers.
 # uv does not read pip's config, so the folder where pip finds the CPU torch wheel (find-links) is passed on;
 # without uv on the index, the same steps run with pip.
+UV_INSTALL = $(VENV)/bin/uv pip install -q --compile-bytecode --python $(PY)
+
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	@links="$${PIP_FIND_LINKS:-$$($(PY) -m pip config get global.find-links 2>/dev/null)}"; \
+	@links="$${PIP_FIND_LINKS:-$$($(PY) -m pip config get global.find-links 2>/dev/null)}"; set -x; \
 	if $(PY) -m pip install -q uv; then \
-		set -x; \
-		$(VENV)/bin/uv pip install -q --compile-bytecode --python $(PY) $${links:+--find-links "$$links"} "$(TORCH_SPEC)" && \
-		$(VENV)/bin/uv pip install -q --compile-bytecode --python $(PY) -e ".[dev]"; \
+		$(UV_INSTALL) $${links:+--find-links "$$links"} "$(TORCH_SPEC)" && $(UV_INSTALL) -e ".[dev]"; \
 	else \
-		set -x; \
 		$(PY) -m pip install -q --upgrade pip && $(PY) -m pip install -q "$(TORCH_SPEC)" && \
 		$(PY) -m pip install -q -e ".[dev]"; \
 	fi
