@@ -28,21 +28,22 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def _check_parent_writable(target: Path) -> None:
-    parent = target.parent
+def ensure_output_dir(folder: Path) -> None:
+    """Create `folder` (and its parents) or say in one line why it cannot be: an unwritable or impossible output
+    path is bad input, not a traceback."""
     try:
-        parent.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise FbError(f"cannot create output folder {parent}: {exc.strerror}") from None
-    if not os.access(parent, os.W_OK):
-        raise FbError(f"output folder {parent} is not writable")
+        raise FbError(f"cannot create output folder {folder}: {exc.strerror}") from None
+    if not os.access(folder, os.W_OK):
+        raise FbError(f"output folder {folder} is not writable")
 
 
 @contextlib.contextmanager
 def atomic_dir(target: str | Path, overwrite: bool = True) -> Iterator[Path]:
     """Yield a temporary directory next to `target`; on success it replaces `target` in one rename."""
     target = Path(target)
-    _check_parent_writable(target)
+    ensure_output_dir(target.parent)
     if target.exists() and not overwrite:
         raise FbError(f"{target} already exists (pass --force to replace it)")
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
@@ -64,7 +65,7 @@ def atomic_dir(target: str | Path, overwrite: bool = True) -> Iterator[Path]:
 
 def atomic_write_bytes(target: str | Path, data: bytes) -> None:
     target = Path(target)
-    _check_parent_writable(target)
+    ensure_output_dir(target.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as handle:

@@ -27,7 +27,7 @@ from pathlib import Path
 import click
 
 from fbcompress import __version__
-from fbcompress.artifacts import atomic_write_json
+from fbcompress.artifacts import atomic_write_json, ensure_output_dir
 from fbcompress.errors import FbError
 from fbcompress.recipes import StudentShape, without_later_defaults
 
@@ -405,7 +405,7 @@ def run_quickstart(
 
     parsed = _recipe(recipe_ref, overrides)
     students = parsed.quickstart.students
-    out.mkdir(parents=True, exist_ok=True)
+    ensure_output_dir(out)
     layout = Layout(out, bundle)
     prefix = build_prefix(recipe_ref, overrides, layout)
     ladder = [build_student_stages(recipe_ref, overrides, layout, shape) for shape in students]

@@ -120,3 +120,10 @@ def test_every_command_has_help_with_example():
     for command in (["data", "synth"], ["data", "fashiongen"], ["train-teacher"], ["eval"]):
         result = run(*command, "--help")
         assert result.exit_code == 0 and "Example" in result.output, command
+
+
+def test_quickstart_output_that_cannot_be_created_is_one_line(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    assert_one_line_error(run("quickstart", "--recipe", "smoke", "--out", str(blocker / "run")),
+                          "cannot create output folder", str(blocker / "run"))
