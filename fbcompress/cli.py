@@ -7,20 +7,39 @@ Heavy imports (torch, transformers) happen inside the commands so `--help` stays
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 
 import click
 
 from fbcompress import __version__
-from fbcompress.errors import FbError
+from fbcompress.errors import FbError, FbWarning
 
 EXIT_BAD_INPUT = 2
 
 
+def _warning_printer(default):
+    """`warnings.showwarning` that prints an FbWarning as one `warning: ...` line (no file and line number)."""
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, FbWarning):
+            click.echo(f"warning: {message}", err=True)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    return show
+
+
 class FbGroup(click.Group):
-    """Turns an FbError anywhere below into one line on stderr and exit code 2."""
+    """Turns an FbError anywhere below into one line on stderr and exit code 2, an FbWarning into one line."""
 
     def invoke(self, ctx: click.Context):
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", FbWarning)
+            warnings.showwarning = _warning_printer(warnings.showwarning)
+            return self._invoke(ctx)
+
+    def _invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except FbError as exc:

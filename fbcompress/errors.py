@@ -18,3 +18,7 @@ class BackendUnavailable(FbError):
     Still an `FbError` (one line, exit 2) where the user asked for that backend alone (`export --target tensorrt`,
     `eval --model x.plan`); a benchmark matrix catches it per model and skips that row with the reason instead.
     """
+
+
+class FbWarning(UserWarning):
+    """Something the user should know that does not stop the command; the CLI prints it as one `warning:` line."""

@@ -203,6 +203,11 @@ def gpu_info(index: int = 0) -> dict | None:
     }
 
 
+# The distributions TensorRT's Python bindings come in: the `tensorrt` meta-package, and the per-CUDA wheels that
+# install alone (TensorRT 11.4 ships tensorrt-cu13). Metadata normalises '_' and '-', so one spelling each.
+TENSORRT_DISTRIBUTIONS = ("tensorrt", "tensorrt-cu13", "tensorrt-cu12", "tensorrt-cu11")
+
+
 def library_versions() -> dict[str, str | None]:
     """Versions of everything that moves a latency figure; optional libraries read from metadata, not imported
     (importing TensorRT on a machine without its CUDA libraries can fail loudly)."""
@@ -226,7 +231,7 @@ def library_versions() -> dict[str, str | None]:
         "numpy": np.__version__,
         "transformers": version("transformers"),
         "onnxruntime": version("onnxruntime", "onnxruntime-gpu"),
-        "tensorrt": version("tensorrt", "tensorrt-cu12", "tensorrt-cu11", "tensorrt_cu12"),
+        "tensorrt": version(*TENSORRT_DISTRIBUTIONS),
     }
 
 

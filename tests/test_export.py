@@ -420,7 +420,10 @@ def test_profiles_and_trtexec_command(smoke_recipe):
     assert mins == ["--minShapes=input_ids:1x1,attention_mask:1x1,token_type_ids:1x1,patches:1x64x48"] * 2
     assert maxs[1] == "--maxShapes=input_ids:64x64,attention_mask:64x64,token_type_ids:64x64,patches:64x64x48"
     assert [c for c in cmd if c.startswith("--optShapes=")][1].startswith("--optShapes=input_ids:32x32,")
-    assert format_command(cmd).count("\\\n") == 7
+    # each profile's triple sits right behind its --profile=i (trtexec's grammar: tests/test_tensorrt_paths.py)
+    first = cmd.index("--profile=0")
+    assert cmd[first + 4] == "--profile=1" and cmd[first + 1].startswith("--minShapes=")
+    assert format_command(cmd).count("\\\n") == 9
     # the tightest fitting profile wins; nothing fits past every maximum
     assert pick_profile(two, 1, 10) == 0 and pick_profile(two, 32, 10) == 1 and pick_profile(two, 65, 8) is None
     with pytest.raises(FbError, match="exceeds the model.s 16 text positions"):
@@ -451,128 +454,8 @@ def test_tensorrt_modules_import_without_tensorrt():
     assert trt_runner.TrtScorer.backend == "tensorrt"
 
 
-def _fake_tensorrt(calls: dict):
-    """The slice of the TensorRT 10/11 Python API that build_engine uses, recording what it is asked to do."""
-    import types
-
-    trt = types.ModuleType("tensorrt")
-    trt.__version__ = "10.13.0.35"
-
-    class ILogger:
-        class Severity:
-            INTERNAL_ERROR, ERROR, WARNING, INFO, VERBOSE = range(5)
-
-        def __init__(self):
-            pass
-
-    class Network:
-        def __init__(self, flags):
-            calls["network_flags"] = flags
-            self.inputs = []
-
-        @property
-        def num_inputs(self):
-            return len(self.inputs)
-
-        def get_input(self, i):
-            return types.SimpleNamespace(name=self.inputs[i])
-
-    class Profile:
-        def __init__(self):
-            self.shapes = []
-            calls.setdefault("profiles", []).append(self.shapes)
-
-        def set_shape(self, name, low, opt, high):
-            self.shapes.append((name, tuple(low), tuple(opt), tuple(high)))
-
-    class Cache:
-        def __init__(self, blob):
-            calls["cache_in"] = bytes(blob)
-
-        def serialize(self):
-            return b"CACHE v2"
-
-    class Config:
-        def set_memory_pool_limit(self, pool, size):
-            calls["workspace"] = size
-
-        def create_timing_cache(self, blob):
-            self.cache = Cache(blob)
-            return self.cache
-
-        def set_timing_cache(self, cache, ignore_mismatch):
-            calls["ignore_mismatch"] = ignore_mismatch
-
-        def get_timing_cache(self):
-            return self.cache
-
-        def add_optimization_profile(self, profile):
-            calls["added"] = calls.get("added", 0) + 1
-
-    class Builder:
-        def __init__(self, logger):
-            logger.log(ILogger.Severity.INFO, "builder up")
-
-        def create_network(self, flags):
-            return Network(flags)
-
-        def create_builder_config(self):
-            return Config()
-
-        def create_optimization_profile(self):
-            return Profile()
-
-        def build_serialized_network(self, network, config):
-            return b"PLAN"
-
-    class OnnxParser:
-        num_errors = 0
-
-        def __init__(self, network, logger):
-            self.network = network
-
-        def parse_from_file(self, path):
-            calls["parsed"] = Path(path).name
-            self.network.inputs = ["input_ids", "attention_mask", "token_type_ids", "patches"]
-            return True
-
-    trt.ILogger, trt.Builder, trt.OnnxParser = ILogger, Builder, OnnxParser
-    trt.NetworkDefinitionCreationFlag = types.SimpleNamespace(STRONGLY_TYPED=1)
-    trt.MemoryPoolType = types.SimpleNamespace(WORKSPACE=0)
-    return trt
-
-
-def test_engine_build_uses_profiles_cache_and_strong_typing(monkeypatch, tmp_path, smoke_recipe):
-    """build_engine against a stand-in for the TensorRT API: profiles, strong typing, timing cache, log, info."""
-    import sys
-
-    from fbcompress.export import tensorrt_build
-    from fbcompress.export.shapes import Profile, resolve_profiles
-    from fbcompress.model import PatchSpec
-
-    calls: dict = {}
-    monkeypatch.setitem(sys.modules, "tensorrt", _fake_tensorrt(calls))
-    monkeypatch.setattr(tensorrt_build, "gpu_identity", lambda index=0: {"gpu": "Fake GPU", "compute_capability":
-                                                                           "9.0", "cuda_runtime": "12.8"})
-    spec = PatchSpec("pixels", 48, 64, 32, 8, 32)
-    profiles = [*resolve_profiles(smoke_recipe.export.profiles, 64), Profile("offline", (1, 32, 64), (1, 32, 64))]
-    (tmp_path / "timing.cache").write_bytes(b"CACHE v1")
-    info = tensorrt_build.build_engine(tmp_path / "model.fp16.onnx", tmp_path / "model.fp16.plan", profiles, spec,
-                                       tmp_path / "timing.cache", tmp_path / "build.log", workspace_mib=256)
-    assert calls["network_flags"] == 1 << 1 and calls["parsed"] == "model.fp16.onnx"
-    assert calls["workspace"] == 256 << 20 and calls["cache_in"] == b"CACHE v1" and calls["added"] == 2
-    assert calls["profiles"][0] == [
-        ("input_ids", (1, 1), (1, 8), (8, 32)), ("attention_mask", (1, 1), (1, 8), (8, 32)),
-        ("token_type_ids", (1, 1), (1, 8), (8, 32)), ("patches", (1, 64, 48), (1, 64, 48), (8, 64, 48))]
-    assert calls["profiles"][1][3] == ("patches", (1, 64, 48), (32, 64, 48), (64, 64, 48))
-    assert (tmp_path / "model.fp16.plan").read_bytes() == b"PLAN"
-    assert (tmp_path / "timing.cache").read_bytes() == b"CACHE v2"
-    assert "builder up" in (tmp_path / "build.log").read_text()
-    assert (info["version"], info["major"], info["compute_capability"]) == ("10.13.0.35", 10, "9.0")
-    assert info["strongly_typed"] and info["trtexec"][0] == "trtexec" and "--stronglyTyped" in info["trtexec"]
-
-
-def test_tensorrt_target_without_tensorrt_writes_nothing(bundle_copy, trained_smoke):
+def test_engines_require_without_tensorrt_writes_nothing(bundle_copy, trained_smoke):
+    """`--engines require` keeps the old contract for scripts that need engines: one line, exit 2, no trace."""
     try:
         import tensorrt  # noqa: F401
     except ImportError:
@@ -580,15 +463,18 @@ def test_tensorrt_target_without_tensorrt_writes_nothing(bundle_copy, trained_sm
     else:
         pytest.skip("TensorRT is installed here: the missing-TensorRT path cannot be exercised")
     before = tree_state(bundle_copy)
-    result = run("export", "--model", trained_smoke, "--target", "tensorrt", "--out", bundle_copy)
-    assert_one_line_error(result, "TensorRT")
+    result = run("export", "--model", trained_smoke, "--target", "tensorrt", "--engines", "require", "--out",
+                 bundle_copy)
+    assert_one_line_error(result, "TensorRT", "--engines require")
     assert tree_state(bundle_copy) == before
     fresh = bundle_copy.parent / "fresh"
-    assert_one_line_error(run("export", "--model", trained_smoke, "--target", "tensorrt", "--out", fresh), "TensorRT")
+    assert_one_line_error(run("export", "--model", trained_smoke, "--target", "tensorrt", "--engines", "require",
+                              "--out", fresh), "TensorRT")
     assert not fresh.exists()
     result = run("export", "--model", trained_smoke, "--target", "tensorrt", "--precision", "int8", "--out",
                  bundle_copy)
     assert_one_line_error(result, "model.int8.trt.onnx")
+    assert tree_state(bundle_copy) == before
 
 
 def test_plan_file_checks(bundle_copy, tiny_data):

@@ -50,6 +50,9 @@ def _base(args: list[str]) -> tuple[str, ...]:
 
 @pytest.fixture(autouse=True)
 def no_tensorrt(monkeypatch):
+    """Pins "no TensorRT" so the orchestration tests read the same on every machine. The stage's run path has its
+    own test (`test_with_tensorrt_the_engine_stage_exports_into_the_shipped_bundle`), which pins the opposite, and
+    the real check is tested in tests/test_tensorrt_paths.py."""
     monkeypatch.setattr(qs, "tensorrt_unavailable", lambda: "TensorRT is not installed (test)")
 
 
@@ -149,6 +152,23 @@ def test_a_failed_gate_is_recorded_and_reused_not_rerun(tmp_path):
     results = {r.name: r for r in _run(tmp_path, again)}
     assert again.calls == []
     assert results[CHECK].status == "failed" and "reused" in results[CHECK].reason
+
+
+def test_with_tensorrt_the_engine_stage_exports_into_the_shipped_bundle(tmp_path, monkeypatch):
+    """Where TensorRT and a GPU are, the stage runs `export --target tensorrt` on the shipped student into the
+    hand-off bundle, after ship; a failed build is a failed gate and the benchmark still runs. Break: the suite's
+    autouse "no TensorRT" stand-in alone left this path without a test that can run anywhere."""
+    monkeypatch.setattr(qs, "tensorrt_unavailable", lambda: None)
+    fake = FakeCommands(tmp_path)
+    results = {r.name: r for r in _run(tmp_path, fake)}
+    assert results["tensorrt"].status == "ran"
+    call = next(c for c in fake.calls if c[:1] == ["export"] and "tensorrt" in c)
+    assert call[call.index("--target") + 1] == "tensorrt" and call[call.index("--out") + 1] == str(tmp_path / "bundle")
+    assert call[call.index("--model") + 1].endswith("student")
+    assert fake.names().index("tensorrt") > fake.names().index(CHECK)
+    failed = FakeCommands(tmp_path / "again", fail={"tensorrt": 1})
+    results = {r.name: r for r in _run(tmp_path / "again", failed)}
+    assert results["tensorrt"].status == "failed" and results["bench"].status == "ran"
 
 
 def test_out_that_holds_other_files_is_refused(tmp_path):

@@ -37,26 +37,32 @@ from fbcompress.errors import FbError
 @click.option("--triton-kind", default="gpu", show_default=True, type=click.Choice(["gpu", "cpu"]),
               help="Triton instance kind")
 @click.option("--device", default="cuda", show_default=True, help="GPU for TensorRT engines (cuda or cuda:N)")
+@click.option("--engines", default="auto", show_default=True, type=click.Choice(["auto", "require"]),
+              help="tensorrt: auto builds engines where TensorRT and a GPU are, else writes the build kit alone; "
+                   "require fails (exit 2, nothing written) without them")
 @click.option("--latency-runs", default=100, show_default=True, type=click.IntRange(min=0),
               help="timed runs per profile's opt shape recorded in the manifest (0: skip)")
 @click.option("--force", is_flag=True, help="replace a bundle exported from another checkpoint")
 @click.option("--json", "json_path", metavar="PATH", help="also write the results as JSON ('-': stdout)")
 def export_cmd(model_dir: Path, target: str, out: Path, recipe: str | None, overrides: tuple[str, ...],
                opset: int | None, precision: str | None, data_dir: Path | None, split: str, exporter: str,
-               timing_cache: Path | None, triton_name: str, triton_kind: str, device: str, latency_runs: int,
-               force: bool, json_path: str | None) -> None:
+               timing_cache: Path | None, triton_name: str, triton_kind: str, device: str, engines: str,
+               latency_runs: int, force: bool, json_path: str | None) -> None:
     """Export a checkpoint into a serving bundle: ONNX, TensorRT engines, Triton repository + manifest + README.
 
     \b
     The ONNX export fails if ONNX Runtime's logits differ from PyTorch's by more than export.parity_tolerance
     (1e-4) at batch 1/8 and text length 1/8/64, or (with --data) if its AUC differs by more than
-    export.max_auc_drop. TensorRT needs the tensorrt package and an NVIDIA GPU; without them it stops with
-    one line and writes nothing.
+    export.max_auc_drop. --target tensorrt always writes the engine build kit (the TensorRT-ready ONNX per
+    precision, the shape profiles in manifest.json, build_engines.sh with one trtexec line per precision) and
+    builds the engines too where the tensorrt package and an NVIDIA GPU are; --engines require makes their
+    absence an error (one line, exit 2, nothing written).
 
     \b
     Examples:
       fbcompress export --model runs/qs/student --target onnx --out exported/qs --data runs/qs/data
       fbcompress export --model runs/qs/student --target tensorrt --precision fp16 --out exported/qs
+      fbcompress export --model runs/qs/student --target tensorrt --engines require --device cuda:1 --out exported/qs
       fbcompress export --model runs/qs/student --target triton --out exported/qs --json exported/qs-triton.json
       fbcompress eval --model exported/qs/model.onnx --data runs/qs/data
     """
@@ -76,7 +82,8 @@ def export_cmd(model_dir: Path, target: str, out: Path, recipe: str | None, over
         model_dir=model_dir, out=out, target=target, export=section, recipe_source=source, opset=opset,
         precision=precision, exporter=exporter, data_dir=data_dir, split=split, force=force,
         timing_cache=timing_cache, triton_name=triton_name, triton_kind=triton_kind, device=device,
-        latency_runs=latency_runs, progress=sys.stderr.isatty(), log=lambda line: click.echo(line, err=True),
+        engines=engines, latency_runs=latency_runs, progress=sys.stderr.isatty(),
+        log=lambda line: click.echo(line, err=True),
     )
     summary = run_export(opts)
     click.echo(format_summary(summary), err=json_path == "-")
@@ -95,6 +102,11 @@ def format_summary(summary: dict) -> str:
     if summary.get("fusions") is not None:
         fused = ", ".join(f"{op} x{n}" for op, n in summary["fusions"].items()) or "none"
         rows.append(("ORT fusions", fused))
+    kit = summary.get("tensorrt_build_kit")
+    if kit:
+        state = "built here" if kit["engines_built_here"] else f"not built here ({kit['not_built_because']})"
+        rows.append(("engines", f"{', '.join(e['plan'] for e in kit['engines'])}: {state}; "
+                                f"build kit {kit['script']}"))
     if "triton" in summary:
         rows.append(("triton", f"{summary['triton']['model_name']} ({summary['triton']['platform']})"))
     rows.append(("written", ", ".join(summary["files_written"])))

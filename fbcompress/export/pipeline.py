@@ -19,6 +19,7 @@ from fbcompress.export import bundle as B
 from fbcompress.export.shapes import Profile, input_specs, output_specs, resolve_profiles
 
 TARGETS = ("onnx", "tensorrt", "triton")
+ENGINE_MODES = ("auto", "require")
 PRECISIONS = ("fp32", "fp16", "int8")
 ONNX_FILE = "model.onnx"
 ORT_FILE = "model.ort.onnx"
@@ -52,7 +53,8 @@ class ExportOptions:
     timing_cache: Path | None = None
     triton_name: str = "fashionbert"
     triton_kind: str = "gpu"
-    device: str = "cpu"
+    device: str = "cuda"
+    engines: str = "auto"  # tensorrt target: auto (build where TensorRT + a GPU are here, else the kit) | require
     progress: bool = True
     latency_runs: int = 100  # timed runs per profile's opt shape (design.md: >= 100 after warm-up); 0: skip
     log: Any = field(default=None, repr=False)  # callable(str) for progress lines
@@ -329,19 +331,18 @@ def _tensorrt_step(ctx: _Ctx, precisions: list[str], gpu: dict[str, Any]) -> Non
     if previous:
         cache.write_bytes(previous)
     for precision in precisions:
-        if precision == "fp16":
-            _fp16_source(ctx)
         source = engine_source(precision)
         plan_rel = engine_file(precision)
         log_rel = f"model.{precision}.build.log"
         ctx.say(f"building the TensorRT {precision} engine from {source} ({len(ctx.profiles)} profiles) ...")
         info = build_engine(w.dir / source, w.path(plan_rel, B.ROLE_ENGINE), ctx.profiles, ctx.spec, cache,
-                            w.path(log_rel, B.ROLE_BUILD_LOG), int(opts.export.workspace_mib))
+                            w.path(log_rel, B.ROLE_BUILD_LOG), int(opts.export.workspace_mib),
+                            device_index=gpu_index(opts.device), warn=lambda text: ctx.say(f"warning: {text}"))
         entry: dict[str, Any] = {"role": B.ROLE_ENGINE, "format": "tensorrt-plan", "precision": precision,
                                  "derived_from": source, "tensorrt": info,
                                  "source_weights_sha256": w.source["weights_sha256"]}
-        scorer = TrtScorer(w.dir / plan_rel, ctx.spec, w.dir / B.TOKENIZER_DIR, plan_rel, info, opts.device
-                           if opts.device.startswith("cuda") else "cuda", precision)
+        scorer = TrtScorer(w.dir / plan_rel, ctx.spec, w.dir / B.TOKENIZER_DIR, plan_rel, info,
+                           f"cuda:{gpu_index(opts.device)}", precision)
         grid = [(b, t) for b, t in parity_grid(ctx.max_positions) if any(p.fits(b, t) for p in ctx.profiles)]
         parity = measure_parity(ctx.model, scorer.logits, ctx.spec, ctx.vocab_size, grid)
         entry["parity"] = {**parity, "tolerance": ENGINE_TOLERANCE[precision], "gated": False,
@@ -359,6 +360,43 @@ def _tensorrt_step(ctx: _Ctx, precisions: list[str], gpu: dict[str, Any]) -> Non
         from fbcompress.artifacts import atomic_write_bytes
 
         atomic_write_bytes(opts.timing_cache, cache.read_bytes())
+
+
+def gpu_index(device: str) -> int:
+    """The GPU of `--device cuda[:N]` for TensorRT builds (a bare `cuda` is GPU 0)."""
+    from fbcompress.export.trt_runner import device_index
+
+    return device_index(device)
+
+
+def _engine_sources(ctx: _Ctx, precisions: list[str]) -> None:
+    """The TensorRT-ready ONNX graph of each precision: model.onnx is there, model.int8.trt.onnx was checked by the
+    precheck, model.fp16.onnx is converted here."""
+    if "fp16" in precisions:
+        _fp16_source(ctx)
+
+
+def _build_kit_step(ctx: _Ctx, precisions: list[str], not_built: str | None) -> None:
+    """build_engines.sh (one trtexec line per precision) and the kit's manifest section; see `build_kit`."""
+    from fbcompress.export.build_kit import ROLE_BUILD_SCRIPT, SCRIPT, EngineBuild, render_script
+
+    w = ctx.w
+    builds = [EngineBuild(p, engine_source(p), engine_file(p)) for p in precisions]
+    workspace = int(ctx.opts.export.workspace_mib)
+    script = w.path(SCRIPT, ROLE_BUILD_SCRIPT)
+    script.write_text(render_script(builds, ctx.profiles, ctx.spec, workspace))
+    script.chmod(0o755)
+    w.manifest["tensorrt_build_kit"] = {
+        "script": SCRIPT,
+        "engines_built_here": not_built is None,
+        "not_built_because": not_built,
+        "engines": [{"precision": b.precision, "onnx": b.onnx, "plan": b.plan,
+                     "trtexec": b.command(ctx.profiles, ctx.spec, workspace)} for b in builds],
+    }
+    ctx.summary["files_written"].append(SCRIPT)
+    ctx.summary["tensorrt_build_kit"] = w.manifest["tensorrt_build_kit"]
+    if not_built is not None:
+        ctx.say(f"engines not built here ({not_built}): the build kit is {w.root / SCRIPT}, run it on the serving GPU")
 
 
 def _triton_step(ctx: _Ctx, force_onnx: bool = False) -> None:
@@ -443,16 +481,23 @@ def _refresh_triton(ctx: _Ctx) -> None:
 # ------------------------------------------------------------------------------------------------------------ main
 
 
-def _precheck(opts: ExportOptions) -> tuple[list[str], dict[str, Any] | None]:
-    """Everything that can fail before any write: target, precision, TensorRT + GPU, the INT8 source."""
+def _precheck(opts: ExportOptions) -> tuple[list[str], dict[str, Any] | None, str | None]:
+    """Everything that can fail before any write: target, precision, TensorRT + GPU, the INT8 source.
+
+    Returns the engine precisions, the GPU to build on (None: TensorRT or a GPU is missing) and why it is missing:
+    `--engines auto` then writes the build kit alone; `--engines require` refuses (exit 2, nothing written).
+    """
     if opts.target not in TARGETS:
         raise FbError(f"--target {opts.target} is not one of {', '.join(TARGETS)}")
     if opts.precision and opts.precision not in PRECISIONS:
         raise FbError(f"--precision {opts.precision} is not one of {', '.join(PRECISIONS)}")
     if opts.precision and opts.target == "onnx":
         raise FbError("--precision applies to --target tensorrt (and triton); the ONNX export is fp32")
+    if opts.engines not in ENGINE_MODES:
+        raise FbError(f"--engines {opts.engines} is not one of {', '.join(ENGINE_MODES)}")
     precisions: list[str] = []
     gpu = None
+    not_built = None
     if opts.target == "tensorrt":
         precisions = [opts.precision] if opts.precision else list(dict.fromkeys(opts.export.precisions))
         if "int8" in precisions:
@@ -461,12 +506,19 @@ def _precheck(opts: ExportOptions) -> tuple[list[str], dict[str, Any] | None]:
                 raise FbError(f"an int8 engine needs {INT8_QDQ_FILE} (symmetric QDQ) in {opts.out}: run "
                               "`fbcompress quantize` into this bundle first, or ask for --precision fp16")
             existing.verify(INT8_QDQ_FILE)
+        from fbcompress.errors import BackendUnavailable
         from fbcompress.export.tensorrt_build import require_tensorrt
 
-        _, gpu = require_tensorrt()
+        index = gpu_index(opts.device)
+        try:
+            _, gpu = require_tensorrt(index)
+        except BackendUnavailable as exc:
+            if opts.engines == "require":
+                raise FbError(f"{exc} (--engines require)") from None
+            not_built = str(exc)
     if opts.triton_kind not in ("gpu", "cpu"):
         raise FbError(f"--triton-kind {opts.triton_kind} is not gpu or cpu")
-    return precisions, gpu
+    return precisions, gpu, not_built
 
 
 def describe_bundle(writer: B.BundleWriter, ckpt_dir: Path, spec, max_positions: int, profiles: list[Profile],
@@ -504,7 +556,7 @@ def run_export(opts: ExportOptions) -> dict[str, Any]:
     from fbcompress.checkpoint import load_model
     from fbcompress.export.readme import render_readme
 
-    precisions, gpu = _precheck(opts)
+    precisions, gpu, not_built = _precheck(opts)
     model, ckpt = load_model(opts.model_dir, "cpu")
     profiles = resolve_profiles(opts.export.profiles, int(model.config.max_position_embeddings))
     _tokenizer_files(ckpt.directory)  # fail before writing anything if the tokenizer is missing
@@ -526,8 +578,10 @@ def run_export(opts: ExportOptions) -> dict[str, Any]:
         else:
             _ensure_onnx(ctx)
         if opts.target == "tensorrt":
-            assert gpu is not None
-            _tensorrt_step(ctx, precisions, gpu)
+            _engine_sources(ctx, precisions)
+            if gpu is not None:
+                _tensorrt_step(ctx, precisions, gpu)
+            _build_kit_step(ctx, precisions, not_built)
         if opts.target == "triton":
             _triton_step(ctx)
         else:

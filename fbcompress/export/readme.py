@@ -127,6 +127,31 @@ def _trtexec_section(manifest: dict) -> list[str]:
             "```",
             "",
         ]
+    kit = manifest.get("tensorrt_build_kit")
+    if kit:
+        state = ("The engines above were built here; the script is their recorded equivalent."
+                 if kit.get("engines_built_here") else
+                 f"Engines were not built where this bundle was exported ({kit.get('not_built_because')}).")
+        lines += [
+            f"**Engine build kit.** {state} On the serving GPU, inside the bundle, build every engine with:",
+            "",
+            "```bash",
+            f"bash {kit['script']}            # or: bash {kit['script']} fp16",
+            "```",
+            "",
+            "It runs one strongly typed trtexec build per precision with the shape profiles above "
+            "(`TRTEXEC=/path/to/trtexec` if it is not on PATH):",
+            "",
+            "| precision | built from | engine |",
+            "|---|---|---|",
+            *[f"| {e['precision']} | `{e['onnx']}` | `{e['plan']}` |" for e in kit.get("engines", [])],
+            "",
+            "Engines built by the script serve as they are (Triton, any TensorRT runtime). For `fbcompress eval` or "
+            "`bench` on them, build with `fbcompress export --target tensorrt` on that GPU instead: it records the "
+            "TensorRT version and GPU that fbcompress checks before running an engine.",
+            "",
+        ]
+        return lines
     sources = {rel: e for rel, e in manifest.get("models", {}).items()
                if e.get("role") in (ROLE_ONNX, ROLE_ONNX_FP16, ROLE_ONNX_INT8_QDQ)}
     built_from = {e.get("tensorrt", {}).get("onnx_source") for e in engines.values()}

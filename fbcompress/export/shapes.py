@@ -107,6 +107,46 @@ def pick_profile(profiles: Sequence[Profile], batch: int, text: int) -> int | No
     return min(fitting, key=lambda i: (profiles[i].batch[2] * profiles[i].text[2], i))
 
 
+def describe_profiles(profiles: Sequence[Profile]) -> str:
+    return "; ".join(f"{p.name}: batch {p.batch[0]}-{p.batch[2]} x text {p.text[0]}-{p.text[2]}" for p in profiles)
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Rows [start, stop) of a batch run under profile `profile` as a batch of `rows` (>= stop - start: a remainder
+    below the profile's min batch is padded with copies of its last row, whose scores are dropped)."""
+
+    start: int
+    stop: int
+    profile: int
+    rows: int
+
+
+def plan_chunks(profiles: Sequence[Profile], batch: int, text: int) -> list[Chunk]:
+    """Split a batch of `batch` rows at text length `text` into runs that fit the engine's profiles.
+
+    An engine only runs shapes inside one of its profiles, while `eval` and `check` score in batches of 64: rows
+    beyond the largest profile's max batch are run as several calls, each under the tightest profile that fits.
+    A text length no profile covers cannot be split away, so it is an error that names the profiles.
+    """
+    for_text = [i for i, p in enumerate(profiles) if p.text[0] <= text <= p.text[2]]
+    if not for_text:
+        raise FbError(f"text length {text} is outside every optimisation profile of this engine "
+                      f"({describe_profiles(profiles)}); add a profile to the recipe's export.profiles and rebuild")
+    largest = max(profiles[i].batch[2] for i in for_text)
+    smallest_min = min(for_text, key=lambda i: (profiles[i].batch[0], i))
+    chunks: list[Chunk] = []
+    start = 0
+    while start < batch:
+        stop = min(batch, start + largest)
+        index = pick_profile(profiles, stop - start, text)
+        if index is None:  # a remainder below every fitting profile's min batch: pad it up to the smallest min
+            index = smallest_min
+        chunks.append(Chunk(start, stop, index, max(stop - start, profiles[index].batch[0])))
+        start = stop
+    return chunks
+
+
 def _shape_arg(shapes: dict[str, tuple], which: int) -> str:
     return ",".join(f"{name}:{'x'.join(str(d) for d in dims[which])}" for name, dims in shapes.items())
 
@@ -119,12 +159,17 @@ def trtexec_command(
     timing_cache: str | Path = "timing.cache",
     workspace_mib: int | None = None,
 ) -> list[str]:
-    """The `trtexec` equivalent of the Python build: one --minShapes/--optShapes/--maxShapes triple per profile
-    (trtexec turns repeated triples into successive profiles), strongly typed so precision comes from the ONNX."""
+    """The `trtexec` equivalent of the Python build, strongly typed so precision comes from the ONNX.
+
+    Each profile is `--profile=i` followed directly by its --minShapes/--optShapes/--maxShapes: trtexec
+    (samples/common/sampleOptions.cpp, `getOptimizationProfiles`) reads the three shape flags in the argv slots
+    right behind `--profile=i`, and refuses shape flags left over ("Multiple --minShapes/--optShapes/--maxShapes
+    without --profile are not allowed").
+    """
     cmd = ["trtexec", f"--onnx={onnx_file}", f"--saveEngine={plan_file}"]
-    for profile in profiles:
+    for index, profile in enumerate(profiles):
         shapes = profile.tensor_shapes(spec)
-        cmd += [f"--minShapes={_shape_arg(shapes, 0)}", f"--optShapes={_shape_arg(shapes, 1)}",
+        cmd += [f"--profile={index}", f"--minShapes={_shape_arg(shapes, 0)}", f"--optShapes={_shape_arg(shapes, 1)}",
                 f"--maxShapes={_shape_arg(shapes, 2)}"]
     cmd += ["--stronglyTyped", f"--timingCacheFile={timing_cache}"]
     if workspace_mib:
@@ -136,7 +181,7 @@ def format_command(cmd: Sequence[str]) -> str:
     """A copy-pasteable shell line, continued with backslashes: one shape flag per line, for readability."""
     lines: list[list[str]] = [[]]
     for part in (shlex.quote(p) for p in cmd):
-        if part.startswith(("--minShapes", "--optShapes", "--maxShapes", "--stronglyTyped")):
+        if part.startswith(("--profile", "--minShapes", "--optShapes", "--maxShapes", "--stronglyTyped")):
             lines.append([])
         lines[-1].append(part)
     return " \\\n    ".join(" ".join(line) for line in lines if line)

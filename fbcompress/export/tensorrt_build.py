@@ -6,7 +6,11 @@
   the same code builds on 10.x (where the flag is required) and 11.x.
 * One optimisation profile per recipe entry (min/opt/max of batch and text length; patches follow the batch).
 * A timing cache file is loaded when present and saved after the build, so rebuilding (another precision, another
-  bundle on the same GPU) skips kernel timing.
+  bundle on the same GPU) skips kernel timing. A cache made on another GPU or TensorRT is refused by
+  `set_timing_cache` (it returns False); the build then starts from a fresh cache, says so, and saves that one.
+* Builder messages are filtered by severity in the logger itself (a Python `ILogger` subclass receives every
+  message, VERBOSE included); errors are kept apart so a failed build names them, not the last info lines.
+* Everything runs on the GPU the user named (`cuda:N`): the builder uses the calling thread's current device.
 * The builder's log is saved next to the engine; TensorRT version, its major version (10 vs 11), the GPU and its
   compute capability go into the manifest, because an engine only runs on what built it.
 
@@ -16,10 +20,11 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fbcompress.errors import FbError
+from fbcompress.errors import BackendUnavailable, FbError
 from fbcompress.export.shapes import Profile, trtexec_command
 from fbcompress.model import PatchSpec
 
@@ -32,9 +37,9 @@ def import_tensorrt():
     try:
         import tensorrt  # noqa: PLC0415 - optional, GPU-only dependency
     except ImportError:
-        raise FbError(TENSORRT_MISSING) from None
+        raise BackendUnavailable(TENSORRT_MISSING) from None
     except OSError as exc:  # the wheel is there but libnvinfer or the CUDA libraries are not loadable
-        raise FbError(f"TensorRT is installed but cannot load its libraries ({exc})") from None
+        raise BackendUnavailable(f"TensorRT is installed but cannot load its libraries ({exc})") from None
     return tensorrt
 
 
@@ -43,8 +48,10 @@ def gpu_identity(device_index: int = 0) -> dict[str, Any]:
     import torch
 
     if not torch.cuda.is_available():
-        raise FbError("no CUDA GPU is visible (torch.cuda.is_available() is False): TensorRT engines are built for, "
-                      "and on, the GPU that will run them")
+        raise BackendUnavailable("no CUDA GPU is visible (torch.cuda.is_available() is False): TensorRT engines are "
+                                 "built for, and on, the GPU that will run them")
+    if device_index >= torch.cuda.device_count():
+        raise FbError(f"cuda:{device_index} asked for, but this machine has {torch.cuda.device_count()} CUDA GPU(s)")
     major, minor = torch.cuda.get_device_capability(device_index)
     return {
         "gpu": torch.cuda.get_device_name(device_index),
@@ -80,23 +87,80 @@ def engine_compatibility_problem(recorded: dict[str, Any], trt_version: str, com
     return None
 
 
-def _make_logger(trt, lines: list[str]):
-    severities = {}
-    for name in ("INTERNAL_ERROR", "ERROR", "WARNING", "INFO", "VERBOSE"):
-        if hasattr(trt.ILogger.Severity, name):
-            severities[getattr(trt.ILogger.Severity, name)] = name
+def engine_compatibility_warning(recorded: dict[str, Any], gpu_name: str) -> str | None:
+    """A GPU of the same compute capability but another model runs the engine, with TensorRT's own warning that
+    its kernels were tuned elsewhere (slower, and timing-dependent tactics may differ): say it, don't refuse."""
+    built_on = str(recorded.get("gpu", "")).strip()
+    if built_on and built_on != gpu_name.strip():
+        return (f"the engine was built on {built_on} and runs here on {gpu_name} (same compute capability): it "
+                "works, but its kernels were timed on the other GPU; rebuild it here for the best latency")
+    return None
+
+
+# TensorRT's ILogger.Severity, most severe first (NvInferRuntimeBase.h: kINTERNAL_ERROR=0 ... kVERBOSE=4).
+SEVERITIES = ("INTERNAL_ERROR", "ERROR", "WARNING", "INFO", "VERBOSE")
+ERROR_SEVERITIES = ("INTERNAL_ERROR", "ERROR")
+
+
+def keep_message(severity: str, threshold: str = "INFO") -> bool:
+    """Whether a builder message of this severity goes to the build log (unknown severities are kept)."""
+    if severity not in SEVERITIES:
+        return True
+    return SEVERITIES.index(severity) <= SEVERITIES.index(threshold)
+
+
+class BuildLog:
+    """What the builder said: the lines kept for the saved log, and the errors apart for the failure message."""
+
+    def __init__(self, threshold: str = "INFO"):
+        self.threshold = threshold
+        self.lines: list[str] = []
+        self.errors: list[str] = []
+
+    def add(self, severity: str, message: str) -> None:
+        if not keep_message(severity, self.threshold):
+            return
+        self.lines.append(f"[{severity}] {message}")
+        if severity in ERROR_SEVERITIES:
+            self.errors.append(message)
+
+    def failure_summary(self, last: int = 3) -> str:
+        return " | ".join(self.errors[-last:]) or "no error was logged; see the build log"
+
+
+def _make_logger(trt, log: BuildLog):
+    names = {getattr(trt.ILogger.Severity, name): name for name in SEVERITIES if hasattr(trt.ILogger.Severity, name)}
 
     class CapturingLogger(trt.ILogger):
-        """Keeps every builder message for the saved build log (INFO and up)."""
+        """Hands every message to `BuildLog`, which filters by severity (TensorRT does not for Python loggers)."""
 
         def __init__(self):
             trt.ILogger.__init__(self)
-            self.min_severity = trt.ILogger.Severity.INFO
 
         def log(self, severity, msg):  # noqa: D401 - TensorRT callback
-            lines.append(f"[{severities.get(severity, str(severity))}] {msg}")
+            log.add(names.get(severity, str(severity)), str(msg))
 
     return CapturingLogger()
+
+
+def attach_timing_cache(blob: bytes, create: Callable[[bytes], Any], attach: Callable[[Any], bool],
+                        warn: Callable[[str], None]) -> tuple[Any, str]:
+    """Give the builder config a timing cache: the saved one if TensorRT accepts it, else a fresh one.
+
+    `create` is `config.create_timing_cache`, `attach` is `lambda c: config.set_timing_cache(c, False)`, which
+    returns False for a cache from another GPU or TensorRT version (with ignore_mismatch False). Returns the cache
+    object the build uses, the one to serialise afterwards (`get_timing_cache()` returns None after a refusal).
+    """
+    if blob:
+        cache = create(blob)
+        if attach(cache):
+            return cache, "loaded"
+        warn("the timing cache was made on another GPU or TensorRT version and was refused: building with a fresh "
+             "one (kernel timing starts over) and saving that instead")
+    cache = create(b"")
+    if not attach(cache):
+        raise FbError("TensorRT refused a fresh, empty timing cache")
+    return cache, "fresh" if not blob else "replaced (mismatch)"
 
 
 def build_engine(
@@ -108,52 +172,59 @@ def build_engine(
     log_path: Path,
     workspace_mib: int = 4096,
     device_index: int = 0,
+    warn: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Parse `onnx_path` into a strongly typed network, add the profiles, build and save `plan_path`."""
+    """Parse `onnx_path` into a strongly typed network, add the profiles, build and save `plan_path` on GPU
+    `device_index` (the builder, like every CUDA call, works on the thread's current device)."""
+    import torch
+
     trt, gpu = require_tensorrt(device_index)
-    lines: list[str] = []
-    logger = _make_logger(trt, lines)
+    log = BuildLog()
+    warn = warn or (lambda text: None)
     start = time.perf_counter()
     try:
-        builder = trt.Builder(logger)
-        strongly_typed = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
-        flags = 1 << int(strongly_typed) if strongly_typed is not None else 0
-        network = builder.create_network(flags)
-        parser = trt.OnnxParser(network, logger)
-        if not parser.parse_from_file(str(onnx_path)):
-            errors = [str(parser.get_error(i).desc()) for i in range(parser.num_errors)]
-            raise FbError(f"TensorRT cannot parse {onnx_path.name}: {'; '.join(errors) or 'unknown error'}")
-        config = builder.create_builder_config()
-        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mib) << 20)
-        cache_bytes = timing_cache.read_bytes() if timing_cache.is_file() else b""
-        cache = config.create_timing_cache(cache_bytes)
-        config.set_timing_cache(cache, False)
-        input_names = [network.get_input(i).name for i in range(network.num_inputs)]
-        for profile in profiles:
-            trt_profile = builder.create_optimization_profile()
-            for name, (low, opt, high) in profile.tensor_shapes(spec).items():
-                if name in input_names:
-                    trt_profile.set_shape(name, low, opt, high)
-            config.add_optimization_profile(trt_profile)
-        serialized = builder.build_serialized_network(network, config)
-        if serialized is None:
-            tail = " | ".join(line for line in lines[-5:] if "ERROR" in line) or "see the build log"
-            raise FbError(f"TensorRT failed to build an engine from {onnx_path.name}: {tail}")
-        plan_path.write_bytes(bytes(serialized))
-        timing_cache.write_bytes(bytes(config.get_timing_cache().serialize()))
+        with torch.cuda.device(device_index):
+            logger = _make_logger(trt, log)
+            builder = trt.Builder(logger)
+            strongly_typed = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+            flags = 1 << int(strongly_typed) if strongly_typed is not None else 0
+            network = builder.create_network(flags)
+            parser = trt.OnnxParser(network, logger)
+            if not parser.parse_from_file(str(onnx_path)):
+                errors = [str(parser.get_error(i).desc()) for i in range(parser.num_errors)]
+                raise FbError(f"TensorRT cannot parse {onnx_path.name}: {'; '.join(errors) or 'unknown error'}")
+            config = builder.create_builder_config()
+            config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mib) << 20)
+            cache, cache_state = attach_timing_cache(
+                timing_cache.read_bytes() if timing_cache.is_file() else b"",
+                config.create_timing_cache, lambda c: config.set_timing_cache(c, False), warn)
+            input_names = [network.get_input(i).name for i in range(network.num_inputs)]
+            for profile in profiles:
+                trt_profile = builder.create_optimization_profile()
+                for name, (low, opt, high) in profile.tensor_shapes(spec).items():
+                    if name in input_names:
+                        trt_profile.set_shape(name, low, opt, high)
+                config.add_optimization_profile(trt_profile)
+            serialized = builder.build_serialized_network(network, config)
+            if serialized is None:
+                raise FbError(f"TensorRT failed to build an engine from {onnx_path.name}: {log.failure_summary()}")
+            plan_path.write_bytes(bytes(serialized))
+            timing_cache.write_bytes(bytes(cache.serialize()))
     finally:
-        log_path.write_text("\n".join(lines) + "\n")
+        log_path.write_text("\n".join(log.lines) + "\n")
     version = str(trt.__version__)
     return {
         "version": version,
         "major": tensorrt_major(version),
         **gpu,
+        "device_index": device_index,
         "strongly_typed": True,
         "profiles": [p.to_dict() for p in profiles],
         "workspace_mib": workspace_mib,
         "build_seconds": round(time.perf_counter() - start, 2),
         "onnx_source": onnx_path.name,
         "timing_cache": timing_cache.name,
+        "timing_cache_state": cache_state,
         "build_log": log_path.name,
         "trtexec": trtexec_command(onnx_path.name, plan_path.name, profiles, spec, timing_cache.name, workspace_mib),
     }
