@@ -202,23 +202,110 @@ def test_models_of_one_shape_are_timed_in_alternating_blocks():
     assert (a["label"], b["label"]) == ("a", "b") and b["p50_ms"] == pytest.approx(2 * a["p50_ms"])
 
 
-def test_run_bench_refuses_lengths_a_model_cannot_run_or_clips_defaults():
+def test_run_bench_skips_lengths_a_model_cannot_run_or_clips_defaults():
+    """A length beyond a model's positions is a skipped row with its reason, not an abort (bench/run_gpu.sh asked
+    for 64 against engines that stop at 48 and timed nothing); nothing runnable at all, or a zero length, is
+    still one FbError."""
     from fbcompress.errors import FbError
 
     clock = FakeClock()
     short = FakeRunner("short", 0.01, clock, max_text_len=8, max_positions=16)
-    with pytest.raises(FbError, match="runs at most 16 text tokens"):
-        run_bench([], BenchSettings((1,), (8, 32), runs=1, warmup=0), runners=[short], timer=clock)
+    chosen = run_bench([], BenchSettings((1,), (8, 32), runs=1, warmup=0), runners=[short], timer=clock)
+    assert chosen["failed"] == 0 and chosen["skipped"] == 1 and chosen["settings"]["text_lengths"] == [8, 32]
+    ok, skipped = chosen["results"]
+    assert ok["text"] == 8 and ok["skipped"] is None and ok["p50_ms"] > 0
+    assert skipped["text"] == 32 and skipped["error"] is None and skipped["runs"] == 0
+    assert skipped["skipped"] == "32 text tokens: this model runs at most 16 text tokens"
+    assert skipped["speedup_vs_first"] is None and skipped["vsl_speedup"] is None
+    assert any("short: text lengths [32] skipped: it runs at most 16" in note for note in chosen["notes"])
+    assert "| short | fake | cpu | fp32 | 1 | 32 | skipped: 32 text tokens" in format_table(chosen)
     clipped = run_bench(
         [], BenchSettings((1,), (8, 32), runs=1, warmup=0), clip_lengths=True, runners=[short], timer=clock
     )
-    assert clipped["settings"]["text_lengths"] == [8]
+    assert clipped["settings"]["text_lengths"] == [8] and clipped["skipped"] == 0
     assert any("[32] skipped" in note for note in clipped["notes"])
-    with pytest.raises(FbError, match="--pad-to 64"):
-        run_bench([], BenchSettings((1,), (8,), runs=1, warmup=0, pad_to=64), runners=[short], timer=clock)
+    padded = run_bench([], BenchSettings((1,), (8,), runs=1, warmup=0, pad_to=64), runners=[short], timer=clock)
+    vsl, pad = padded["results"]
+    assert padded["failed"] == 0 and vsl["p50_ms"] > 0 and vsl["vsl_speedup"] is None
+    assert pad["padded_to"] == 64 and pad["skipped"] == "padded to 64 tokens: this model runs at most 16 text tokens"
+    with pytest.raises(FbError, match="no model can run any of them"):
+        run_bench([], BenchSettings((1,), (32, 64), runs=1, warmup=0), runners=[short], timer=clock)
+    with pytest.raises(FbError, match="at least 1"):
+        run_bench([], BenchSettings((1,), (0, 8), runs=1, warmup=0), runners=[short], timer=clock)
+    with pytest.raises(FbError, match="no model to benchmark"):
+        run_bench([], BenchSettings((1,), (8,), runs=1, warmup=0), timer=clock)
     # longer than the tokenizer emits but within the positions: timed, with a note saying no request is that long
     beyond = run_bench([], BenchSettings((1,), (8, 16), runs=1, warmup=0), runners=[short], timer=clock)
     assert beyond["failed"] == 0 and any("lengths [16] are timed as shapes only" in n for n in beyond["notes"])
+
+
+def test_lengths_beyond_one_model_are_skipped_for_that_model_only():
+    """Two models, one stopping at 16 text tokens (an engine's profiles), asked for 8 and 32 padded to 48: the
+    other model times every shape, the short one skips the shapes it cannot run, and no skipped row counts as a
+    failure or serves as a speed-up reference."""
+    clock = FakeClock()
+    short = FakeRunner("short", 0.005, clock, max_text_len=8, max_positions=16)
+    long = FakeRunner("long", 0.02, clock, max_text_len=32, max_positions=64)
+    settings = BenchSettings((1,), (8, 32), runs=3, warmup=1, pad_to=48)
+    result = run_bench([], settings, runners=[short, long], timer=clock)
+    assert result["failed"] == 0 and result["skipped"] == 3
+    rows = {(r["label"], r["text"], r["padded_to"]): r for r in result["results"]}
+    for key in (("long", 8, None), ("long", 8, 48), ("long", 32, None), ("long", 32, 48), ("short", 8, None)):
+        assert rows[key]["error"] is None and rows[key]["skipped"] is None and rows[key]["p50_ms"] > 0, key
+    assert rows[("short", 32, None)]["skipped"] == "32 text tokens: this model runs at most 16 text tokens"
+    for key in (("short", 8, 48), ("short", 32, 48)):
+        assert rows[key]["skipped"] == "padded to 48 tokens: this model runs at most 16 text tokens"
+    assert rows[("long", 8, None)]["speedup_vs_first"] == pytest.approx(0.25)  # vs short at the same shape
+    assert rows[("long", 32, None)]["speedup_vs_first"] is None  # short skipped 32: no reference, no number
+    assert rows[("long", 8, 48)]["speedup_vs_first"] is None
+    assert rows[("long", 8, None)]["vsl_speedup"] == pytest.approx((48 + 64) / (8 + 64))
+    assert rows[("short", 8, None)]["vsl_speedup"] is None  # its padded row was skipped
+    assert any("short: text lengths [32], --pad-to 48 skipped: it runs at most 16" in n for n in result["notes"])
+    table = format_table(result)
+    assert "| short | fake | cpu | fp32 | 1 | 32 | skipped: 32 text tokens: this model runs at most 16" in table
+    assert "| short | fake | cpu | fp32 | 1 | 8→48 (pad) | skipped: padded to 48 tokens" in table
+    json.dumps(result)
+
+
+def test_a_model_whose_backend_does_not_load_is_skipped_and_the_rest_is_timed(monkeypatch):
+    """A `BackendUnavailable` while opening one target (no TensorRT, an ORT provider that is listed but does not
+    load) makes that model a skipped entry with its reason; any other FbError still aborts before any timing."""
+    import fbcompress.benchmark.matrix as matrix
+    from fbcompress.benchmark.report import format_report
+    from fbcompress.errors import BackendUnavailable, FbError
+
+    clock = FakeClock()
+    opened: list[str] = []
+
+    def opener(target: Target) -> FakeRunner:
+        opened.append(str(target.label))
+        if target.label == "trt":
+            raise BackendUnavailable("TensorRT is not installed (pip install tensorrt)\nmore detail")
+        if target.label == "bad":
+            raise FbError("--device gpu is not one of cpu, cuda, cuda:N")
+        return FakeRunner(str(target.label), 0.01, clock)
+
+    monkeypatch.setattr(matrix, "open_runner", opener)
+    targets = [Target(Path("a.onnx"), label="ort"), Target(Path("m.plan"), "tensorrt", "cuda", label="trt")]
+    result = run_bench(targets, BenchSettings((1,), (8,), runs=2, warmup=0), timer=clock)
+    assert result["failed"] == 0 and [r["label"] for r in result["results"]] == ["ort"]
+    ort, trt = result["models"]
+    assert ort["skipped"] is None and ort["id"] == 0
+    assert trt == {
+        "id": 1, "label": "trt", "path": "m.plan", "backend": "tensorrt", "mode": None, "device": "cuda",
+        "precision": "fp32", "skipped": "TensorRT is not installed (pip install tensorrt)",
+    }
+    assert "skipped trt: TensorRT is not installed (pip install tensorrt)" in result["notes"]
+    assert "| trt | tensorrt | cuda | fp32 | all | all | skipped: TensorRT is not installed" in format_table(result)
+    assert "**trt**: `m.plan` — tensorrt, cuda; skipped: TensorRT is not installed" in format_report(result)
+    json.dumps(result)
+    with pytest.raises(FbError, match="no model can run on this machine"):
+        run_bench(targets[1:], BenchSettings((1,), (8,), runs=1, warmup=0), timer=clock)
+    opened.clear()
+    before = clock.now
+    with pytest.raises(FbError, match="--device gpu"):
+        run_bench([*targets, Target(Path("x"), label="bad")], BenchSettings((1,), (8,), runs=1), timer=clock)
+    assert opened == ["ort", "trt", "bad"] and clock.now == before  # refused before anything was timed
 
 
 def test_a_failing_case_is_recorded_and_the_matrix_goes_on():
@@ -358,6 +445,170 @@ def test_bench_default_lengths_run_up_to_the_model_positions(trained_smoke):
     assert any("lengths [64] are timed as shapes only" in note for note in payload["notes"])
 
 
+def test_bench_cli_lengths_beyond_one_model_are_skipped_for_it(trained_smoke, smoke_onnx, tmp_path):
+    """The run_gpu.sh case on real models: the checkpoint runs 64 text positions, a copy of its bundle whose
+    manifest says 16 (an ONNX Runtime row's limit comes from `max_text_positions`) skips 32 and the padding to 48
+    while the checkpoint times them; exit 0, nothing failed."""
+    import shutil
+
+    short = tmp_path / "short"
+    shutil.copytree(smoke_onnx.parent, short)
+    manifest = json.loads((short / "manifest.json").read_text())
+    manifest["max_text_positions"] = 16
+    (short / "manifest.json").write_text(json.dumps(manifest))
+    out_json, out_md = tmp_path / "b.json", tmp_path / "b.md"
+    result = run(
+        "bench", "-m", trained_smoke, "-m", short / "model.onnx", "--batch-sizes", "1", "--text-lengths", "8,32",
+        "--pad-to", 48, "--runs", 2, "--warmup", 0, "--threads", 1, "--json", out_json, "--md", out_md,
+    )
+    assert result.exit_code == 0, result.output
+    payload = json.loads(out_json.read_text())
+    assert [m["max_positions"] for m in payload["models"]] == [64, 16]
+    assert payload["failed"] == 0 and payload["skipped"] == 3
+    by_shape = {(r["model"], r["text"], r["padded_to"]): r for r in payload["results"]}
+    assert all(by_shape[(0, t, p)]["p50_ms"] > 0 for t, p in ((8, None), (8, 48), (32, None), (32, 48)))
+    assert by_shape[(1, 8, None)]["p50_ms"] > 0 and by_shape[(1, 8, None)]["speedup_vs_first"] > 0
+    assert by_shape[(1, 32, None)]["skipped"] == "32 text tokens: this model runs at most 16 text tokens"
+    assert by_shape[(1, 8, 48)]["skipped"] == "padded to 48 tokens: this model runs at most 16 text tokens"
+    assert "skipped: 32 text tokens: this model runs at most 16 text tokens" in out_md.read_text()
+    assert "3 of 8 cases skipped" in result.output
+
+
+def test_bench_cli_exit_code_stays_0_when_a_backend_is_skipped(trained_smoke, monkeypatch):
+    import fbcompress.benchmark.matrix as matrix
+    from fbcompress.errors import BackendUnavailable
+
+    real = matrix.open_runner
+
+    def opener(target: Target):
+        if target.label == "b":
+            raise BackendUnavailable("ONNX Runtime could not start TensorrtExecutionProvider for x (it fell back to "
+                                     "CUDAExecutionProvider)")
+        return real(target)
+
+    monkeypatch.setattr(matrix, "open_runner", opener)
+    result = run(
+        "bench", "-m", trained_smoke, "-m", trained_smoke, "--label", "a", "--label", "b", "--batch-sizes", "1",
+        "--text-lengths", "8", "--runs", 1, "--warmup", 0, "--json", "-",
+    )
+    assert result.exit_code == 0, result.output
+    payload = stdout_json(result)
+    assert payload["failed"] == 0 and [m["skipped"] for m in payload["models"]][0] is None
+    assert payload["models"][1]["skipped"].startswith("ONNX Runtime could not start TensorrtExecutionProvider")
+    assert [r["label"] for r in payload["results"]] == ["a"]
+    assert "skipped: ONNX Runtime could not start" in result.output  # the table (stderr with --json -)
+
+
+def test_an_ort_provider_that_falls_back_is_skipped_not_timed(smoke_onnx, monkeypatch):
+    """onnxruntime-gpu lists TensorrtExecutionProvider even without libnvinfer and then silently runs another
+    provider. Reproduced on CPU: the provider list claims TensorRT, the session falls back to CPU; that model is
+    skipped with the reason and the CPU model beside it is timed."""
+    import fbcompress.export.ort_scorer as ort_scorer
+    from fbcompress.benchmark.report import format_report
+
+    real = ort_scorer.providers_for
+    listed = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+
+    def claims_tensorrt(device: str, available: list[str] | None = None, **options: Any) -> list[Any]:
+        return real(device, listed if device != "cpu" else available, **options)
+
+    monkeypatch.setattr(ort_scorer, "providers_for", claims_tensorrt)
+    targets = [
+        Target(smoke_onnx, "onnxruntime", "cpu", threads=1, label="cpu"),
+        Target(smoke_onnx, "onnxruntime-tensorrt", "cuda", dtype="fp16", label="trt"),
+    ]
+    result = run_bench(targets, BenchSettings((1,), (8,), runs=2, warmup=0))
+    assert result["failed"] == 0 and [r["label"] for r in result["results"]] == ["cpu"]
+    reason = result["models"][1]["skipped"]
+    assert reason.startswith("ONNX Runtime could not start TensorrtExecutionProvider")
+    assert reason.endswith("(it fell back to CPUExecutionProvider)")
+    assert f"skipped: {reason}" in format_table(result) and f"skipped: {reason}" in format_report(result)
+
+
+def test_ort_tensorrt_provider_options_from_the_bundle_manifest(tmp_path):
+    """ORT's TensorRT provider gets the recipe's profiles (`trt_profile_*_shapes`: every input of profile 0, then
+    every input again for profile 1), the precision (`trt_fp16_enable`, the string ORT's Python binding parses)
+    and engine + timing caches inside the bundle, so its row is a cached FP16 engine of the same profiles as the
+    bundle's own `.plan`, not an FP32 engine rebuilt during warm-up."""
+    from fbcompress.errors import BackendUnavailable, FbError
+    from fbcompress.export.bundle import Bundle
+    from fbcompress.export.ort_scorer import bundle_tensorrt_options, providers_for, tensorrt_provider_options
+
+    manifest = {
+        "patch_spec": SPEC.to_dict(),
+        "shape_profiles": [
+            {"name": "online", "batch": [1, 1, 8], "text": [1, 16, 48]},
+            {"name": "offline", "batch": [1, 32, 128], "text": [1, 32, 48]},
+        ],
+    }
+    options = bundle_tensorrt_options(Bundle(tmp_path, manifest), "fp16", device_id=1)
+    cache = tmp_path / "ort-trt-cache"
+    assert options == {
+        "device_id": 1,
+        "trt_fp16_enable": "True",
+        "trt_engine_cache_enable": "True",
+        "trt_engine_cache_path": str(cache / "fp16"),
+        "trt_timing_cache_enable": "True",
+        "trt_timing_cache_path": str(cache),
+        "trt_profile_min_shapes": "input_ids:1x1,attention_mask:1x1,token_type_ids:1x1,patches:1x64x48,"
+        "input_ids:1x1,attention_mask:1x1,token_type_ids:1x1,patches:1x64x48",
+        "trt_profile_opt_shapes": "input_ids:1x16,attention_mask:1x16,token_type_ids:1x16,patches:1x64x48,"
+        "input_ids:32x32,attention_mask:32x32,token_type_ids:32x32,patches:32x64x48",
+        "trt_profile_max_shapes": "input_ids:8x48,attention_mask:8x48,token_type_ids:8x48,patches:8x64x48,"
+        "input_ids:128x48,attention_mask:128x48,token_type_ids:128x48,patches:128x64x48",
+    }
+    fp32 = tensorrt_provider_options([], SPEC, cache)
+    assert fp32["trt_fp16_enable"] == "False" and fp32["trt_engine_cache_path"] == str(cache / "fp32")
+    assert not any(key.startswith("trt_profile") for key in fp32)  # no profiles recorded: ORT picks them
+    with pytest.raises(FbError, match="fp32 or fp16"):
+        tensorrt_provider_options([], SPEC, cache, "int8")
+    gpu = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert providers_for("tensorrt:1", gpu, tensorrt_options=options) == [
+        ("TensorrtExecutionProvider", options), ("CUDAExecutionProvider", {"device_id": 1}), "CPUExecutionProvider",
+    ]
+    with pytest.raises(BackendUnavailable, match="no TensorrtExecutionProvider"):
+        providers_for("tensorrt", ["CPUExecutionProvider"])
+
+
+def test_ort_tensorrt_runner_records_what_it_built(smoke_onnx, monkeypatch):
+    """The JSON says what the ort-trt row timed: the provider options (profiles, fp16, caches), its precision, and
+    a text limit that is the profiles' max (beyond it ORT would build another engine). Faked on CPU: the session
+    is a CPU one that reports the TensorRT provider."""
+    import fbcompress.export.ort_scorer as ort_scorer
+    from fbcompress.benchmark.runners import open_runner
+    from fbcompress.export.bundle import Bundle
+
+    real_open = ort_scorer.OrtScorer.open.__func__
+    trt = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+
+    class ReportsTensorrt:
+        def __init__(self, session):
+            self._session = session
+
+        def get_providers(self):
+            return trt
+
+        def __getattr__(self, name):
+            return getattr(self._session, name)
+
+    def fake_open(cls, path, device="cpu", threads=None, trt_precision="fp32"):
+        scorer = real_open(cls, path, "cpu", threads)
+        scorer.tensorrt_options = ort_scorer.bundle_tensorrt_options(Bundle.open(smoke_onnx.parent), trt_precision)
+        scorer.session = ReportsTensorrt(scorer.session)
+        return scorer
+
+    monkeypatch.setattr(ort_scorer.OrtScorer, "open", classmethod(fake_open))
+    monkeypatch.setattr(ort_scorer, "providers_for", lambda device, available=None, tensorrt_options=None: (
+        ["CPUExecutionProvider"] if device == "cpu" else [("TensorrtExecutionProvider", {}), "CPUExecutionProvider"]
+    ))
+    runner = open_runner(Target(smoke_onnx, "onnxruntime-tensorrt", "cuda", dtype="fp16"))
+    options = runner.info["provider_options"]
+    assert options["trt_fp16_enable"] == "True" and runner.info["precision"] == "fp16"
+    assert options["trt_engine_cache_path"] == str(smoke_onnx.parent / "ort-trt-cache" / "fp16")
+    assert options["trt_profile_max_shapes"].startswith("input_ids:8x32,")  # smoke recipe: batch <= 8, text <= 32
+    assert runner.max_positions == 32 and runner.label.endswith("[ort-trt fp16]")
+
+
 def test_bench_help_has_examples():
     result = run("bench", "--help")
     assert result.exit_code == 0
@@ -382,7 +633,7 @@ def test_bench_help_has_examples():
 @pytest.mark.parametrize(
     ("extra", "fragments"),
     [
-        (["--text-lengths", "8,65"], ("--text-lengths 65", "at most 64 text tokens")),
+        (["--text-lengths", "65,80"], ("--text-lengths 65,80", "no model can run any of them", "at most 64")),
         (["--batch-sizes", "1,x"], ("--batch-sizes", "comma-separated")),
         (["--batch-sizes", "0"], ("--batch-sizes", "at least 1")),
         (["--dtype", "fp16"], ("fp16 needs --device cuda",)),

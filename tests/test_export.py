@@ -307,6 +307,24 @@ def test_reexport_keeps_other_stages_files(bundle_copy, trained_smoke):
     assert not [p for p in bundle_copy.parent.iterdir() if ".tmp-" in p.name or ".old-" in p.name]
 
 
+def test_a_runtime_cache_in_the_bundle_is_kept_but_never_hashed(bundle_copy, trained_smoke):
+    """ONNX Runtime's TensorRT provider rewrites its engine cache under <bundle>/ort-trt-cache/. Break: hashing it
+    like an artifact (the old finalize) makes the next export fail with "no longer matches its sha256"."""
+    from fbcompress.export.bundle import ORT_TRT_CACHE_DIR, Bundle
+
+    cache = bundle_copy / ORT_TRT_CACHE_DIR / "fp16" / "engine.engine"
+    cache.parent.mkdir(parents=True)
+    cache.write_bytes(b"engine v1")
+    assert run("export", "--model", trained_smoke, "--target", "onnx", "--out", bundle_copy).exit_code == 0
+    cache.write_bytes(b"engine v2, rewritten by the provider")
+    result = run("export", "--model", trained_smoke, "--target", "onnx", "--out", bundle_copy)
+    assert result.exit_code == 0, result.output
+    assert cache.read_bytes() == b"engine v2, rewritten by the provider"
+    bundle = Bundle.open(bundle_copy)
+    assert not [rel for rel in bundle.files if rel.startswith(ORT_TRT_CACHE_DIR)]
+    bundle.verify_all()
+
+
 def test_reexport_refuses_a_tampered_carried_file(bundle_copy, trained_smoke):
     from fbcompress.export.bundle import Bundle, update_bundle
 

@@ -4,8 +4,11 @@ Inputs at text length T are T real tokens (VSL: no padding; `fbcompress.latency.
 tensors for every model so rows compare like with like; all models of one shape are timed together in alternating
 blocks (`measure_shape`). With `pad_to` each shape is also timed padded to that
 length (what a fixed-length model pays), and the VSL row records the saving. A case that fails at run time (a
-TensorRT profile that does not fit, out of memory) is recorded with its error and the matrix goes on; bad input
-(paths, flags, lengths the models cannot read) is refused before anything is timed.
+TensorRT profile that does not fit, out of memory) is recorded with its error and the matrix goes on. A model this
+machine cannot run (`BackendUnavailable`: no TensorRT, an execution provider that does not load) is skipped with
+its reason, and so is every shape longer than a model's positions or engine profiles, for that model only: skips
+are not failures. Bad input (paths, flags, lengths no model can read, zero lengths) is refused before anything
+is timed.
 """
 
 from __future__ import annotations
@@ -15,13 +18,14 @@ import resource
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm import tqdm
 
 from fbcompress.benchmark.runners import MEMORY_CPU, MEMORY_CUDA_DEVICE, MEMORY_TORCH_CUDA, Runner, Target, open_runner
-from fbcompress.errors import FbError
+from fbcompress.errors import BackendUnavailable, FbError
 from fbcompress.latency import example_inputs, machine_info, padded_inputs, throughput, time_interleaved
 
 BENCH_SCHEMA = "fbcompress-bench/1"
@@ -164,62 +168,131 @@ def measure_shape(
     return out
 
 
-def _check_lengths(runners: list[Runner], settings: BenchSettings, clip: bool) -> BenchSettings:
-    """Refuse (or, for default lengths, drop with a note) text lengths a model cannot run; note the lengths that
-    run but are longer than its tokenizer ever emits (latency of a shape no served request has)."""
-    limit = min(r.max_positions for r in runners)
-    who = min(runners, key=lambda r: r.max_positions).label
-    bad = [t for t in settings.text_lengths if t > limit]
+def _check_settings(settings: BenchSettings) -> None:
+    """Input no model could ever honour is refused before anything is opened or timed."""
+    if settings.runs < 1 or settings.warmup < 0:
+        raise FbError("--runs must be at least 1 and --warmup at least 0")
+    if not settings.batch_sizes or min(settings.batch_sizes) < 1:
+        raise FbError(f"--batch-sizes {list(settings.batch_sizes)}: give batch sizes of at least 1")
+    if not settings.text_lengths or min(settings.text_lengths) < 1:
+        raise FbError(f"--text-lengths {list(settings.text_lengths)}: give text lengths of at least 1")
+    if settings.pad_to is not None and settings.pad_to < 1:
+        raise FbError(f"--pad-to {settings.pad_to}: give a length of at least 1")
+
+
+def _open_targets(targets: Sequence[Target]) -> tuple[list[tuple[int, Runner]], list[dict[str, Any]]]:
+    """Open every model before timing any: ([(model id, runner)], [skipped model entries]).
+
+    A `BackendUnavailable` (TensorRT or an execution provider this machine cannot load) skips that model with its
+    reason and the others still run; any other FbError (bad path, bad flag) is bad input and aborts here, before
+    a single case is timed. `open_runner` is looked up at call time so tests can replace it.
+    """
+    opened: list[tuple[int, Runner]] = []
+    skipped: list[dict[str, Any]] = []
+    for index, target in enumerate(targets):
+        try:
+            opened.append((index, open_runner(target)))
+        except BackendUnavailable as exc:
+            skipped.append(_skipped_model(index, target, str(exc).strip().splitlines()[0]))
+    return opened, skipped
+
+
+def _skipped_model(index: int, target: Target, reason: str) -> dict[str, Any]:
+    """The `models` entry of a model that could not be opened, with the keys the report reads."""
+    return {
+        "id": index,
+        "label": target.label or f"{Path(target.path).parent.name}/{Path(target.path).name}",
+        "path": str(target.path),
+        "backend": target.backend,
+        "mode": None,
+        "device": target.device,
+        "precision": target.dtype,
+        "skipped": reason,
+    }
+
+
+def _too_long(runner: Runner, text: int, pad: int | None) -> str | None:
+    """Why this model cannot run text length `text` (padded to `pad`), or None when it can."""
+    length = pad or text
+    if length <= runner.max_positions:
+        return None
+    what = f"padded to {pad} tokens" if pad else f"{text} text tokens"
+    return f"{what}: this model runs at most {runner.max_positions} text tokens"
+
+
+def _plan_lengths(runners: list[Runner], labels: list[str], settings: BenchSettings, clip: bool) -> BenchSettings:
+    """Lengths to time and notes on them. A length some model cannot run stays (that model's rows are skipped, the
+    others time it); with `clip` (default lengths), a length no model can run is dropped with a note. Nothing at
+    all to run is one FbError. Lengths that run but exceed a tokenizer get the "timed as shapes only" note."""
+    limit = max(r.max_positions for r in runners)
     notes = list(settings.notes)
     lengths = settings.text_lengths
-    if bad and clip:
+    nobody = [t for t in lengths if t > limit]
+    if nobody and clip:
         lengths = tuple(t for t in lengths if t <= limit)
-        notes.append(f"text lengths {bad} skipped: {who} runs at most {limit} text tokens")
-        if not lengths:
-            raise FbError(f"no text length left: {who} runs at most {limit} text tokens (pass --text-lengths)")
-    elif bad:
-        raise FbError(f"--text-lengths {','.join(map(str, bad))}: {who} runs at most {limit} text tokens")
-    if settings.pad_to is not None and settings.pad_to > limit:
-        raise FbError(f"--pad-to {settings.pad_to}: {who} runs at most {limit} text tokens")
-    for runner in runners:
-        beyond = [t for t in (*lengths, *([settings.pad_to] if settings.pad_to else [])) if t > runner.max_text_len]
-        if beyond:
-            notes.append(
-                f"{runner.label}: its tokenizer truncates texts to {runner.max_text_len} tokens, so "
-                f"lengths {sorted(set(beyond))} are timed as shapes only (no real request is that long)"
-            )
+        notes.append(f"text lengths {nobody} skipped: no model runs more than {limit} text tokens")
+    if not any(t <= limit for t in lengths):
+        most = "; ".join(f"{label} runs at most {r.max_positions}" for r, label in zip(runners, labels, strict=True))
+        asked = "the default text lengths" if clip else f"--text-lengths {','.join(map(str, settings.text_lengths))}"
+        raise FbError(f"{asked}: no model can run any of them ({most} text tokens)"
+                      + (" (pass --text-lengths)" if clip else ""))
+    pads = [settings.pad_to] if settings.pad_to else []
+    for runner, label in zip(runners, labels, strict=True):
+        notes += _length_notes(runner, label, lengths, pads)
     return BenchSettings(
-        settings.batch_sizes,
-        lengths,
-        settings.runs,
-        settings.warmup,
-        settings.pad_to,
-        settings.seed,
-        settings.threads,
-        notes,
+        settings.batch_sizes, lengths, settings.runs, settings.warmup, settings.pad_to, settings.seed,
+        settings.threads, notes,
     )
 
 
-def _add_speedups(rows: list[dict[str, Any]]) -> None:
-    """speedup_vs_first: the first model's p50 / this p50 at the same shape; vsl_speedup on a VSL row: the same
-    model's p50 padded to --pad-to / its VSL p50 (what not padding saves)."""
-    ok = [r for r in rows if r.get("error") is None]
-    first_model = min((r["model"] for r in rows), default=0)
+def _length_notes(runner: Runner, label: str, lengths: tuple[int, ...], pads: list[int]) -> list[str]:
+    """Per model: lengths it skips (beyond its positions/profiles) and lengths timed only as shapes (beyond what
+    its tokenizer emits, so no served request is that long)."""
+    notes = []
+    skipped = [t for t in lengths if t > runner.max_positions]
+    skipped_pad = [p for p in pads if p > runner.max_positions]
+    if skipped or skipped_pad:
+        what = ", ".join(
+            part for part in (
+                f"text lengths {skipped}" if skipped else "",
+                f"--pad-to {skipped_pad[0]}" if skipped_pad else "",
+            ) if part
+        )
+        notes.append(f"{label}: {what} skipped: it runs at most {runner.max_positions} text tokens")
+    beyond = [t for t in (*lengths, *pads) if runner.max_text_len < t <= runner.max_positions]
+    if beyond:
+        notes.append(
+            f"{label}: its tokenizer truncates texts to {runner.max_text_len} tokens, so "
+            f"lengths {sorted(set(beyond))} are timed as shapes only (no real request is that long)"
+        )
+    return notes
+
+
+def _add_speedups(rows: list[dict[str, Any]], first_model: int | None = None) -> None:
+    """speedup_vs_first: the first timed model's p50 / this p50 at the same shape; vsl_speedup on a VSL row: the
+    same model's p50 padded to --pad-to / its VSL p50 (what not padding saves). Skipped and failed rows have
+    neither, and are no one's reference."""
+    ok = [r for r in rows if _timed(r)]
+    if first_model is None:
+        first_model = min((r["model"] for r in rows), default=0)
     base = {(r["batch"], r["text"], r["padded_to"]): r for r in ok if r["model"] == first_model}
     padded = {(r["model"], r["batch"], r["text"]): r for r in ok if r["padded_to"] is not None}
     for row in rows:
         row["speedup_vs_first"] = None
-        if row.get("error") is None:
-            ref = base.get((row["batch"], row["text"], row["padded_to"]))
-            if ref is not None and row["p50_ms"] > 0:
-                row["speedup_vs_first"] = ref["p50_ms"] / row["p50_ms"]
         if row["padded_to"] is None:
-            pad = padded.get((row["model"], row["batch"], row["text"]))
-            row["vsl_speedup"] = (
-                pad["p50_ms"] / row["p50_ms"]
-                if pad is not None and row.get("error") is None and row["p50_ms"] > 0
-                else None
-            )
+            row["vsl_speedup"] = None
+        if not _timed(row):
+            continue
+        ref = base.get((row["batch"], row["text"], row["padded_to"]))
+        if ref is not None and row["p50_ms"] > 0:
+            row["speedup_vs_first"] = ref["p50_ms"] / row["p50_ms"]
+        pad = padded.get((row["model"], row["batch"], row["text"])) if row["padded_to"] is None else None
+        if pad is not None and row["p50_ms"] > 0:
+            row["vsl_speedup"] = pad["p50_ms"] / row["p50_ms"]
+
+
+def _timed(row: dict[str, Any]) -> bool:
+    return row.get("error") is None and not row.get("skipped") and row.get("p50_ms") is not None
 
 
 def run_bench(
@@ -232,34 +305,71 @@ def run_bench(
 ) -> dict[str, Any]:
     """Open every model first (so bad input fails before any timing), then time the whole matrix.
 
-    `clip_lengths`: drop default text lengths a model cannot read instead of refusing (the CLI sets it when the
-    user did not choose the lengths). `runners`/`timer` are injectable for tests.
+    A model this machine cannot run (`BackendUnavailable`) is a skipped entry, and a shape a model cannot run
+    (longer than its positions or engine profiles) a skipped row: neither is a failure, the rest of the matrix is
+    timed. `clip_lengths`: drop default text lengths no model can read (the CLI sets it when the user did not
+    choose the lengths). `runners`/`timer` are injectable for tests.
     """
     if not targets and not runners:
         raise FbError("no model to benchmark (pass --model)")
-    if settings.runs < 1 or settings.warmup < 0:
-        raise FbError("--runs must be at least 1 and --warmup at least 0")
-    runners = runners if runners is not None else [open_runner(t) for t in targets]
-    settings = _check_lengths(runners, settings, clip_lengths)
-    notes = list(settings.notes)
+    _check_settings(settings)
+    if runners is not None:
+        opened, skipped_models = list(enumerate(runners)), []
+    else:
+        opened, skipped_models = _open_targets(targets)
+    if not opened:
+        reasons = "; ".join(f"{m['label']}: {m['skipped']}" for m in skipped_models)
+        raise FbError(f"no model can run on this machine ({reasons})")
+    named = sorted([(i, r.label) for i, r in opened] + [(m["id"], m["label"]) for m in skipped_models])
+    labels = dict(zip([i for i, _ in named], _unique_labels([label for _, label in named]), strict=True))
+    for model in skipped_models:
+        model["label"] = labels[model["id"]]
+    active = [r for _, r in opened]
+    settings = _plan_lengths(active, [labels[i] for i, _ in opened], settings, clip_lengths)
+    notes = [f"skipped {m['label']}: {m['skipped']}" for m in skipped_models] + list(settings.notes)
     if settings.runs < MIN_RUNS:
         notes.append(f"{settings.runs} timed runs per case: below design.md's {MIN_RUNS}, indicative only")
-    cuda_devices = [r.target.device for r in runners if r.target.device.startswith("cuda")]
+    cuda_devices = [r.target.device for r in active if r.target.device.startswith("cuda")]
     machine = machine_info(int(cuda_devices[0].partition(":")[2] or 0) if cuda_devices else None)
-    labels = _unique_labels([r.label for r in runners])
-    models = []
-    for index, (runner, label) in enumerate(zip(runners, labels, strict=True)):
-        models.append(
-            {
-                "id": index,
-                "label": label,
-                "path": str(runner.target.path),
-                **runner.info,
-                "max_text_len": runner.max_text_len,
-                "max_positions": runner.max_positions,
-                "memory_kind": runner.memory_kind,
-            }
-        )
+    models = sorted([_model_entry(i, labels[i], r) for i, r in opened] + skipped_models, key=lambda m: m["id"])
+    rows = _time_matrix(opened, labels, settings, progress, timer)
+    rows.sort(key=lambda row: row["model"])  # stable: per model, in shape order, as the tables read
+    _add_speedups(rows, first_model=opened[0][0])
+    return {
+        "schema": BENCH_SCHEMA,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine,
+        "settings": settings.to_dict(),
+        "models": models,
+        "results": rows,
+        "failed": sum(1 for r in rows if r.get("error")),
+        "skipped": sum(1 for r in rows if r.get("skipped")),
+        "notes": notes,
+    }
+
+
+def _model_entry(index: int, label: str, runner: Runner) -> dict[str, Any]:
+    return {
+        "id": index,
+        "label": label,
+        "path": str(runner.target.path),
+        **runner.info,
+        "max_text_len": runner.max_text_len,
+        "max_positions": runner.max_positions,
+        "memory_kind": runner.memory_kind,
+        "skipped": None,
+    }
+
+
+def _time_matrix(
+    opened: list[tuple[int, Runner]],
+    labels: dict[int, str],
+    settings: BenchSettings,
+    progress: bool,
+    timer: Callable[[], float] | None,
+) -> list[dict[str, Any]]:
+    """Every shape on every model that can run it (timed together, `measure_shape`); a skipped row, with its
+    reason, for each model that cannot."""
     pad_to = settings.pad_to
     shapes = [
         (b, t, pad)
@@ -271,12 +381,19 @@ def run_bench(
     bar = tqdm(shapes, desc="bench", unit="shape", disable=not progress, leave=False)
     for batch, text, pad in bar:
         bar.set_postfix_str(f"b{batch} t{text}{f'→{pad}' if pad else ''}")
+        reasons = {model_id: _too_long(runner, text, pad) for model_id, runner in opened}
+        ready = [(model_id, runner) for model_id, runner in opened if reasons[model_id] is None]
         inputs = []
-        for runner in runners:
+        for _, runner in ready:
             case_inputs = example_inputs(runner.spec, batch, text, seed=settings.seed)
             inputs.append(padded_inputs(case_inputs, pad) if pad is not None else case_inputs)
-        timed = measure_shape(runners, inputs, settings.runs, settings.warmup, timer)
-        for model_id, (runner, result) in enumerate(zip(runners, timed, strict=True)):
+        timed = dict(zip(
+            [model_id for model_id, _ in ready],
+            measure_shape([r for _, r in ready], inputs, settings.runs, settings.warmup, timer) if ready else [],
+            strict=True,
+        ))
+        for model_id, runner in opened:
+            result = timed.get(model_id) or {"runs": 0, "error": None, "skipped": reasons[model_id]}
             rows.append(
                 {
                     "model": model_id,
@@ -285,21 +402,11 @@ def run_bench(
                     "text": text,
                     "padded_to": pad,
                     "seq_len": (pad or text) + runner.spec.num_patches,
+                    "skipped": None,
                     **result,
                 }
             )
-    rows.sort(key=lambda row: row["model"])  # stable: per model, in shape order, as the tables read
-    _add_speedups(rows)
-    return {
-        "schema": BENCH_SCHEMA,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine,
-        "settings": settings.to_dict(),
-        "models": models,
-        "results": rows,
-        "failed": sum(1 for r in rows if r.get("error")),
-        "notes": notes,
-    }
+    return rows
 
 
 def _unique_labels(labels: list[str]) -> list[str]:

@@ -46,7 +46,8 @@ def _num(value: float | None, fmt: str = ".2f", suffix: str = "") -> str:
 
 
 def format_table(result: dict[str, Any]) -> str:
-    """The results as a Markdown table (readable in a terminal too); failed cases show their error."""
+    """The results as a Markdown table (readable in a terminal too); failed cases show their error, skipped cases
+    and models that could not be opened on this machine their reason."""
     models = {m["id"]: m for m in result["models"]}
     header = (
         "| model | backend | device | precision | batch | text | p50 ms | p90 ms | p99 ms | pairs/s | "
@@ -55,15 +56,14 @@ def format_table(result: dict[str, Any]) -> str:
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for row in result["results"]:
         model = models[row["model"]]
-        backend = (
-            model["backend"]
-            if model.get("mode") in (None, "eager", "session", "engine")
-            else f"{model['backend']} ({model['mode']})"
-        )
         text = str(row["text"]) if row["padded_to"] is None else f"{row['text']}→{row['padded_to']} (pad)"
-        lead = f"| {row['label']} | {backend} | {model['device']} | {model['precision']} | {row['batch']} | {text} |"
-        if row.get("error"):
-            lines.append(f"{lead} error: {row['error']} | | | | | | |")
+        lead = (
+            f"| {row['label']} | {_backend_cell(model)} | {model['device']} | {model['precision']} | "
+            f"{row['batch']} | {text} |"
+        )
+        if row.get("error") or row.get("skipped"):
+            what = f"error: {row['error']}" if row.get("error") else f"skipped: {row['skipped']}"
+            lines.append(f"{lead} {what} | | | | | | |")
             continue
         lines.append(
             f"{lead} {row['p50_ms']:.3f} | {row['p90_ms']:.3f} | {row['p99_ms']:.3f} | "
@@ -71,7 +71,19 @@ def format_table(result: dict[str, Any]) -> str:
             f"{_memory_cell(row.get('memory'))} | {_num(row.get('speedup_vs_first'), '.2f', '×')} | "
             f"{_num(row.get('vsl_speedup'), '.2f', '×')} |"
         )
+    for model in result["models"]:
+        if model.get("skipped"):
+            lines.append(
+                f"| {model['label']} | {_backend_cell(model)} | {model['device']} | {model['precision']} | all | all "
+                f"| skipped: {model['skipped']} | | | | | | |"
+            )
     return "\n".join(lines)
+
+
+def _backend_cell(model: dict[str, Any]) -> str:
+    if model.get("mode") in (None, "eager", "session", "engine"):
+        return str(model["backend"])
+    return f"{model['backend']} ({model['mode']})"
 
 
 def format_report(result: dict[str, Any], plots: list[str] | None = None, title: str = "fbcompress bench") -> str:
@@ -93,6 +105,10 @@ def format_report(result: dict[str, Any], plots: list[str] | None = None, title:
         "",
     ]
     for model in result["models"]:
+        if model.get("skipped"):
+            lines.append(f"- **{model['label']}**: `{model['path']}` — {model['backend']}, {model['device']}; "
+                         f"skipped: {model['skipped']}")
+            continue
         lines.append(
             f"- **{model['label']}**: `{model['path']}` — {model['backend']} {model.get('mode', '')}, "
             f"{model['precision']}, {model['device']}; timed: {model.get('timed', '?')}"
@@ -159,11 +175,11 @@ def write_plots(result: dict[str, Any], plot_dir: str | Path) -> list[Path]:
         plot_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise FbError(f"cannot create plot folder {plot_dir}: {exc.strerror}") from None
-    rows = [r for r in result["results"] if not r.get("error")]
+    rows = [r for r in result["results"] if not r.get("error") and not r.get("skipped")]
     batches = sorted({r["batch"] for r in rows})
     if not batches:
         return []
-    labels = {m["id"]: m["label"] for m in result["models"]}
+    labels = {m["id"]: m["label"] for m in result["models"] if not m.get("skipped")}
     caption = machine_line(result["machine"])
     written = []
 

@@ -22,11 +22,12 @@ from typing import Any, Protocol
 import torch
 
 from fbcompress.benchmark import BACKENDS
-from fbcompress.errors import FbError
+from fbcompress.errors import BackendUnavailable, FbError
 from fbcompress.model import PatchSpec
 from fbcompress.scoring import Scorer, TorchScorer
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+TRT_EP_DTYPES = ("fp32", "fp16")  # what ONNX Runtime's TensorRT provider is asked to build (trt_fp16_enable)
 FORM_BACKENDS = {
     "checkpoint": ("pytorch",),
     "onnx": ("onnxruntime", "onnxruntime-cuda", "onnxruntime-tensorrt"),
@@ -140,19 +141,34 @@ def targets_from_options(
         chosen = resolve_backend(form, Path(path), backend, device)
         if chosen == "pytorch":
             targets.append(Target(resolved, chosen, device, dtype, compile, cuda_graphs, threads))
+        elif chosen == "onnxruntime-tensorrt" and dtype in TRT_EP_DTYPES:  # the provider builds its own engine
+            targets.append(Target(resolved, chosen, device, dtype, False, False, threads))
         else:
             targets.append(Target(resolved, chosen, device, "fp32", False, False, threads))
-    torch_flags = [
+    _check_torch_flags(targets, dtype, compile, cuda_graphs)
+    return targets
+
+
+def _check_torch_flags(targets: list[Target], dtype: str, compile: bool, cuda_graphs: bool) -> None:
+    """A flag no --model can honour is an error, not silently ignored: --dtype shapes PyTorch runs and the engine
+    ONNX Runtime's TensorRT provider builds (fp32/fp16); --compile/--cuda-graphs shape PyTorch runs only."""
+    takes_dtype = any(
+        t.backend == "pytorch" or (t.backend == "onnxruntime-tensorrt" and dtype in TRT_EP_DTYPES) for t in targets
+    )
+    flags = [
         name
-        for name, on in (("--dtype " + dtype, dtype != "fp32"), ("--compile", compile), ("--cuda-graphs", cuda_graphs))
+        for name, on in (
+            ("--dtype " + dtype, dtype != "fp32" and not takes_dtype),
+            ("--compile", compile and not any(t.backend == "pytorch" for t in targets)),
+            ("--cuda-graphs", cuda_graphs and not any(t.backend == "pytorch" for t in targets)),
+        )
         if on
     ]
-    if torch_flags and not any(t.backend == "pytorch" for t in targets):
+    if flags:
         raise FbError(
-            f"{', '.join(torch_flags)} apply to PyTorch checkpoints, and no --model is one "
-            "(ONNX graphs and TensorRT engines have their precision fixed at export)"
+            f"{', '.join(flags)} apply to PyTorch checkpoints (--dtype fp16 also to --backend onnxruntime-tensorrt), "
+            "and no --model is one (ONNX graphs and TensorRT engines have their precision fixed at export)"
         )
-    return targets
 
 
 # ------------------------------------------------------------------------------------------------------- PyTorch
@@ -283,33 +299,37 @@ class OrtRunner:
             "onnxruntime-cuda": f"cuda:{index}",
             "onnxruntime-tensorrt": f"tensorrt:{index}",
         }[target.backend]
+        trt_precision = target.dtype if target.backend == "onnxruntime-tensorrt" else "fp32"
         # OrtScorer.open hash-checks the file and the tokenizer against the bundle manifest
-        self.scorer = OrtScorer.open(target.path, ort_device, threads=target.threads)
+        self.scorer = OrtScorer.open(target.path, ort_device, threads=target.threads, trt_precision=trt_precision)
         self.session = self.scorer.session
         provider = self.session.get_providers()[0]
         wanted = providers_for(ort_device)[0]
         wanted = wanted[0] if isinstance(wanted, tuple) else wanted
-        if provider != wanted:
-            raise FbError(f"ONNX Runtime could not start {wanted} for {target.path} (it fell back to {provider})")
+        if provider != wanted:  # listed but not loadable (onnxruntime-gpu lists TensorRT even without libnvinfer)
+            raise BackendUnavailable(
+                f"ONNX Runtime could not start {wanted} for {target.path} (it fell back to {provider})"
+            )
         bundle, rel = find_bundle(target.path) or (None, target.path.name)
         manifest = bundle.manifest if bundle is not None else {}
         self.target = target
         self.spec = self.scorer.spec
         self.max_text_len = self.spec.max_text_len
-        self.max_positions = int(manifest.get("max_text_positions") or self.spec.max_text_len)
+        self.max_positions = _ort_max_positions(manifest, self.spec.max_text_len, self.scorer.tensorrt_options)
         self.on_gpu = provider in (PROVIDER_NAMES["cuda"], PROVIDER_NAMES["tensorrt"])
         self.device_index = index
         self.memory_kind = MEMORY_CUDA_DEVICE if self.on_gpu else MEMORY_CPU
         self.outputs = [o.name for o in self.session.get_outputs()]
         self._ort = ort
-        variant = {"onnxruntime-cuda": " [ort-cuda]", "onnxruntime-tensorrt": " [ort-trt]"}.get(target.backend, "")
+        trt_tag = " [ort-trt]" if trt_precision == "fp32" else f" [ort-trt {trt_precision}]"
+        variant = {"onnxruntime-cuda": " [ort-cuda]", "onnxruntime-tensorrt": trt_tag}.get(target.backend, "")
         root = bundle.root.name if bundle is not None else target.path.parent.name
         self.label = target.label or f"{root}/{rel}{variant}"
         self.info = {
             "backend": target.backend,
             "mode": "session",
             "device": "cpu" if not self.on_gpu else f"cuda:{index}",
-            "precision": self.scorer.precision,
+            "precision": trt_precision if self.scorer.tensorrt_options else self.scorer.precision,
             "providers": self.session.get_providers(),
             "intra_op_threads": target.threads,
             "onnxruntime": ort.__version__,
@@ -319,6 +339,8 @@ class OrtRunner:
                 else "run_with_iobinding on device-resident inputs and outputs"
             ),
         }
+        if self.scorer.tensorrt_options:  # what the TensorRT provider built: profiles, precision, caches
+            self.info["provider_options"] = dict(self.scorer.tensorrt_options)
 
     def synchronize(self) -> None:
         """ORT's run returns when the outputs are ready, on every provider."""
@@ -342,6 +364,17 @@ class OrtRunner:
             return values
 
         return call
+
+
+def _ort_max_positions(manifest: dict[str, Any], max_text_len: int, trt_options: dict[str, Any] | None) -> int:
+    """The longest text the session can run: the graph's position table (manifest) and, for the TensorRT
+    provider with explicit profiles, the profiles' largest text max (beyond it ORT would have to build another
+    engine, which is not the row this benchmark means to time)."""
+    positions = int(manifest.get("max_text_positions") or max_text_len)
+    profiles = manifest.get("shape_profiles") or []
+    if trt_options and "trt_profile_max_shapes" in trt_options and profiles:
+        positions = min(positions, max(int(p["text"][2]) for p in profiles))
+    return positions
 
 
 # ---------------------------------------------------------------------------------------------------- TensorRT

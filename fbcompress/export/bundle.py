@@ -46,6 +46,15 @@ TOKENIZER_DIR = "tokenizer"
 FORMAT = "fbcompress-bundle"
 FORMAT_VERSION = 1
 LOCK_SUFFIX = ".lock"
+# Folders where a runtime keeps its own cache inside a bundle (ONNX Runtime's TensorRT provider writes engines and
+# its timing cache there, and rewrites them). Not artifacts: carried over as they are, never hashed or listed, so a
+# rewritten cache never fails the bundle's sha256 check.
+ORT_TRT_CACHE_DIR = "ort-trt-cache"
+RUNTIME_CACHE_DIRS = (ORT_TRT_CACHE_DIR,)
+
+
+def is_runtime_cache(rel: str) -> bool:
+    return rel.split("/", 1)[0] in RUNTIME_CACHE_DIRS
 
 # Roles of bundle files. Other stages may add their own; these are the ones export writes or knows.
 ROLE_ONNX = "onnx"  # portable fp32 graph, standard ONNX ops only: ORT, TensorRT, quantization all start here
@@ -388,6 +397,10 @@ class BundleWriter:
             if path.is_dir() or (path.name == MANIFEST and path.parent == self.old.root):
                 continue
             rel = path.relative_to(self.old.root).as_posix()
+            if is_runtime_cache(rel):  # a copy: the runtime rewrites its cache files in place
+                (self.dir / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(path, self.dir / rel)
+                continue
             link_or_copy(path, self.dir / rel)
             self._carried.add(rel)
 
@@ -464,6 +477,8 @@ class BundleWriter:
             if path.is_dir() or (path.name == MANIFEST and path.parent == self.dir):
                 continue
             rel = path.relative_to(self.dir).as_posix()
+            if is_runtime_cache(rel):
+                continue
             digest = sha256_file(path)
             recorded = self.old.files.get(rel) if (self.old is not None and rel in self._carried) else None
             if recorded is not None and digest != recorded.get("sha256"):
