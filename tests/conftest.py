@@ -57,3 +57,75 @@ def trained_smoke(tmp_path_factory, tiny_data) -> Path:
     result = CliRunner().invoke(main, ["train-teacher", "-r", "smoke", "--data", str(tiny_data), "--out", str(out)])
     assert result.exit_code == 0, result.output
     return out
+
+
+def _cli(*args):
+    from click.testing import CliRunner
+
+    from fbcompress.cli import main
+
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def _tree_state(root: Path) -> dict[str, str]:
+    from fbcompress.artifacts import sha256_file
+
+    return {p.relative_to(root).as_posix(): sha256_file(p) for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="session")
+def smoke_bundle(trained_smoke, tmp_path_factory) -> Path:
+    """The smoke teacher exported to ONNX once per session (test_quantize's `bundle`; never written to)."""
+    out = tmp_path_factory.mktemp("exported") / "smoke"
+    result = _cli("export", "--model", trained_smoke, "--target", "onnx", "--out", out, "--latency-runs", "0")
+    assert result.exit_code == 0, result.output
+    return out
+
+
+@pytest.fixture(scope="session")
+def quantized_smoke(smoke_bundle, tiny_data, tmp_path_factory) -> tuple[Path, dict, dict[str, str]]:
+    """A copy of `smoke_bundle` after `fbcompress quantize` (ort-static, the smoke recipe named by the checkpoint),
+    the CPU file pinned to static QDQ: (bundle, the --json report, the bundle's file hashes before). Quantized once
+    per session for test_quantize.py (`quantized`) and test_int8_trt_fp16.py; tests that change it use a copy."""
+    import json
+    import shutil
+
+    copy = tmp_path_factory.mktemp("q") / "exported" / smoke_bundle.name
+    shutil.copytree(smoke_bundle, copy)
+    before = _tree_state(copy)
+    report_path = copy.parent / "report.json"
+    result = _cli("quantize", "--model", copy / "model.onnx", "--data", tiny_data, "--out", copy, "--json",
+                  report_path, "--set", "quantize.cpu_file=static")
+    assert result.exit_code == 0, result.output
+    return copy, json.loads(report_path.read_text()), before
+
+
+FILLER = ("soft", "cotton", "blend", "with", "long", "sleeves", "and", "a", "round", "neck", "made", "in", "italy",
+          "from", "light", "summer", "fabric", "for", "everyday", "wear", "classic", "fit", "button", "front",
+          "pocket", "detail", "slim", "cut", "high", "waist", "zip", "closure")
+
+
+def write_varied_dataset(out: Path, products: int = 120, image_size: int = 32) -> Path:
+    """Like `write_tiny_dataset` (same writer, same images), but text i has 2 + (11·i mod 29) words: 2 to 30 words,
+    4 to 32 tokens with [CLS]/[SEP] (every word is one token of the smoke vocabulary), so padding matters."""
+    from fbcompress.data.dataset_dir import EvalSetSizes, dataset_writer
+
+    with dataset_writer(out, source="test", seed=0, val_fraction=0.15, test_fraction=0.15,
+                        eval_sizes=EvalSetSizes(12, 8)) as writer:
+        for i in range(products):
+            colour = list(COLOURS)[i % len(COLOURS)]
+            sub = SUBCATEGORIES[i % len(SUBCATEGORIES)]
+            img = np.full((image_size, image_size, 3), 240, np.uint8)
+            lo, hi = image_size // 4, 3 * image_size // 4
+            img[lo:hi, lo:hi] = COLOURS[colour]
+            words = [colour, sub, *(FILLER[(i + k) % len(FILLER)] for k in range((11 * i) % 29))]
+            record = {"id": f"r{i}", "product_id": f"p{i}", "text": " ".join(words),
+                      "category": "clothing", "subcategory": sub}
+            writer.add(record, img)
+    return out
+
+
+@pytest.fixture(scope="session")
+def varied_data(tmp_path_factory) -> Path:
+    """A tiny dataset dir whose texts have really different lengths (2 to 30 words), for VSL padding tests."""
+    return write_varied_dataset(tmp_path_factory.mktemp("data") / "varied")

@@ -223,6 +223,14 @@ def test_fp16_graph_keeps_layernorm_and_io_fp32(bundle, torch_model, tmp_path):
         if node.op_type == "LayerNormalization":
             assert all(inits.get(name, onnx.TensorProto.FLOAT) == onnx.TensorProto.FLOAT for name in node.input[1:])
     assert info["fp32_nodes"]  # the logits layer
+    # ... and its FP32 output reaches the graph output without an FP16 round trip (break: the converter's
+    # Gemm → Cast fp16 → Cast fp32 → logits chain left in place rounds every score to FP16)
+    producer = {out: node for node in proto.graph.node for out in node.output}
+    path, name = [], proto.graph.output[0].name
+    while producer[name].name not in info["fp32_nodes"]:
+        path.append(producer[name])
+        name = producer[name].input[0]
+    assert [n.op_type for n in path] == ["Cast"] and path[0].attribute[0].i == onnx.TensorProto.FLOAT
     scorer = OrtScorer(dst, torch_model.spec, tmp_path, "fp16")
     parity = measure_parity(torch_model, scorer.logits, torch_model.spec, torch_model.config.vocab_size, [(2, 8)])
     assert parity["max_abs_diff"] < 1e-2

@@ -39,11 +39,8 @@ def assert_one_line_error(result, code: int, *fragments: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def bundle(trained_smoke, tiny_data, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("exported") / "smoke"
-    result = run("export", "--model", trained_smoke, "--target", "onnx", "--out", out, "--latency-runs", "0")
-    assert result.exit_code == 0, result.output
-    return out
+def bundle(smoke_bundle) -> Path:
+    return smoke_bundle  # conftest.py: exported once per session, shared with test_int8_trt_fp16.py
 
 
 def copy_bundle(bundle: Path, tmp_path: Path) -> Path:
@@ -53,16 +50,11 @@ def copy_bundle(bundle: Path, tmp_path: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def quantized(bundle, tiny_data, tmp_path_factory) -> tuple[Path, dict, dict[str, str]]:
+def quantized(quantized_smoke) -> tuple[Path, dict, dict[str, str]]:
     """The smoke bundle after `fbcompress quantize` (ort-static, the smoke recipe named by the checkpoint), the CPU
-    file pinned to static QDQ so the graph tests below see it (auto picks by timing: `test_cpu_file_auto_...`)."""
-    copy = copy_bundle(bundle, tmp_path_factory.mktemp("q"))
-    before = tree_state(copy)
-    report_path = copy.parent / "report.json"
-    result = run("quantize", "--model", copy / "model.onnx", "--data", tiny_data, "--out", copy, "--json", report_path,
-                 "--set", "quantize.cpu_file=static")
-    assert result.exit_code == 0, result.output
-    return copy, json.loads(report_path.read_text()), before
+    file pinned to static QDQ so the graph tests below see it (auto picks by timing: `test_cpu_file_auto_...`).
+    Quantized once per session in conftest.py, shared with test_int8_trt_fp16.py."""
+    return quantized_smoke
 
 
 def _producers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
@@ -110,7 +102,15 @@ def test_trt_graph_has_symmetric_qdq_on_matmul_inputs_only(quantized):
     inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     producer = _producers(model)
     gemms = [n for n in model.graph.node if n.op_type in ("MatMul", "Gemm")]
-    logits = [n for n in gemms if "logits" in n.output]
+    casts = {n.input[0]: n.output[0] for n in model.graph.node if n.op_type == "Cast"}
+
+    def makes_logits(node) -> bool:  # directly, or through the FP16 file's output Casts (keep_io_types)
+        name = node.output[0]
+        while name != "logits" and name in casts:
+            name = casts[name]
+        return name == "logits"
+
+    logits = [n for n in gemms if makes_logits(n)]
     assert len(logits) == 1
     for node in gemms:
         fed = [producer.get(name) for name in node.input[:2]]
@@ -125,13 +125,13 @@ def test_trt_graph_has_symmetric_qdq_on_matmul_inputs_only(quantized):
         if node.op_type in fp_ops:  # LayerNorm, Softmax, GELU (Erf) and the embedding Gathers stay float
             for name in node.input:
                 assert producer.get(name) is None or producer[name].op_type != "DequantizeLinear", node.name
-            for name in node.input:
+            for name in node.input:  # not quantized: float (FP16 like model.fp16.onnx's, test_int8_trt_fp16.py)
                 if name in inits and inits[name].ndim == 2:
-                    assert inits[name].dtype == np.float32, f"{node.name}: embedding table {name} must stay FP32"
+                    assert inits[name].dtype.kind == "f", f"{node.name}: embedding table {name} must stay float"
         if node.op_type == "DequantizeLinear":  # every consumer of a DQ is a MatMul/Gemm
             consumers = [n for n in model.graph.node if node.output[0] in n.input]
             assert consumers and all(c.op_type in ("MatMul", "Gemm") for c in consumers), node.name
-            assert inits[node.input[1]].dtype == np.float32
+            assert inits[node.input[1]].dtype == np.float16  # opset 19 Q/DQ, FP16 outside the GEMMs
         if node.op_type == "QuantizeLinear":  # TensorRT: symmetric INT8 activations
             zero_point = inits[node.input[2]]
             assert zero_point.dtype == np.int8 and not zero_point.any()
@@ -201,14 +201,17 @@ def test_report_has_nodes_ranges_sizes_accuracy_and_latency(quantized):
         assert heading in markdown
 
 
-def test_export_finds_the_tensorrt_int8_source(quantized, bundle, trained_smoke):
-    """`export --target tensorrt --precision int8` looks for model.int8.trt.onnx: missing before, found after."""
+def test_export_finds_the_tensorrt_int8_source(quantized, bundle, trained_smoke, tmp_path):
+    """`export --target tensorrt --precision int8` looks for model.int8.trt.onnx: missing before, found after
+    (then the engine, or without TensorRT its build kit, is made from it)."""
     before = run("export", "--model", trained_smoke, "--target", "tensorrt", "--precision", "int8", "--out", bundle)
     assert_one_line_error(before, 2, "model.int8.trt.onnx", "fbcompress quantize")
-    root, _, _ = quantized
+    root = copy_bundle(quantized[0], tmp_path)
     after = run("export", "--model", trained_smoke, "--target", "tensorrt", "--precision", "int8", "--out", root)
-    if after.exit_code == 2:  # no TensorRT/GPU here: the precheck got past the INT8 source
-        assert "model.int8.trt.onnx" not in after.output, after.output
+    assert after.exit_code == 0, after.output
+    kit = json.loads((root / "manifest.json").read_text())["tensorrt_build_kit"]
+    assert [(e["precision"], e["onnx"], e["plan"]) for e in kit["engines"]] == [
+        ("int8", "model.int8.trt.onnx", "model.int8.plan")]
 
 
 # ---------------------------------------------------------------------------------------------- the accuracy guard

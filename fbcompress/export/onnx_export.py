@@ -214,33 +214,196 @@ def optimize_for_ort(src: Path, dst: Path, num_heads: int, hidden_size: int) -> 
     }
 
 
-def convert_fp16(src: Path, dst: Path) -> dict[str, Any]:
-    """Mixed-precision graph for a strongly typed TensorRT build: FP16 everywhere except LayerNorm, Softmax and the
-    final logits layer (FP32), with FP32 inputs/outputs so clients feed the same tensors as for the FP32 model."""
+FP16_CONVERTER = "onnxruntime.transformers.float16.convert_float_to_float16(keep_io_types=True)"
+QDQ_FP16_MIN_OPSET = 19  # the first opset whose QuantizeLinear/DequantizeLinear take float16 scales (and x)
+
+
+def fp16_policy(proto) -> tuple[list[str], list[str]]:
+    """What stays FP32 in a mixed-precision graph: the op types (LayerNorm, Softmax, plus the converter's own
+    default block list) and the node(s) producing the logits output."""
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST
+
+    final = [node.name for node in proto.graph.node if OUTPUT_NAME in node.output]
+    return sorted(set(DEFAULT_OP_BLOCK_LIST) | set(FP32_KEEP_OPS)), final
+
+
+def _mixed_fp16(proto, dst: Path, what: str) -> dict[str, Any]:
+    """The one FP16 conversion behind `model.fp16.onnx` and the TensorRT INT8 file: FP16 everywhere except the
+    `fp16_policy` ops and nodes, FP32 graph inputs/outputs (casts inside the graph); saved topologically sorted and
+    checked with onnx.checker (full check)."""
     import onnx
-    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+    from onnxruntime.transformers.float16 import convert_float_to_float16
     from onnxruntime.transformers.onnx_model import OnnxModel
 
-    proto = onnx.load(str(src))
-    final = [node.name for node in proto.graph.node if OUTPUT_NAME in node.output]
-    op_block = sorted(set(DEFAULT_OP_BLOCK_LIST) | set(FP32_KEEP_OPS))
+    op_block, final = fp16_policy(proto)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         converted = convert_float_to_float16(proto, keep_io_types=True, op_block_list=op_block,
                                              node_block_list=final)
+    _skip_output_fp16_round_trip(converted)
     wrapped = OnnxModel(converted)
     # save_model_to_file sorts topologically: the converter appends the input Casts at the end of the node list.
     wrapped.save_model_to_file(str(dst), use_external_data_format=converted.ByteSize() > 1_800_000_000)
     try:
         onnx.checker.check_model(str(dst), full_check=True)
-    except onnx.checker.ValidationError as exc:
-        raise FbError(f"FP16 ONNX fails onnx.checker: {str(exc).splitlines()[0]}") from None
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:  # full_check infers shapes
+        raise FbError(f"{what} fails onnx.checker: {str(exc).splitlines()[0]}") from None
     return {
-        "converter": "onnxruntime.transformers.float16.convert_float_to_float16(keep_io_types=True)",
+        "converter": FP16_CONVERTER,
         "fp32_ops": list(FP32_KEEP_OPS),
         "fp32_nodes": final,
         "io_dtypes": "float32 (casts inside the graph)",
     }
+
+
+def _skip_output_fp16_round_trip(proto) -> int:
+    """Keep the FP32 logits FP32 up to the graph output. With keep_io_types the converter casts a blocked (FP32)
+    node's output to FP16 and back to FP32 before the output (Gemm → Cast fp16 → Cast fp32 → logits), rounding
+    the scores to FP16 although the node itself ran in FP32. The outer Cast is fed the FP32 tensor directly (an
+    FP32 → FP32 Cast is an identity); the inner one goes when nothing else reads it. Returns how many it skipped."""
+    from onnx import TensorProto
+
+    producer = {out: node for node in proto.graph.node for out in node.output}
+    readers: dict[str, int] = {}
+    for node in proto.graph.node:
+        for name in node.input:
+            readers[name] = readers.get(name, 0) + 1
+
+    def cast_to(node) -> int | None:
+        if node is None or node.op_type != "Cast":
+            return None
+        return next((a.i for a in node.attribute if a.name == "to"), None)
+
+    skipped = 0
+    for output in proto.graph.output:
+        outer = producer.get(output.name)
+        inner = producer.get(outer.input[0]) if cast_to(outer) == TensorProto.FLOAT else None
+        if cast_to(inner) != TensorProto.FLOAT16:
+            continue
+        outer.input[0] = inner.input[0]
+        readers[inner.output[0]] -= 1
+        if not readers[inner.output[0]] and inner.output[0] not in {o.name for o in proto.graph.output}:
+            proto.graph.node.remove(inner)
+        skipped += 1
+    return skipped
+
+
+def convert_fp16(src: Path, dst: Path) -> dict[str, Any]:
+    """Mixed-precision graph for a strongly typed TensorRT build: FP16 everywhere except LayerNorm, Softmax and the
+    final logits layer (FP32), with FP32 inputs/outputs so clients feed the same tensors as for the FP32 model."""
+    import onnx
+
+    return _mixed_fp16(onnx.load(str(src)), dst, "FP16 ONNX")
+
+
+def _default_opset(proto) -> int:
+    return max((imp.version for imp in proto.opset_import if imp.domain in ("", "ai.onnx")), default=0)
+
+
+def convert_qdq_fp16(src: Path, dst: Path) -> dict[str, Any]:
+    """A QDQ graph (INT8 Q/DQ on the GEMM inputs, quantized from the FP32 graph) with `convert_fp16`'s precision
+    policy outside the quantized ops, for a strongly typed TensorRT INT8 build: FP16 everywhere except LayerNorm,
+    Softmax and the logits node (FP32), FP32 graph inputs/outputs.
+
+    What NVIDIA ModelOpt does for INT8 (quantize the FP32 graph, then convert to FP16 with keep_io_types): the
+    default-domain opset is raised to >= 19, the first where Q/DQ take float16 scales, and Q/DQ are not blocked,
+    so their input and scale become float16 (DequantizeLinear-19's output follows its scale) while INT8 weights
+    and zero points stay int8. Without this a strongly typed build runs every non-quantized op in FP32/TF32 and
+    the INT8 engine can be slower than the FP16 one. The result is checked (onnx.checker, strict shape inference)
+    and its types verified (`qdq_fp16_type_problems`)."""
+    import onnx
+    from onnx import version_converter
+
+    proto = onnx.load(str(src))
+    before = _default_opset(proto)
+    if before < QDQ_FP16_MIN_OPSET:
+        try:
+            proto = version_converter.convert_version(proto, QDQ_FP16_MIN_OPSET)
+            if _default_opset(proto) < QDQ_FP16_MIN_OPSET:
+                raise RuntimeError(f"it returned opset {_default_opset(proto)}")
+            onnx.checker.check_model(proto, full_check=True)
+        except Exception as exc:  # noqa: BLE001 - the converter raises several types (RuntimeError, ValidationError)
+            text = str(exc).strip().splitlines()
+            raise FbError(
+                f"cannot raise {src.name} from opset {before} to {QDQ_FP16_MIN_OPSET} (needed for float16 Q/DQ "
+                f"scales) with onnx.version_converter: {type(exc).__name__}: {text[0] if text else ''}"
+            ) from None
+    info = _mixed_fp16(proto, dst, "FP16 QDQ ONNX")
+    converted = onnx.load(str(dst))
+    try:
+        inferred = onnx.shape_inference.infer_shapes(converted, check_type=True, strict_mode=True)
+    except Exception as exc:  # noqa: BLE001 - InferenceError and friends
+        raise FbError(f"FP16 QDQ ONNX fails onnx shape inference: {str(exc).splitlines()[0]}") from None
+    problems = qdq_fp16_type_problems(inferred, info["fp32_nodes"])
+    if problems:
+        raise FbError(f"FP16 QDQ ONNX {dst.name} does not carry the intended types: " + "; ".join(problems[:5])
+                      + (f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""))
+    return {
+        **info,
+        "high_precision": "fp16",
+        "policy": "convert_fp16's (model.fp16.onnx): the engine differs from fp16.plan only in the quantized GEMMs",
+        "qdq": "INT8 weights and zero points; Q/DQ scales, Q inputs and DQ outputs float16",
+        "opset": _default_opset(converted),
+        "opset_before": before,
+        "opset_converter": f"onnx.version_converter.convert_version(.., {QDQ_FP16_MIN_OPSET})"
+        if before < QDQ_FP16_MIN_OPSET else "not needed",
+        "checks": "onnx.checker.check_model(full_check=True), onnx.shape_inference.infer_shapes(strict_mode=True), "
+        "types verified",
+    }
+
+
+def qdq_fp16_type_problems(proto, fp32_nodes: Iterable[str]) -> list[str]:
+    """Where a (shape-inferred) FP16 QDQ graph departs from the policy; empty when it holds. `fp32_nodes` are the
+    nodes blocked by name (the logits node, named before the conversion: after it, a Cast produces `logits`).
+    Checked: opset >= 19; graph inputs/outputs not FLOAT16; Q/DQ scales, Q inputs and DQ outputs FLOAT16; DQ'd
+    constants and zero points INT8; the FP32 ops and nodes read no FLOAT16; no FLOAT tensor in or out of any other
+    node but a Cast."""
+    import onnx
+
+    float32, float16 = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
+    types = {v.name: v.type.tensor_type.elem_type
+             for v in (*proto.graph.input, *proto.graph.output, *proto.graph.value_info)}
+    types.update({init.name: init.data_type for init in proto.graph.initializer})
+    name = onnx.TensorProto.DataType.Name
+    problems = []
+    if _default_opset(proto) < QDQ_FP16_MIN_OPSET:
+        problems.append(f"opset {_default_opset(proto)} < {QDQ_FP16_MIN_OPSET}")
+    for value in (*proto.graph.input, *proto.graph.output):
+        if value.type.tensor_type.elem_type == float16:
+            problems.append(f"graph input/output {value.name} is FLOAT16 (keep_io_types wants FP32)")
+    op_block, _ = fp16_policy(proto)
+    fp32_nodes = set(fp32_nodes)
+    initializers = {init.name for init in proto.graph.initializer}
+
+    def typed(tensor: str) -> str:
+        return name(types.get(tensor, 0))
+
+    for node in proto.graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            scale = node.input[1]
+            if types.get(scale) != float16:
+                problems.append(f"{node.op_type} {node.name}: scale {scale} is {typed(scale)}")
+            if len(node.input) > 2 and node.input[2] and types.get(node.input[2]) != onnx.TensorProto.INT8:
+                problems.append(f"{node.op_type} {node.name}: zero point is {typed(node.input[2])}")
+            if node.op_type == "QuantizeLinear" and types.get(node.input[0]) != float16:
+                problems.append(f"QuantizeLinear {node.name}: input is {typed(node.input[0])}")
+            if node.op_type == "DequantizeLinear":
+                if types.get(node.output[0]) != float16:
+                    problems.append(f"DequantizeLinear {node.name}: output is {typed(node.output[0])}")
+                if node.input[0] in initializers and types.get(node.input[0]) != onnx.TensorProto.INT8:
+                    problems.append(f"DequantizeLinear {node.name}: constant is {typed(node.input[0])}")
+            continue
+        if node.op_type == "Cast":
+            continue
+        tensors = [t for t in (*node.input, *node.output) if t and types.get(t) in (float32, float16)]
+        if node.op_type in op_block or node.name in fp32_nodes:
+            inputs = [t for t in node.input if t and types.get(t) == float16]
+            if inputs:
+                problems.append(f"{node.op_type} {node.name} (kept FP32) reads FLOAT16 {inputs[0]}")
+        elif any(types.get(t) == float32 for t in tensors):
+            problems.append(f"{node.op_type} {node.name} has a FLOAT tensor "
+                            f"{next(t for t in tensors if types.get(t) == float32)} (FP16 expected)")
+    return problems
 
 
 # ---------------------------------------------------------------------------------------------------------- parity

@@ -4,11 +4,14 @@ Why this subsystem looks the way it does (issue 6; numbers in the report of ever
 
 * Two INT8 files, because TensorRT and ONNX Runtime on a CPU want different graphs. TensorRT's explicit quantization
   needs symmetric INT8 Q/DQ (zero point 0) on the inputs of MatMul/Gemm, with LayerNorm, Softmax and GELU left in
-  floating point: that is `model.int8.trt.onnx`, the source of `fbcompress export --target tensorrt --precision
-  int8`. On an AVX2 CPU without VNNI the same symmetric graph runs *slower* than FP32 in ONNX Runtime (its S8S8
-  kernels are emulated), so the CPU file `model.int8.onnx` uses the activation type the CPU's ISA is fast at (U8S8
-  on AVX2, S8S8 on VNNI/AMX) and also weight-quantizes the embedding Gathers: the 30522-row word-embedding table
-  outweighs two encoder layers, and a file with only MatMuls quantized stays at ~83% of FP32.
+  floating point: that is `model.int8.trt.onnx`, the source of `fbcompress export --target tensorrt --precision int8`.
+  A strongly typed engine takes every type from the file, so outside the quantized GEMMs it carries FP16 with
+  model.fp16.onnx's policy (LayerNorm, Softmax and the logits layer FP32, FP32 graph I/O; issue defect 8): int8.plan
+  then differs from fp16.plan only in the GEMMs. On an AVX2 CPU without VNNI the same symmetric graph runs *slower*
+  than FP32 in ONNX Runtime (its S8S8 kernels are emulated), so the CPU file `model.int8.onnx` uses the activation
+  type the CPU's ISA is fast at (U8S8 on AVX2, S8S8 on VNNI/AMX) and also weight-quantizes the embedding Gathers: the
+  30522-row word-embedding table outweighs two encoder layers, and a file with only MatMuls quantized stays at ~83% of
+  FP32.
 * The CPU file is whichever of static QDQ and dynamic INT8 is faster *here* within tolerance (`cpu_choice.py`,
   recipe `quantize.cpu_file: auto`): on a narrow student the Q/DQ pairs around each small GEMM cost what INT8
   saves, and a static file measured slower than FP32 at batch 1; which wins depends on the width and the ISA.

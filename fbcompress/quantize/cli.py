@@ -95,9 +95,10 @@ def quantize_cmd(
     """Quantize a bundle's FP32 model.onnx to INT8 and add it to the bundle, if accuracy holds.
 
     \b
-    ort-static writes model.int8.trt.onnx (symmetric INT8 Q/DQ on MatMul/Gemm inputs, the TensorRT
-    engine's source) and model.int8.onnx (ONNX Runtime on this CPU, embeddings INT8): static QDQ
-    (U8S8 on AVX2, S8S8 on VNNI/AMX) or dynamic INT8, whichever is faster here within tolerance
+    ort-static writes model.int8.trt.onnx (symmetric INT8 Q/DQ on MatMul/Gemm inputs, FP16 elsewhere
+    as in model.fp16.onnx: the TensorRT engine's source) and model.int8.onnx (ONNX Runtime on this
+    CPU, embeddings INT8): static QDQ (U8S8 on AVX2, S8S8 on VNNI/AMX) or dynamic INT8, whichever is
+    faster here within tolerance
     (quantize.cpu_file: auto; static or dynamic pin it), calibrated on training pairs of varied text
     lengths. While the val AUC or Rank@10 drop exceeds quantize.max_auc_drop / max_rank10_drop, the
     most sensitive MatMuls return to FP. The final guard scores --split against FP32: beyond

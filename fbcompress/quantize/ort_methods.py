@@ -6,7 +6,10 @@ All three start from the standard-ops FP32 `model.onnx`. Settings and why:
 * TensorRT file: `activation_type=QInt8` with `ActivationSymmetric` (TensorRT requires zero point 0), INT8 weights
   per output channel (`WeightSymmetric`), `QuantizeBias=False` (TensorRT does not read int32 bias DQs; the bias Add
   stays FP), no Q/DQ on MatMul outputs (`OpTypesToExcludeOutputQuantization`: TensorRT fuses the output scaling
-  itself), op types MatMul/Gemm only (LayerNorm, Softmax, GELU stay FP).
+  itself), op types MatMul/Gemm only (LayerNorm, Softmax, GELU stay FP). `quantize_trt` quantizes the FP32 graph;
+  the pipeline then converts the result to FP16 outside the quantized ops (`export.onnx_export.convert_qdq_fp16`,
+  model.fp16.onnx's policy: LayerNorm, Softmax and the logits layer FP32, FP32 graph I/O, opset >= 19 for float16
+  Q/DQ scales), since a strongly typed TensorRT build would otherwise run everything but the GEMMs in FP32/TF32.
 * CPU file: activation type from the CPU's ISA (`cpu.detect_isa`), asymmetric where it is uint8 (the zero point
   buys a bit of range for the skewed post-GELU activations), Gathers added so the embedding tables are stored INT8.
   Written with Optimum's `ORTQuantizer` (a `QuantizationConfig` built here, `operators_to_quantize` passed
@@ -116,7 +119,8 @@ def _finish(path: Path, quantized_ops: tuple[str, ...]) -> dict[str, Any]:
 
 
 def quantize_trt(src: Path, dst: Path, cache: Path, settings: StaticSettings) -> dict[str, Any]:
-    """Symmetric INT8 QDQ on MatMul/Gemm inputs: `model.int8.trt.onnx`, ranges from `calibrate` (must have run)."""
+    """Symmetric INT8 QDQ on MatMul/Gemm inputs of the FP32 graph: `model.int8.trt.onnx` before its FP16
+    conversion (`convert_qdq_fp16`, done by the pipeline); ranges from `calibrate` (must have run)."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     extra = {

@@ -28,6 +28,8 @@ from fbcompress.quantize.cpu_choice import DYNAMIC, STATIC, Candidate, choose
 
 FP32_FILE = "model.onnx"
 ORT_FP32_FILE = "model.ort.onnx"
+TRT_FP32_QDQ = "model.int8.trt.fp32-qdq.onnx"  # work directory only: the TensorRT file before its FP16 conversion
+FP32_QDQ_LABEL = f"{INT8_TRT_FILE} before its FP16 conversion (FP32 QDQ graph, same Q/DQ placement and scales)"
 MODELOPT_NOT_RUN = (
     "NVIDIA ModelOpt ONNX PTQ (the reference for TensorRT-ready QDQ) does not install beside this "
     "stack: pip resolves nvidia-modelopt[onnx] 0.47.0 to onnx 1.21.0 and onnxruntime-gpu 1.24.4, "
@@ -125,6 +127,19 @@ class _Run:
         return {"passed": all(v["passed"] for v in per_file.values()), "val": per_file}
 
 
+def ort_cpu_problem(path: Path, feed: dict[str, Any]) -> str | None:
+    """Why ONNX Runtime's CPU provider cannot load or run `path` on `feed` (e.g. no float16 kernel for one of its
+    ops), or None when it runs."""
+    try:
+        session = session_factory(path)
+        names = {i.name for i in session.get_inputs()}
+        session.run(None, {k: v for k, v in feed.items() if k in names})
+    except Exception as exc:  # noqa: BLE001 - whatever ONNX Runtime raises is the reason, reported as such
+        text = str(exc).strip().splitlines()
+        return f"{type(exc).__name__}: {text[0] if text else ''}"
+    return None
+
+
 def session_factory(proto_or_path) -> Any:
     import onnxruntime as ort
 
@@ -194,8 +209,35 @@ def _source_graph(run: _Run) -> tuple[Any, Any, list[str]]:
     return detect_isa(), fp_model, G.default_fp_nodes(fp_model)
 
 
+def _trt_accuracy_check(problem: str | None) -> dict[str, Any]:
+    """How the TensorRT file's accuracy is measured: the file itself where ONNX Runtime's CPU provider runs it,
+    else the nearest graph it can run (the same QDQ graph before the FP16 conversion), labelled as such."""
+    if problem is None:
+        return {
+            "onnxruntime_cpu": "runs",
+            "scored_file": INT8_TRT_FILE,
+            "note": f"{INT8_TRT_FILE} itself (FP16 outside the quantized GEMMs, as TensorRT runs it) is scored with "
+            "ONNX Runtime on CPU",
+        }
+    return {
+        "onnxruntime_cpu": "cannot run",
+        "error": problem,
+        "scored_file": FP32_QDQ_LABEL,
+        "note": f"ONNX Runtime's CPU provider cannot run {INT8_TRT_FILE} ({problem}); its accuracy (val and the "
+        f"guard) is that of the nearest graph it can run: {FP32_QDQ_LABEL}, FP32 outside the GEMMs, so the FP16 "
+        "rounding of the engine is not measured",
+    }
+
+
 def _static(run: _Run) -> dict[str, Any]:
-    """ort-static: both QDQ files, with the accuracy fall-back loop on val."""
+    """ort-static: both QDQ files, with the accuracy fall-back loop on val.
+
+    The TensorRT file is quantized from the FP32 graph, then converted to FP16 outside the quantized ops
+    (`convert_qdq_fp16`, model.fp16.onnx's policy) at every attempt, so the val check of the fall-back loop scores
+    the file that ships; where ONNX Runtime cannot run it, the loop and the guard score its FP32 QDQ graph instead
+    (`stand_ins`). The per-node ranking always reads the FP32 QDQ graph: `node_errors` captures its activations by
+    name from the FP32 model, which the FP16 graph's casts would not match."""
+    from fbcompress.export.onnx_export import convert_qdq_fp16
     from fbcompress.quantize import ort_methods as M
     from fbcompress.quantize.calibration import BatchReader
     from fbcompress.quantize.cpu import resolve_reduce_range
@@ -209,6 +251,7 @@ def _static(run: _Run) -> dict[str, Any]:
     input_names = [i.name for i in session_factory(run.src).get_inputs()]
     reader = BatchReader(run.batches, input_names)
     infos: dict[int, dict[str, Any]] = {}
+    fp32_qdq: dict[Path, tuple[Path, str | None]] = {}  # shipped TensorRT file -> (FP32 QDQ graph, ORT's problem)
 
     def settings(excluded: list[str], reduce_range: bool) -> M.StaticSettings:
         return M.StaticSettings(
@@ -237,18 +280,31 @@ def _static(run: _Run) -> dict[str, Any]:
         folder = run.work / f"attempt-{attempt}"
         folder.mkdir()
         run.say(f"quantizing (static QDQ, attempt {attempt}, {len(excluded)} node(s) returned to FP) ...")
-        trt = M.quantize_trt(run.src, folder / INT8_TRT_FILE, cache, settings(excluded, False))
+        trt = M.quantize_trt(run.src, folder / TRT_FP32_QDQ, cache, settings(excluded, False))
+        trt["precision"] = convert_qdq_fp16(folder / TRT_FP32_QDQ, folder / INT8_TRT_FILE)
+        problem = ort_cpu_problem(folder / INT8_TRT_FILE, run.batches[0])
+        if problem:
+            run.say(f"  ONNX Runtime (CPU) cannot run the FP16 {INT8_TRT_FILE} ({problem}): scoring its FP32 QDQ "
+                    "graph instead")
+        trt["accuracy_check"] = _trt_accuracy_check(problem)
+        fp32_qdq[folder / INT8_TRT_FILE] = (folder / TRT_FP32_QDQ, problem)
         infos[attempt] = {INT8_TRT_FILE: trt}
         if settled is not None:  # the CPU file is settled: the fall-back serves the TensorRT file alone
             return {INT8_TRT_FILE: folder / INT8_TRT_FILE}
         infos[attempt][INT8_CPU_FILE] = build_cpu_static(excluded, folder)
         return {INT8_TRT_FILE: folder / INT8_TRT_FILE, INT8_CPU_FILE: folder / INT8_CPU_FILE}
 
+    def scored(files: dict[str, Path]) -> dict[str, Path]:
+        """The graphs ONNX Runtime scores for `files`: each file, or its FP32 QDQ graph where it cannot run it."""
+        return {rel: fp32_qdq[path][0] if path in fp32_qdq and fp32_qdq[path][1] else path
+                for rel, path in files.items()}
+
     def rank(files: dict[str, Path]) -> list[dict[str, Any]]:
         run.say("measuring per-node quantization error on the calibration batches ...")
         merged: dict[str, dict[str, Any]] = {}
         for rel, path in files.items():
-            for row in node_errors(run.src, G.load(path), run.batches, session_factory):
+            qdq = fp32_qdq[path][0] if path in fp32_qdq else path  # the FP32 QDQ graph (see the docstring)
+            for row in node_errors(run.src, G.load(qdq), run.batches, session_factory):
                 entry = merged.setdefault(
                     row["name"], {"name": row["name"], "op": row["op"], "rel_error": 0.0, "by_file": {}}
                 )
@@ -256,7 +312,9 @@ def _static(run: _Run) -> dict[str, Any]:
                 entry["rel_error"] = max(entry["rel_error"], row["rel_error"])
         return sorted(merged.values(), key=lambda r: r["rel_error"], reverse=True)
 
-    result = run_fallback(build, run.val_check, rank, section.max_fallback_nodes, section.fallback, run.say)
+    result = run_fallback(
+        build, lambda files: run.val_check(scored(files)), rank, section.max_fallback_nodes, section.fallback, run.say
+    )
     if not result.ranking and result.passed:
         result.ranking = rank(result.files)  # the report lists per-node errors even when nothing was returned
     attempt = len(result.steps) - 1
@@ -281,6 +339,8 @@ def _static(run: _Run) -> dict[str, Any]:
     return {
         "files": files,
         "first_files": first_files,
+        # file -> the graph ONNX Runtime scores in its place (it cannot run the file): the guard uses them too
+        "stand_ins": {path: qdq for path, (qdq, problem) in fp32_qdq.items() if problem},
         "cpu_file": cpu_file,
         "settings": methods,
         "fp_by_design": by_design,
@@ -449,7 +509,7 @@ def _file_entry(rel: str, path: Path, settings: dict[str, Any], fp32_bytes: int)
         if not dynamic
         else {"tensors": 0, "note": "dynamic: ranges are computed per batch at run time"}
     )
-    return {
+    entry = {
         "bytes": path.stat().st_size,
         "size_vs_fp32": path.stat().st_size / fp32_bytes,
         "constant_bytes_by_dtype": G.initializer_bytes(model),
@@ -457,15 +517,40 @@ def _file_entry(rel: str, path: Path, settings: dict[str, Any], fp32_bytes: int)
         "graph": graph,
         "activation_ranges": ranges,
     }
+    if "precision" in settings:
+        entry["precision_policy"] = precision_policy(settings)
+    return entry
+
+
+def precision_policy(settings: dict[str, Any]) -> dict[str, Any]:
+    """The TensorRT file's mixed precision, as the manifest and the report state it."""
+    precision = settings["precision"]
+    return {
+        "quantized": "int8 (Q/DQ on MatMul/Gemm inputs)",
+        "high_precision": precision["high_precision"],
+        "fp32_ops": precision["fp32_ops"],
+        "fp32_nodes": precision["fp32_nodes"],
+        "io_dtypes": precision["io_dtypes"],
+        "opset": precision["opset"],
+        "same_as": "model.fp16.onnx (convert_fp16's policy)",
+        "accuracy_scored_on": settings.get("accuracy_check", {}).get("scored_file", INT8_TRT_FILE),
+    }
 
 
 def _purpose(rel: str, settings: dict[str, Any], cpu_file: dict[str, Any] | None) -> dict[str, str]:
     if rel == INT8_TRT_FILE:
+        check = settings.get("accuracy_check", {})
+        ort = (
+            "runs in ONNX Runtime too, but slowly on CPUs (float16 and S8S8 kernels)"
+            if check.get("onnxruntime_cpu", "runs") == "runs"
+            else f"ONNX Runtime's CPU provider cannot run it ({check.get('error')})"
+        )
         return {
             "role": B.ROLE_ONNX_INT8_QDQ,
-            "purpose": "TensorRT INT8 engine source: symmetric INT8 Q/DQ on "
-            "MatMul/Gemm inputs (`fbcompress export --target tensorrt --precision int8` builds from it)",
-            "runtime": "TensorRT (explicit quantization); runs in ONNX Runtime too, but slowly on CPUs without VNNI",
+            "purpose": "TensorRT INT8 engine source: symmetric INT8 Q/DQ on MatMul/Gemm inputs, FP16 elsewhere "
+            "except LayerNorm, Softmax and the logits layer (FP32), FP32 inputs/outputs, as model.fp16.onnx "
+            "(`fbcompress export --target tensorrt --precision int8` builds from it)",
+            "runtime": f"TensorRT (explicit quantization, strongly typed); {ort}",
         }
     isa = settings.get("isa", {})
     how = "dynamic INT8" if _is_dynamic(settings) else f"static QDQ, {isa.get('scheme', 'U8S8')}"
@@ -533,11 +618,19 @@ def run_quantize(opts: QuantizeOptions) -> dict[str, Any]:
             last = produced["fallback"]["steps"][-1]["val"]
             broken = [measure.describe_breaks(r, v["breaks"]) for r, v in last.items() if v["breaks"]]
             breaks.append(f"on val, {produced['fallback']['stopped']}: " + "; ".join(broken))
+        stand_ins: dict[Path, Path] = produced.get("stand_ins", {})
         for rel_q, path in files.items():
-            run.say(f"guard: scoring {rel_q} on {opts.split} ...")
+            stand_in = stand_ins.get(path)
+            run.say(f"guard: scoring {rel_q} on {opts.split}"
+                    + (f" (ONNX Runtime cannot run it: {FP32_QDQ_LABEL})" if stand_in else "") + " ...")
             comparison = measure.compare(
-                reference, run.score(path, rel_q, opts.split), section.max_auc_drop, section.max_rank10_drop
+                reference,
+                run.score(stand_in or path, rel_q, opts.split),
+                section.max_auc_drop,
+                section.max_rank10_drop,
             )
+            if stand_in:
+                comparison["scored_file"] = FP32_QDQ_LABEL
             accuracy[rel_q] = comparison
             if comparison["breaks"]:
                 breaks.append(measure.describe_breaks(rel_q, comparison["breaks"]))
@@ -550,12 +643,13 @@ def run_quantize(opts: QuantizeOptions) -> dict[str, Any]:
         timed.update(files)
         if produced["fallback"].get("returned_to_fp"):
             timed.update({f"{r} (before fall-back)": p for r, p in produced["first_files"].items()})
+        runnable = {name: path for name, path in timed.items() if path not in stand_ins}  # ORT cannot time the rest
         if opts.latency_runs > 0:
             # all files in alternating blocks: timed one after the other, a slow spell of a shared VM (p90 4x p50
             # seen here) decided which of two files within 20% of each other looked faster
-            run.say(f"latency of {len(timed)} files ({opts.latency_runs} runs x text {measure.LATENCY_TEXTS}, "
+            run.say(f"latency of {len(runnable)} files ({opts.latency_runs} runs x text {measure.LATENCY_TEXTS}, "
                     "in alternating blocks) ...")
-            latency = measure.race(timed, run.spec, run.max_positions, opts.latency_runs)
+            latency = measure.race(runnable, run.spec, run.max_positions, opts.latency_runs)
         report = _report(
             run, method, produced, files, reference, accuracy, breaks, latency, fp32_bytes, source_sha, machine_info()
         )
@@ -643,8 +737,9 @@ def _report(
             "files": {rel_q: {k: v for k, v in c.items() if k != "split"} for rel_q, c in accuracy.items()},
             "data": str(run.dataset.root),
             "synthetic": bool(run.dataset.meta.get("synthetic", False)),
-            "note": "every file is scored with ONNX Runtime on CPU; for model.int8.trt.onnx that simulates "
-            "TensorRT's INT8 arithmetic (same Q/DQ scales)",
+            "note": _accuracy_note(
+                produced["settings"].get(INT8_TRT_FILE, {}), files.get(INT8_TRT_FILE) in produced.get("stand_ins", {})
+            ),
         },
         "latency": {
             "runtime": "onnxruntime CPUExecutionProvider, ORT_ENABLE_ALL, default threads; all files timed in "
@@ -653,11 +748,28 @@ def _report(
             "runs": run.opts.latency_runs,
             "warmup": 10,
             "models": latency,
+            "not_timed": {
+                rel_q: "ONNX Runtime's CPU provider cannot run it: "
+                + produced["settings"][rel_q].get("accuracy_check", {}).get("error", "?")
+                for rel_q, path in files.items()
+                if path in produced.get("stand_ins", {})
+            },
         },
         "size": {FP32_FILE: fp32_bytes, **{rel_q: e["bytes"] for rel_q, e in entries.items()}},
         "comparisons": {"modelopt": {"ran": False, "reason": MODELOPT_NOT_RUN}},
         "breaks": breaks,
     }
+
+
+def _accuracy_note(trt: dict[str, Any], stand_in: bool) -> str:
+    if "accuracy_check" not in trt:
+        return "every file is scored with ONNX Runtime on CPU"
+    if stand_in:
+        return f"every file is scored with ONNX Runtime on CPU, except: {trt['accuracy_check']['note']}"
+    return (
+        f"every file is scored with ONNX Runtime on CPU; for {INT8_TRT_FILE} that simulates TensorRT's arithmetic "
+        "(same Q/DQ scales, FP16 outside the quantized GEMMs)"
+    )
 
 
 def _manifest_entry(rel: str, report: dict[str, Any], sha: str) -> dict[str, Any]:
@@ -704,6 +816,14 @@ def _manifest_entry(rel: str, report: dict[str, Any], sha: str) -> dict[str, Any
         "size_vs_fp32": entry["size_vs_fp32"],
         "sha256_at_quantize": sha,
     }
+    if "precision_policy" in entry:
+        out["high_precision"] = entry["precision_policy"]["high_precision"]
+        out["precision_policy"] = entry["precision_policy"]
+        check = entry["settings"].get("accuracy_check", {})
+        out["accuracy"]["scored_file"] = acc.get("scored_file", rel)
+        out["accuracy"]["onnxruntime_cpu"] = check.get("onnxruntime_cpu")
+        if check.get("error"):
+            out["accuracy"]["onnxruntime_cpu_error"] = check["error"]
     if cases:
         out["latency"] = {
             "device": "cpu (onnxruntime CPUExecutionProvider)",

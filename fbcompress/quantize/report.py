@@ -47,6 +47,11 @@ def _accuracy_rows(report: dict[str, Any]) -> list[str]:
         f"; tolerance: AUC drop <= {tol['max_auc_drop']:g}, ITR/TIR Rank@10 drop <= "
         f"{tol['max_rank10_drop']:g}. {acc['note']}.",
     ]
+    for column in columns:
+        if files[column].get("scored_file", column) != column:
+            check = report["files"].get(column, {}).get("settings", {}).get("accuracy_check", {})
+            rows += ["", f"**`{column}` was not scored itself: ONNX Runtime's CPU provider cannot run it "
+                         f"({check.get('error', '?')}); its column is {files[column]['scored_file']}.**"]
     return rows
 
 
@@ -73,6 +78,7 @@ def _latency_rows(report: dict[str, Any]) -> list[str]:
         f"{machine.get('cpu', '?')}, {machine.get('cores', '?')} cores, onnxruntime "
         f"{machine.get('onnxruntime', '?')}; INT8 ISA {isa.get('isa', '?')} ({isa.get('scheme', '?')}).",
     ]
+    rows += [f"Not timed: `{name}` ({why})." for name, why in lat.get("not_timed", {}).items()]
     return rows
 
 
@@ -89,6 +95,17 @@ def _file_section(rel: str, entry: dict[str, Any]) -> list[str]:
     for key in ("tool", "format", "activations", "weights", "embeddings"):
         if settings.get(key):
             lines.append(f"- {key}: {settings[key]}")
+    policy = entry.get("precision_policy")
+    if policy:
+        kept = ", ".join([*policy["fp32_ops"], *(f"`{n}`" for n in policy["fp32_nodes"])])
+        lines.append(
+            f"- precision outside the quantized GEMMs: {policy['high_precision'].upper()}, except {kept} (FP32); "
+            f"inputs/outputs {policy['io_dtypes']}; opset {policy['opset']}; same policy as {policy['same_as']}"
+        )
+    check = settings.get("accuracy_check")
+    if check:
+        lines.append(f"- accuracy scored on: {check['scored_file']} (ONNX Runtime CPU: {check['onnxruntime_cpu']}"
+                     + (f", {check['error']}" if check.get("error") else "") + ")")
     quantized = graph.get("quantized_nodes", [])
     kept = graph.get("fp_nodes", [])
     lines.append(f"- quantized nodes ({len(quantized)}): " + ", ".join(f"`{n['name']}`" for n in quantized))
