@@ -237,7 +237,8 @@ def render_readme(manifest: dict) -> str:
         "## TensorRT",
         "",
         "Engines are strongly typed: precision comes from the ONNX file (`model.fp16.onnx` keeps LayerNorm, Softmax "
-        "and the logits layer in FP32; `model.int8.trt.onnx` carries Q/DQ nodes). Shape profiles (min/opt/max):",
+        "and the logits layer in FP32; `model.int8.trt.onnx` has INT8 Q/DQ on the GEMM inputs and the same FP16 "
+        "policy elsewhere). Shape profiles (min/opt/max):",
         "",
         "| profile | batch | text |",
         "|---|---|---|",
