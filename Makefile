@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 QUICKSTART_OUT ?= runs/quickstart
 
-.PHONY: setup test quickstart lint clean
+.PHONY: setup test test-fast mutation quickstart lint clean
 
 # uv installs in parallel: set-up took 60 s here from a cold uv cache, against 100-120 s with pip (it counts in
 # the quickstart's 35 min). --compile-bytecode because this machine sets PYTHONDONTWRITEBYTECODE: without .pyc
@@ -30,6 +30,16 @@ setup: $(VENV)/.installed
 
 test: setup
 	$(PY) -m pytest
+
+# The fast tier: unit tests without the slow ones (pytest marker `slow`, see tests/conftest.py), for the edit loop
+# and for mutation testing.
+test-fast: setup
+	$(PY) -m pytest -m "not slow"
+
+# Mutation testing of the core modules (a benchmark, not CI): bench/mutation.sh, results in bench/results/.
+mutation: setup
+	$(PY) -m pip install -q "mutmut==3.8.1"
+	bash bench/mutation.sh $(MODULES)
 
 lint: setup
 	$(VENV)/bin/ruff check fbcompress tests bench

@@ -236,6 +236,49 @@ def test_fp16_graph_keeps_layernorm_and_io_fp32(bundle, torch_model, tmp_path):
     assert parity["max_abs_diff"] < 1e-2
 
 
+def test_reduced_precision_parity_is_judged_against_the_logits_scale(torch_model, tmp_path):
+    """FP16 (and TensorRT) parity is relative to the spread of the model's own scores. Break: an absolute 5e-2 (the
+    old engine tolerance) passes a constant output on the smoke model at chance, and says nothing on a model whose
+    scores spread; here a constant output must fail and the FP16 graph of a model with spread scores must pass."""
+    import copy
+
+    import numpy as np
+    import torch
+
+    from fbcompress.export.onnx_export import (
+        convert_fp16,
+        export_onnx,
+        measure_parity,
+        parity_grid,
+        parity_inputs,
+        parity_passes,
+        torch_logits,
+    )
+    from fbcompress.export.ort_scorer import OrtScorer
+
+    spec, vocab = torch_model.spec, torch_model.config.vocab_size
+    grid = parity_grid(int(torch_model.config.max_position_embeddings), batches=(1, 8), texts=(1, 8))
+
+    def constant(model):
+        """An 'export' that returns the model's mean logits for every input."""
+        mean = torch_logits(model, parity_inputs(spec, *grid[-1], vocab)).mean(axis=0)
+        return lambda inputs: np.tile(mean, (inputs["input_ids"].shape[0], 1))
+
+    at_chance = measure_parity(torch_model, constant(torch_model), spec, vocab, grid)
+    assert at_chance["max_abs_diff"] < 5e-2  # what the absolute rule let through
+    assert parity_passes(at_chance, "fp16") is False
+    spread = copy.deepcopy(torch_model)
+    with torch.no_grad():  # a head whose scores spread, as a trained model's do
+        spread.ita_head.weight.mul_(200.0)
+    export_onnx(spread, tmp_path / "model.onnx")
+    convert_fp16(tmp_path / "model.onnx", tmp_path / "model.fp16.onnx")
+    fp16 = OrtScorer(tmp_path / "model.fp16.onnx", spec, tmp_path, "fp16")
+    parity = measure_parity(spread, fp16.logits, spec, vocab, grid)
+    assert parity["logit_scale"] > 1.0 and parity_passes(parity, "fp16") is True, parity
+    assert parity_passes(measure_parity(spread, constant(spread), spec, vocab, grid), "fp16") is False
+    assert parity_passes(parity, "int8") is None  # INT8 is the accuracy guard's to judge
+
+
 def test_readme_snippet_makes_the_loader_inputs(bundle, tiny_data):
     """The README's Python preprocessing reproduces what training/eval feed the model."""
     from fbcompress.backbone import load_tokenizer
@@ -543,6 +586,7 @@ def test_tensorrt_engine_build_and_run(bundle_copy, trained_smoke, tiny_data, tm
     entry = manifest["models"]["model.fp16.plan"]
     assert entry["tensorrt"]["major"] in (10, 11) and entry["tensorrt"]["compute_capability"]
     assert entry["parity"]["max_abs_diff"] < 5e-2 and cache.is_file()
+    assert entry["parity"]["relative_tolerance"] == 5e-2 and "logit_scale" in entry["parity"]
     assert (bundle_copy / "model.fp16.build.log").is_file() and "model.fp16.onnx" in manifest["models"]
     eval_json = tmp_path / "plan.json"
     result = run("eval", "--model", bundle_copy / "model.fp16.plan", "--device", "cuda", "--data", tiny_data,

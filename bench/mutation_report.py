@@ -1,0 +1,139 @@
+"""Kill rate per module from a finished `mutmut run` (bench/mutation.sh calls this; it reads mutmut's own files).
+
+    python bench/mutation_report.py WORK_DIR OUT_DIR [--seconds S] [--commit C] [--modules M ...]
+
+WORK_DIR is the scratch copy mutmut ran in (it holds mutants/**/*.py.meta: each mutant's test exit code). Kill rate =
+killed / (mutants − equivalent): a mutant that survives, that no fast test reaches ("no tests") or that hangs past
+mutmut's timeout without being killed counts against it. Equivalent mutants (no test can tell them from the
+original) are listed by hand in bench/mutation_equivalent.json with the reason, keyed by mutant name and pinned
+to the mutated line, so an entry whose code changed stops counting instead of hiding a new survivor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from collections import Counter
+from datetime import date
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+EQUIVALENT = ROOT / "bench" / "mutation_equivalent.json"
+# mutmut.stats.status_by_exit_code (mutmut 3.8): 1 and 3 are kills, 0 a survivor, 33/5 no test ran it.
+STATUS = {0: "survived", 1: "killed", 3: "killed", 5: "no tests", 33: "no tests", 34: "skipped", 36: "timeout",
+          24: "timeout", -24: "timeout", 152: "timeout", 255: "timeout", 37: "killed"}
+
+
+def read_results(work: Path) -> dict[str, dict[str, str]]:
+    """module path → {mutant name: status} from every mutants/<module>.meta."""
+    out: dict[str, dict[str, str]] = {}
+    for meta in sorted((work / "mutants").rglob("*.py.meta")):
+        module = meta.relative_to(work / "mutants").as_posix()[: -len(".meta")]
+        codes = json.loads(meta.read_text()).get("exit_code_by_key", {})
+        out[module] = {name: STATUS.get(code, "not checked" if code is None else "suspicious")
+                       for name, code in codes.items()}
+    return out
+
+
+def mutant_diff(work: Path, mutmut: Path, name: str) -> str:
+    shown = subprocess.run([str(mutmut.resolve()), "show", name], cwd=work, capture_output=True, text=True)
+    return shown.stdout.strip()
+
+
+def mutated_line(diff: str) -> str:
+    """The '+' line of a mutant's diff: what the mutant changed the code to (the equivalence pin)."""
+    added = [line[1:].strip() for line in diff.splitlines() if line.startswith("+") and not line.startswith("+++")]
+    return added[0] if added else ""
+
+
+def load_equivalent() -> dict[str, dict[str, str]]:
+    return json.loads(EQUIVALENT.read_text()) if EQUIVALENT.is_file() else {}
+
+
+def summarise(results: dict[str, dict[str, str]], equivalent: set[str]) -> list[dict]:
+    rows = []
+    for module, mutants in results.items():
+        counts = Counter(mutants.values())
+        eq = sum(1 for name, status in mutants.items() if name in equivalent and status != "killed")
+        judged = len(mutants) - eq - counts.get("skipped", 0)
+        rows.append({"module": module, "mutants": len(mutants), "killed": counts.get("killed", 0),
+                     "survived": counts.get("survived", 0) - sum(1 for n, s in mutants.items()
+                                                                 if n in equivalent and s == "survived"),
+                     "no_tests": counts.get("no tests", 0), "timeout": counts.get("timeout", 0),
+                     "equivalent": eq, "not_checked": counts.get("not checked", 0),
+                     "kill_rate": round(counts.get("killed", 0) / judged, 4) if judged else None})
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("work", type=Path)
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--seconds", type=int, default=None)
+    parser.add_argument("--commit", default="?")
+    parser.add_argument("--modules", nargs="*", default=[])
+    parser.add_argument("--mutmut", type=Path, default=Path(sys.executable).with_name("mutmut"))
+    args = parser.parse_args(argv)
+
+    results = read_results(args.work)
+    if not results:
+        print(f"error: no mutmut results under {args.work}/mutants", file=sys.stderr)
+        return 2
+    recorded = load_equivalent()
+    survivors: dict[str, list[tuple[str, str, str]]] = {}
+    equivalent: set[str] = set()
+    for module, mutants in results.items():
+        for name, status in mutants.items():
+            if status == "killed":
+                continue
+            diff = mutant_diff(args.work, args.mutmut, name)
+            entry = recorded.get(name)
+            if entry and entry.get("line") == mutated_line(diff):
+                equivalent.add(name)
+                continue
+            survivors.setdefault(module, []).append((name, status, diff))
+    rows = summarise(results, equivalent)
+    total_killed = sum(r["killed"] for r in rows)
+    total_judged = sum(r["mutants"] - r["equivalent"] for r in rows)
+    from fbcompress.latency import machine_info
+
+    machine = machine_info(None)
+    payload = {"date": date.today().isoformat(), "commit": args.commit, "machine": machine, "tool": "mutmut 3.8.1",
+               "test_selection": 'pytest -m "not slow" (the fast tier), per mutant the tests that ran its function',
+               "seconds": args.seconds, "modules": rows,
+               "total": {"killed": total_killed, "judged": total_judged,
+                         "kill_rate": round(total_killed / total_judged, 4) if total_judged else None}}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "kill-rates.json").write_text(json.dumps(payload, indent=2) + "\n")
+    lines = [f"# Mutation testing, {payload['date']} (commit {args.commit})", "",
+             f"Machine: {machine.get('cpu', '?')}, {machine.get('usable_cores', '?')} usable cores. Tool: mutmut 3.8.1 "
+             f"(`bash bench/mutation.sh`), {payload['test_selection']}. Wall time: {args.seconds} s.", "",
+             "| module | mutants | killed | survived | no tests | timeout | equivalent | kill rate |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        rate = f"{r['kill_rate']:.1%}" if r["kill_rate"] is not None else "-"
+        lines.append(f"| `{r['module']}` | {r['mutants']} | {r['killed']} | {r['survived']} | {r['no_tests']} | "
+                     f"{r['timeout']} | {r['equivalent']} | {rate} |")
+    rate = payload["total"]["kill_rate"]
+    lines += [f"| **all** | {sum(r['mutants'] for r in rows)} | {total_killed} | "
+              f"{sum(r['survived'] for r in rows)} | {sum(r['no_tests'] for r in rows)} | "
+              f"{sum(r['timeout'] for r in rows)} | {sum(r['equivalent'] for r in rows)} | "
+              f"{f'{rate:.1%}' if rate is not None else '-'} |", "",
+              "Kill rate = killed / (mutants − equivalent). Equivalent mutants are listed with their reason in "
+              "`bench/mutation_equivalent.json`; every other survivor is in `survivors.md`."]
+    (args.out / "README.md").write_text("\n".join(lines) + "\n")
+    out = ["# Surviving mutants", ""]
+    for module, items in survivors.items():
+        out += [f"## `{module}` ({len(items)})", ""]
+        for name, status, diff in items:
+            out += [f"### {name} — {status}", "", "```diff", diff, "```", ""]
+    (args.out / "survivors.md").write_text("\n".join(out) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
+    sys.exit(main())
