@@ -129,3 +129,15 @@ def write_varied_dataset(out: Path, products: int = 120, image_size: int = 32) -
 def varied_data(tmp_path_factory) -> Path:
     """A tiny dataset dir whose texts have really different lengths (2 to 30 words), for VSL padding tests."""
     return write_varied_dataset(tmp_path_factory.mktemp("data") / "varied")
+
+
+# The fast tier (`make test-fast`, `pytest -m "not slow"`, and mutation testing's test selection): every test that
+# needs a model trained, exported or quantized by a fixture, or that runs such a stage itself (marked by hand), is
+# marked `slow` here and runs only in the full `make test`.
+HEAVY_FIXTURES = frozenset({"trained_smoke", "good_teacher"})
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if HEAVY_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

@@ -326,6 +326,7 @@ def test_a_failing_case_is_recorded_and_the_matrix_goes_on():
     assert "error: RuntimeError" in format_table(result)
 
 
+@pytest.mark.slow
 def test_plots_are_pngs(tmp_path):
     clock = FakeClock()
     result = run_bench(

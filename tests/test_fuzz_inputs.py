@@ -143,6 +143,7 @@ def check_recipe_result(result: Any) -> None:
     payload=recipe_values
     | st.dictionaries(st.sampled_from(SECTIONS), st.dictionaries(recipe_keys, recipe_values, max_size=4), max_size=4)
 )
+@pytest.mark.slow
 def test_recipe_payload_fuzz(payload: Any) -> None:
     """Random nested payloads, real section/key names mixed with random ones: a Recipe or one clean line."""
     check_recipe_result(expect_clean(lambda: parse_recipe(payload, "fuzz.yaml"), "fuzz.yaml", one_line=RECIPE_ONE_LINE))
@@ -537,6 +538,7 @@ def convert_and_check(sources: list[Path], out: Path, image_size: int | None) ->
                 json.dumps(record, allow_nan=False)
 
 
+@pytest.mark.slow
 @settings(max_examples=80, **FUZZ)
 @given(layout=broken_fashiongen(), image_size=st.none() | st.sampled_from([2, 8]))
 def test_fashiongen_malformed_hdf5(layout: dict[str, Any], image_size: int | None) -> None:
@@ -551,6 +553,7 @@ def test_fashiongen_malformed_hdf5(layout: dict[str, Any], image_size: int | Non
     data=st.data(),
     retyped=st.dictionaries(st.sampled_from(FG_KEYS[1:]), st.sampled_from(DTYPES), min_size=1, max_size=3),
 )
+@pytest.mark.slow
 def test_fashiongen_wrong_column_dtypes(data: st.DataObject, retyped: dict[str, str]) -> None:
     """A well-formed file whose text/id/attribute columns hold another dtype: numbers, bools, complex, NaN/inf
     floats, non-UTF-8 bytes. Converted with the odd values as text (or null), or refused; never a half-written dir or
@@ -684,6 +687,7 @@ def damaged_jsonl_file(draw: st.DrawFn, original: str) -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("error::RuntimeWarning")  # e.g. metrics averaged over nothing: NaN instead of an error
 @settings(max_examples=80, **FUZZ)
 @given(data=st.data(), name=st.sampled_from(DATA_FILES))

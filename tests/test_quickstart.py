@@ -320,6 +320,7 @@ def test_report_lists_every_gated_student_with_its_pareto_flag(tmp_path):
     assert "| fast | 2 | 64 |" in md and "Shipped student: **fast**" in md and "| FAIL (AUC) |" in md
 
 
+@pytest.mark.slow
 def test_smoke_quickstart_end_to_end_then_reused(tmp_path):
     """The real pipeline on the smoke recipe, every stage through its command; a second run reuses every stage."""
     from click.testing import CliRunner
