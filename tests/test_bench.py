@@ -356,6 +356,7 @@ def smoke_onnx(trained_smoke, tmp_path_factory) -> Path:
     return out / "model.onnx"
 
 
+@pytest.mark.slow
 def test_bench_cli_json_markdown_and_plots(trained_smoke, smoke_onnx, tmp_path):
     out_json, out_md, plots = tmp_path / "bench.json", tmp_path / "bench.md", tmp_path / "plots"
     result = run(

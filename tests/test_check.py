@@ -244,6 +244,7 @@ def test_recipes_have_check_sections():
         assert check.latency_runs >= 100
 
 
+@pytest.mark.slow
 def test_check_reuses_a_saved_teacher_eval_only_when_it_matches(good_teacher, random_student, tiny_data, tmp_path):
     saved = tmp_path / "teacher-eval.json"
     assert run("eval", "--model", good_teacher, "--data", tiny_data, "--json", saved).exit_code == 0

@@ -202,6 +202,7 @@ def _distill(args):
     return result
 
 
+@pytest.mark.slow
 def test_distill_cli_end_to_end_and_resume(trained_smoke, tiny_data, tmp_path):
     base = ["--teacher", str(trained_smoke), "--data", str(tiny_data)]
     full, split = tmp_path / "student", tmp_path / "split"
@@ -223,6 +224,7 @@ def test_distill_cli_end_to_end_and_resume(trained_smoke, tiny_data, tmp_path):
         torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6, msg=name)
 
 
+@pytest.mark.slow
 def test_no_teacher_ablation_and_narrow_student(trained_smoke, tiny_data, tmp_path):
     base = ["--teacher", str(trained_smoke), "--data", str(tiny_data)]
     _distill([*base, "--out", str(tmp_path / "ablation"), "--no-teacher"])

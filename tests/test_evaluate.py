@@ -93,6 +93,7 @@ def test_rank_candidates_are_scored_in_length_sorted_batches(trained_smoke, tiny
     np.testing.assert_allclose(chunked, whole, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_eval_of_a_checkpoint_in_onnxruntime_matches_pytorch(trained_smoke, tiny_data, tmp_path):
     """--backend onnxruntime exports the checkpoint, checks parity, and scores the same: the same ranks and AUC,
     stamped with the checkpoint's weights hash (so `check --teacher-eval` accepts it like a PyTorch eval)."""
@@ -117,6 +118,7 @@ def test_eval_of_a_checkpoint_in_onnxruntime_matches_pytorch(trained_smoke, tiny
     assert ort_eval["auc"] == pytest.approx(torch_eval["auc"], abs=1e-3)
 
 
+@pytest.mark.slow
 def test_eval_in_onnxruntime_refuses_a_graph_off_pytorch(trained_smoke):
     from fbcompress.errors import FbError
     from fbcompress.export import checkpoint_ort

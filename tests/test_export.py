@@ -155,6 +155,7 @@ def test_padding_does_not_change_scores(bundle, torch_model):
         assert np.max(np.abs(scorer.logits(alone) - together[row])) <= 1e-5
 
 
+@pytest.mark.slow
 def test_fused_attention_respects_mid_sequence_padding(torch_model, tmp_path):
     """Amplify the logits x1000 so masking mistakes show: ORT's default fused-attention mask (a sequence length,
     i.e. right padding assumed) masks the image tokens instead of the text padding; the raw 2-D mask is exact."""
@@ -181,6 +182,7 @@ def test_fused_attention_respects_mid_sequence_padding(torch_model, tmp_path):
     assert ours["max_abs_diff"] < 1e-3 < bad["max_abs_diff"]
 
 
+@pytest.mark.slow
 def test_eval_onnx_gives_checkpoint_auc(bundle, trained_smoke, tiny_data, tmp_path):
     results = {}
     for label, model in (("ckpt", trained_smoke), ("onnx", bundle / "model.onnx"), ("dir", bundle)):
@@ -193,6 +195,7 @@ def test_eval_onnx_gives_checkpoint_auc(bundle, trained_smoke, tiny_data, tmp_pa
     assert results["onnx"]["itr"] == results["ckpt"]["itr"] and results["dir"]["auc"] == results["onnx"]["auc"]
 
 
+@pytest.mark.slow
 def test_dynamo_exporter_also_exports_dynamic_axes(torch_model, tmp_path):
     from fbcompress.export.onnx_export import export_onnx, measure_parity
     from fbcompress.export.ort_scorer import OrtScorer
@@ -337,6 +340,7 @@ def test_onnx_outside_a_bundle_is_refused(bundle, tiny_data, tmp_path):
     assert_one_line_error(run("eval", "--model", lonely, "--data", tiny_data), "not an fbcompress bundle manifest")
 
 
+@pytest.mark.slow
 def test_reexport_keeps_other_stages_files(bundle_copy, trained_smoke):
     """A later stage (quantize) adds files through BundleWriter; re-exporting ONNX keeps them and their entries."""
     from fbcompress.export.bundle import Bundle, update_bundle
@@ -358,6 +362,7 @@ def test_reexport_keeps_other_stages_files(bundle_copy, trained_smoke):
     assert not [p for p in bundle_copy.parent.iterdir() if ".tmp-" in p.name or ".old-" in p.name]
 
 
+@pytest.mark.slow
 def test_a_runtime_cache_in_the_bundle_is_kept_but_never_hashed(bundle_copy, trained_smoke):
     """ONNX Runtime's TensorRT provider rewrites its engine cache under <bundle>/ort-trt-cache/. Break: hashing it
     like an artifact (the old finalize) makes the next export fail with "no longer matches its sha256"."""
@@ -376,6 +381,7 @@ def test_a_runtime_cache_in_the_bundle_is_kept_but_never_hashed(bundle_copy, tra
     bundle.verify_all()
 
 
+@pytest.mark.slow
 def test_reexport_refuses_a_tampered_carried_file(bundle_copy, trained_smoke):
     from fbcompress.export.bundle import Bundle, update_bundle
 
@@ -389,6 +395,7 @@ def test_reexport_refuses_a_tampered_carried_file(bundle_copy, trained_smoke):
     assert tree_state(bundle_copy) == before  # the failed export left the bundle exactly as it was
 
 
+@pytest.mark.slow
 def test_bundle_from_another_checkpoint_needs_force(bundle_copy, trained_smoke):
     manifest_path = bundle_copy / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
@@ -402,6 +409,7 @@ def test_bundle_from_another_checkpoint_needs_force(bundle_copy, trained_smoke):
     assert not (bundle_copy / "model.int8.onnx").exists()
 
 
+@pytest.mark.slow
 def test_failed_parity_gate_writes_nothing(trained_smoke, tmp_path):
     out = tmp_path / "exported" / "strict"
     result = run("export", "--model", trained_smoke, "--target", "onnx", "--out", out,
@@ -414,6 +422,7 @@ def test_failed_parity_gate_writes_nothing(trained_smoke, tmp_path):
 # ---------------------------------------------------------------------------------------------------------- Triton
 
 
+@pytest.mark.slow
 def test_triton_repository_round_trip(bundle_copy, trained_smoke, tmp_path):
     from fbcompress.export.onnx_export import graph_io
     from fbcompress.export.triton import check_config_matches, read_config

@@ -184,6 +184,7 @@ recipe_files = (
 )
 
 
+@pytest.mark.slow
 @settings(max_examples=100, **FUZZ)
 @given(content=recipe_files)
 def test_recipe_file_fuzz(content: bytes | str) -> None:
@@ -221,6 +222,7 @@ overrides = st.lists(
 )
 
 
+@pytest.mark.slow
 @settings(max_examples=100, **FUZZ)
 @given(texts=overrides)
 def test_override_fuzz(texts: list[str]) -> None:
@@ -373,6 +375,7 @@ def garbage_manifests(draw: st.DrawFn) -> Any:
     return {"format": "fbcompress-bundle", "format_version": 1, **body}
 
 
+@pytest.mark.slow
 @settings(max_examples=60, **FUZZ)
 @given(manifest=garbage_manifests())
 def test_manifest_random_json(bundle_dir: Path, manifest: Any) -> None:
@@ -381,6 +384,7 @@ def test_manifest_random_json(bundle_dir: Path, manifest: Any) -> None:
         load_bundle_every_way(root, real_source(bundle_dir), full=False)
 
 
+@pytest.mark.slow
 @settings(max_examples=40, **FUZZ)
 @given(data=st.data())
 def test_manifest_random_bytes_and_truncation(bundle_dir: Path, data: st.DataObject) -> None:
@@ -397,6 +401,7 @@ def test_manifest_random_bytes_and_truncation(bundle_dir: Path, data: st.DataObj
         load_bundle_every_way(root, real_source(bundle_dir), full=False)
 
 
+@pytest.mark.slow
 @settings(max_examples=60, **FUZZ)
 @given(data=st.data())
 def test_manifest_one_value_mutated(bundle_dir: Path, data: st.DataObject) -> None:

@@ -134,6 +134,7 @@ def test_trt_int8_policy_and_accuracy_source_in_manifest_and_report(quantized_sm
     assert json.loads(eval_json.read_text())["auc"] == pytest.approx(entry["accuracy"]["auc"], abs=1e-9)
 
 
+@pytest.mark.slow
 def test_fp32_qdq_graph_stands_in_where_onnx_runtime_cannot_run_the_fp16_file(
     smoke_bundle, tiny_data, tmp_path, monkeypatch
 ):

@@ -217,6 +217,7 @@ def test_export_finds_the_tensorrt_int8_source(quantized, bundle, trained_smoke,
 # ---------------------------------------------------------------------------------------------- the accuracy guard
 
 
+@pytest.mark.slow
 def test_guard_rejects_and_leaves_the_bundle_untouched(bundle, tiny_data, tmp_path):
     root = copy_bundle(bundle, tmp_path)
     before = tree_state(root)
@@ -314,6 +315,7 @@ def test_compare_names_the_broken_metric():
 # ------------------------------------------------------------------------------------------- dynamic and INC
 
 
+@pytest.mark.slow
 def test_dynamic_method(bundle, tiny_data, tmp_path):
     root = copy_bundle(bundle, tmp_path)
     fp32 = sha256_file(root / "model.onnx")
@@ -367,6 +369,7 @@ def _auto_quantize(bundle, tiny_data, tmp_path) -> tuple[Path, dict, str]:
     return root, json.loads(report_path.read_text()), result.output
 
 
+@pytest.mark.slow
 def test_cpu_file_auto_settles_a_faster_dynamic_graph_before_the_fallback(bundle, tiny_data, tmp_path, monkeypatch):
     """The default, when dynamic INT8 is the faster CPU graph and within tolerance: it ships, the static CPU graph
     is not scored, and the fall-back serves the TensorRT file alone (it no longer loses MatMuls to FP, or val
@@ -390,6 +393,7 @@ def test_cpu_file_auto_settles_a_faster_dynamic_graph_before_the_fallback(bundle
     assert "## Which graph is the CPU file" in markdown and "| not scored |" in markdown
 
 
+@pytest.mark.slow
 def test_cpu_file_auto_scores_both_when_static_qdq_is_faster(bundle, tiny_data, tmp_path, monkeypatch):
     """When static QDQ wins the first race, both static files go through the fall-back together, then both CPU
     graphs (same nodes kept FP) are scored on val and raced again; the faster within tolerance ships."""
@@ -413,6 +417,7 @@ def test_cpu_file_auto_scores_both_when_static_qdq_is_faster(bundle, tiny_data, 
     assert "static QDQ" in purpose and "chosen over dynamic" in purpose
 
 
+@pytest.mark.slow
 def test_a_saved_fp32_eval_is_reused_as_the_guard_reference_only_when_it_matches(bundle, tiny_data, tmp_path):
     """--reference-eval (the quickstart passes its ONNX eval): the guard compares against the saved FP32 scores
     instead of scoring model.onnx on test again; an eval of another file is refused before anything is built."""
@@ -437,6 +442,7 @@ def test_a_saved_fp32_eval_is_reused_as_the_guard_reference_only_when_it_matches
     assert report["accuracy"]["fp32"]["itr_r10"] == evaluated["itr"]["r10"]
 
 
+@pytest.mark.slow
 def test_cpu_file_pinned_to_dynamic(bundle, tiny_data, tmp_path):
     root = copy_bundle(bundle, tmp_path)
     report_path = tmp_path / "pinned.json"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+import pytest
 import torch
 
 from fbcompress.masking import group_repeated_words, whole_word_mask, word_spans
@@ -20,6 +21,7 @@ def test_late_interaction_similarity_prefers_the_image_that_holds_each_word():
     assert float(sim[0, 0]) == 1.0 and float(sim[0, 1]) < 0.6
 
 
+@pytest.mark.slow
 def test_warm_start_lowers_its_loss(tiny_data, smoke_recipe):
     from fbcompress.backbone import load_tokenizer, packaged_minilm_dir
     from fbcompress.data.dataset_dir import DatasetDir
@@ -69,6 +71,7 @@ def test_easy_negatives_come_from_other_subcategories(tiny_data):
     assert any(sub[d] != sub[0] for d in draws) and all(data.products[d] != data.products[0] for d in draws)
 
 
+@pytest.mark.slow
 def test_itc_task_joins_the_adaptive_weights(tiny_data, tmp_path):
     import json
 
@@ -87,6 +90,7 @@ def test_itc_task_joins_the_adaptive_weights(tiny_data, tmp_path):
     assert len(meta["patch_warmup_loss"]) == 2
 
 
+@pytest.mark.slow
 def test_identity_pooler_replaces_minilms_untrained_pooler_and_passes_cls_through_tanh():
     from fbcompress.backbone import load_tokenizer, packaged_minilm_dir
     from fbcompress.recipes import load_recipe
