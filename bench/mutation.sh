@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 PY=${PY:-.venv/bin/python}
-MUTMUT=${MUTMUT:-$(dirname "$PY")/mutmut}
+MUTMUT=$(realpath -m "${MUTMUT:-$(dirname "$PY")/mutmut}")
 CORE=(
   fbcompress/evaluate.py fbcompress/tolerance.py fbcompress/adaptive_loss.py fbcompress/masking.py
   fbcompress/data/batching.py fbcompress/check.py fbcompress/quantize/measure.py fbcompress/quantize/fallback.py
