@@ -17,7 +17,13 @@ COLOURS = {"red": (220, 30, 30), "blue": (30, 30, 220), "green": (30, 180, 30), 
 SUBCATEGORIES = ("shirts", "dresses", "skirts")
 
 
-def write_tiny_dataset(out: Path, products: int = 120, image_size: int = 32) -> Path:
+def _tiny_text(i: int, colour: str, sub: str) -> str:
+    return f"A {colour} {sub}, style {i % 7}"
+
+
+def write_tiny_dataset(out: Path, products: int = 120, image_size: int = 32, text_of=_tiny_text) -> Path:
+    """`products` hand-drawn images (a coloured square) through the real dataset writer; `text_of(i, colour,
+    subcategory)` writes product i's text."""
     from fbcompress.data.dataset_dir import EvalSetSizes, dataset_writer
 
     with dataset_writer(out, source="test", seed=0, val_fraction=0.15, test_fraction=0.15,
@@ -28,7 +34,7 @@ def write_tiny_dataset(out: Path, products: int = 120, image_size: int = 32) -> 
             img = np.full((image_size, image_size, 3), 240, np.uint8)
             lo, hi = image_size // 4, 3 * image_size // 4
             img[lo:hi, lo:hi] = COLOURS[colour]
-            record = {"id": f"r{i}", "product_id": f"p{i}", "text": f"A {colour} {sub}, style {i % 7}",
+            record = {"id": f"r{i}", "product_id": f"p{i}", "text": text_of(i, colour, sub),
                       "category": "clothing", "subcategory": sub}
             writer.add(record, img)
     return out
@@ -105,24 +111,14 @@ FILLER = ("soft", "cotton", "blend", "with", "long", "sleeves", "and", "a", "rou
           "pocket", "detail", "slim", "cut", "high", "waist", "zip", "closure")
 
 
+def _varied_text(i: int, colour: str, sub: str) -> str:
+    return " ".join([colour, sub, *(FILLER[(i + k) % len(FILLER)] for k in range((11 * i) % 29))])
+
+
 def write_varied_dataset(out: Path, products: int = 120, image_size: int = 32) -> Path:
     """Like `write_tiny_dataset` (same writer, same images), but text i has 2 + (11·i mod 29) words: 2 to 30 words,
     4 to 32 tokens with [CLS]/[SEP] (every word is one token of the smoke vocabulary), so padding matters."""
-    from fbcompress.data.dataset_dir import EvalSetSizes, dataset_writer
-
-    with dataset_writer(out, source="test", seed=0, val_fraction=0.15, test_fraction=0.15,
-                        eval_sizes=EvalSetSizes(12, 8)) as writer:
-        for i in range(products):
-            colour = list(COLOURS)[i % len(COLOURS)]
-            sub = SUBCATEGORIES[i % len(SUBCATEGORIES)]
-            img = np.full((image_size, image_size, 3), 240, np.uint8)
-            lo, hi = image_size // 4, 3 * image_size // 4
-            img[lo:hi, lo:hi] = COLOURS[colour]
-            words = [colour, sub, *(FILLER[(i + k) % len(FILLER)] for k in range((11 * i) % 29))]
-            record = {"id": f"r{i}", "product_id": f"p{i}", "text": " ".join(words),
-                      "category": "clothing", "subcategory": sub}
-            writer.add(record, img)
-    return out
+    return write_tiny_dataset(out, products, image_size, text_of=_varied_text)
 
 
 @pytest.fixture(scope="session")
