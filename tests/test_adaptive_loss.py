@@ -55,3 +55,24 @@ def test_combine_adaptive_and_fixed():
     total, weights = combine_losses(losses, "fixed", {"mlm": 1.0, "ita": 3.0})
     assert float(total.detach()) == pytest.approx(2.0 + 1.5)
     assert weights == {"mlm": 1.0, "ita": 3.0}
+
+
+def test_a_single_task_step_keeps_its_loss_whole():
+    """A step where only one task has a loss (e.g. no masked patch in a tiny batch) weights it 1 under the adaptive
+    rule. Breaks (mutation testing): the single-task branch renamed away (then it falls to the error), its weight
+    vector None / of length 2 / empty."""
+    loss = torch.tensor(1.7, requires_grad=True)
+    total, weights = combine_losses({"mlm": loss}, "adaptive", {})
+    assert weights == {"mlm": 1.0}
+    assert float(total.detach()) == pytest.approx(1.7)
+
+
+def test_weights_come_back_float32_and_errors_say_what_is_wrong():
+    """The weights are solved in float64 and returned as float32 (the loss dtype). Breaks: the final cast dropped
+    (float64 weights), error messages replaced by None."""
+    weights = adaptive_task_weights(torch.tensor([0.3, 2.0, 1.1]))
+    assert weights.dtype == torch.float32
+    with pytest.raises(ValueError, match="at least 2 task losses, got shape"):
+        adaptive_task_weights(torch.tensor([1.0]))
+    with pytest.raises(ValueError, match="unknown loss weighting 'uniform'"):
+        combine_losses({"mlm": torch.tensor(1.0), "ita": torch.tensor(2.0)}, "uniform", {})
