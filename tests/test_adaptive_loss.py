@@ -76,3 +76,12 @@ def test_weights_come_back_float32_and_errors_say_what_is_wrong():
         adaptive_task_weights(torch.tensor([1.0]))
     with pytest.raises(ValueError, match="unknown loss weighting 'uniform'"):
         combine_losses({"mlm": torch.tensor(1.0), "ita": torch.tensor(2.0)}, "uniform", {})
+
+
+def test_the_total_keeps_the_losses_dtype():
+    """Under bf16 autocast the task losses may come back in bfloat16: the weighted total stays in their dtype.
+    Break (mutation testing): the weights' cast to the losses' dtype dropped (a float32 total)."""
+    losses = {"mlm": torch.tensor(2.0, dtype=torch.bfloat16), "ita": torch.tensor(0.5, dtype=torch.bfloat16)}
+    for mode, fixed in (("adaptive", {}), ("fixed", {"mlm": 1.0, "ita": 2.0})):
+        total, _ = combine_losses(losses, mode, fixed)
+        assert total.dtype == torch.bfloat16
