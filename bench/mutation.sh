@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Mutation testing of the core modules with mutmut: how many one-line bugs would the fast test tier notice?
-# A benchmark, not CI (a full run takes tens of minutes on 2 cores). Runs in a scratch copy of the tracked files,
+# A benchmark, not CI (a full run takes tens of minutes on 2 cores). Runs in a scratch copy of the HEAD commit,
 # so the working tree never holds mutants, then writes the kill rate per module and every surviving mutant's
 # diff to bench/results/<machine>-<date>-mutation/ (README.md, kill-rates.json, survivors.md).
 #   bash bench/mutation.sh                          # the core modules (below)
 #   bash bench/mutation.sh fbcompress/tolerance.py  # just these modules (a path or a glob per argument)
 #   OUT=DIR MAX_CHILDREN=2 bash bench/mutation.sh   # where results go; parallel test workers
+#   DROP_TESTS="tests/a.py tests/b.py" ...          # leave these test files out (a before/after comparison)
+#   REV=COMMIT ...                                  # mutate and test that commit (default HEAD)
+#   HANG_SECONDS=60 ...                             # CPU seconds after which a mutant's test run counts as hung
 # Test selection: the fast tier (`make test-fast`, pytest -m "not slow"); mutmut runs, per mutant, only the tests
 # that executed the mutated function (its coverage stats), so a mutant no fast test reaches is "no tests".
 set -euo pipefail
@@ -31,7 +34,12 @@ SLUG=$("$PY" -c "from fbcompress.latency import machine_info, machine_slug; prin
 OUT=${OUT:-bench/results/$SLUG-$STAMP-mutation}
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
-git ls-files | grep -v '^bench/results/' | tar -cf - -T - | tar -xf - -C "$WORK"
+REV=${REV:-HEAD}
+git archive "$REV" -- . ':!bench/results' | tar -xf - -C "$WORK"  # the commit, not uncommitted edits
+for dropped in ${DROP_TESTS:-}; do
+  [ -f "$WORK/$dropped" ] || { echo "error: DROP_TESTS names $dropped, which is not a tracked file" >&2; exit 2; }
+  rm "$WORK/$dropped"
+done
 {
   echo "[mutmut]"
   echo "source_paths=fbcompress"
@@ -43,12 +51,25 @@ git ls-files | grep -v '^bench/results/' | tar -cf - -T - | tar -xf - -C "$WORK"
   echo "pytest_add_cli_args_test_selection=tests"
 } >"$WORK/setup.cfg"
 start=$SECONDS
+# mutmut's own timeout is a CPU limit scaled by the slowest test that covers the mutant: a mutant that turns a
+# fast loop into an endless one can spin for many minutes. Such a worker is ended after HANG_SECONDS of CPU and
+# recorded by mutmut as killed by a signal, which the report counts as a timeout (the tests would never pass).
+(
+  while sleep 5; do
+    for pid in $(pgrep -f "^mutmut: " || true); do
+      cpu=$(ps -o times= -p "$pid" 2>/dev/null | tr -d ' ')
+      if [ -n "$cpu" ] && [ "$cpu" -gt "${HANG_SECONDS:-60}" ]; then kill -9 "$pid" 2>/dev/null || true; fi
+    done
+  done
+) &
+watchdog=$!
+trap 'kill $watchdog 2>/dev/null; rm -rf "$WORK"' EXIT
 (cd "$WORK" && "$MUTMUT" run --max-children "${MAX_CHILDREN:-2}" >"$WORK/mutmut-run.log" 2>&1) || {
   echo "error: mutmut run failed (last lines of its log:)" >&2
   tail -20 "$WORK/mutmut-run.log" >&2
   exit 1
 }
 mkdir -p "$OUT"
-"$PY" bench/mutation_report.py "$WORK" "$OUT" --seconds $((SECONDS - start)) --commit "$(git rev-parse --short HEAD)" \
-  --modules "${MODULES[@]}"
+"$PY" bench/mutation_report.py "$WORK" "$OUT" --seconds $((SECONDS - start)) --commit "$(git rev-parse --short "$REV")" \
+  --modules "${MODULES[@]}" --dropped-tests ${DROP_TESTS:-}
 echo "wrote $OUT/README.md, kill-rates.json, survivors.md" >&2

@@ -22,8 +22,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 EQUIVALENT = ROOT / "bench" / "mutation_equivalent.json"
 # mutmut.stats.status_by_exit_code (mutmut 3.8): 1 and 3 are kills, 0 a survivor, 33/5 no test ran it.
+# A mutant that hangs (timeout) or crashes the test process (-9, -11) is caught too: CI would not pass it.
 STATUS = {0: "survived", 1: "killed", 3: "killed", 5: "no tests", 33: "no tests", 34: "skipped", 36: "timeout",
-          24: "timeout", -24: "timeout", 152: "timeout", 255: "timeout", 37: "killed"}
+          24: "timeout", -24: "timeout", 152: "timeout", 255: "timeout", 37: "killed", -9: "timeout", -11: "timeout"}
+CAUGHT = ("killed", "timeout")
 
 
 def read_results(work: Path) -> dict[str, dict[str, str]]:
@@ -56,14 +58,16 @@ def summarise(results: dict[str, dict[str, str]], equivalent: set[str]) -> list[
     rows = []
     for module, mutants in results.items():
         counts = Counter(mutants.values())
-        eq = sum(1 for name, status in mutants.items() if name in equivalent and status != "killed")
-        judged = len(mutants) - eq - counts.get("skipped", 0)
+        eq = sum(1 for name, status in mutants.items() if name in equivalent and status not in CAUGHT)
+        # a run stopped early leaves mutants "not checked": they are counted apart, not against the kill rate
+        judged = len(mutants) - eq - counts.get("skipped", 0) - counts.get("not checked", 0)
         rows.append({"module": module, "mutants": len(mutants), "killed": counts.get("killed", 0),
                      "survived": counts.get("survived", 0) - sum(1 for n, s in mutants.items()
                                                                  if n in equivalent and s == "survived"),
                      "no_tests": counts.get("no tests", 0), "timeout": counts.get("timeout", 0),
                      "equivalent": eq, "not_checked": counts.get("not checked", 0),
-                     "kill_rate": round(counts.get("killed", 0) / judged, 4) if judged else None})
+                     "kill_rate": round((counts.get("killed", 0) + counts.get("timeout", 0)) / judged, 4)
+                     if judged else None})
     return rows
 
 
@@ -74,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=int, default=None)
     parser.add_argument("--commit", default="?")
     parser.add_argument("--modules", nargs="*", default=[])
+    parser.add_argument("--dropped-tests", nargs="*", default=[], help="test files left out of this run")
     parser.add_argument("--mutmut", type=Path, default=Path(sys.executable).with_name("mutmut"))
     args = parser.parse_args(argv)
 
@@ -86,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     equivalent: set[str] = set()
     for module, mutants in results.items():
         for name, status in mutants.items():
-            if status == "killed":
+            if status in (*CAUGHT, "not checked"):
                 continue
             diff = mutant_diff(args.work, args.mutmut, name)
             entry = recorded.get(name)
@@ -95,33 +100,37 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             survivors.setdefault(module, []).append((name, status, diff))
     rows = summarise(results, equivalent)
-    total_killed = sum(r["killed"] for r in rows)
-    total_judged = sum(r["mutants"] - r["equivalent"] for r in rows)
+    total_killed = sum(r["killed"] + r["timeout"] for r in rows)
+    total_judged = sum(r["mutants"] - r["equivalent"] - r["not_checked"] for r in rows)
     from fbcompress.latency import machine_info
 
     machine = machine_info(None)
     payload = {"date": date.today().isoformat(), "commit": args.commit, "machine": machine, "tool": "mutmut 3.8.1",
                "test_selection": 'pytest -m "not slow" (the fast tier), per mutant the tests that ran its function',
-               "seconds": args.seconds, "modules": rows,
+               "seconds": args.seconds, "dropped_tests": args.dropped_tests, "modules": rows,
                "total": {"killed": total_killed, "judged": total_judged,
                          "kill_rate": round(total_killed / total_judged, 4) if total_judged else None}}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "kill-rates.json").write_text(json.dumps(payload, indent=2) + "\n")
     lines = [f"# Mutation testing, {payload['date']} (commit {args.commit})", "",
              f"Machine: {machine.get('cpu', '?')}, {machine.get('usable_cores', '?')} usable cores. Tool: mutmut 3.8.1 "
-             f"(`bash bench/mutation.sh`), {payload['test_selection']}. Wall time: {args.seconds} s.", "",
-             "| module | mutants | killed | survived | no tests | timeout | equivalent | kill rate |",
-             "|---|---|---|---|---|---|---|---|"]
+             f"(`bash bench/mutation.sh`), {payload['test_selection']}. Wall time: {args.seconds} s."
+             + (f" Test files left out: {', '.join(args.dropped_tests)}." if args.dropped_tests else ""), "",
+             "| module | mutants | not checked | killed | survived | no tests | timeout | equivalent | kill rate |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         rate = f"{r['kill_rate']:.1%}" if r["kill_rate"] is not None else "-"
-        lines.append(f"| `{r['module']}` | {r['mutants']} | {r['killed']} | {r['survived']} | {r['no_tests']} | "
-                     f"{r['timeout']} | {r['equivalent']} | {rate} |")
+        lines.append(f"| `{r['module']}` | {r['mutants']} | {r['not_checked']} | {r['killed']} | {r['survived']} | "
+                     f"{r['no_tests']} | {r['timeout']} | {r['equivalent']} | {rate} |")
     rate = payload["total"]["kill_rate"]
-    lines += [f"| **all** | {sum(r['mutants'] for r in rows)} | {total_killed} | "
+    lines += [f"| **all** | {sum(r['mutants'] for r in rows)} | {sum(r['not_checked'] for r in rows)} | "
+              f"{sum(r['killed'] for r in rows)} | "
               f"{sum(r['survived'] for r in rows)} | {sum(r['no_tests'] for r in rows)} | "
               f"{sum(r['timeout'] for r in rows)} | {sum(r['equivalent'] for r in rows)} | "
               f"{f'{rate:.1%}' if rate is not None else '-'} |", "",
-              "Kill rate = killed / (mutants − equivalent). Equivalent mutants are listed with their reason in "
+              "Kill rate = (killed + timeout) / (mutants checked − equivalent): a mutant that hangs the tests is "
+              "caught too; a run stopped early leaves mutants not checked. "
+              "Equivalent mutants are listed with their reason in "
               "`bench/mutation_equivalent.json`; every other survivor is in `survivors.md`."]
     (args.out / "README.md").write_text("\n".join(lines) + "\n")
     out = ["# Surviving mutants", ""]

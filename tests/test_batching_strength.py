@@ -230,3 +230,11 @@ def test_distill_objective_trains_on_sampler_batch_g_and_counts_padding(varied_t
     assert log["pad_share_fixed_length"] == pytest.approx(1 - real / (len(lengths) * smoke.data.max_text_len),
                                                           abs=1e-4)
     assert log["pad_share"] < log["pad_share_fixed_length"] / 2
+
+
+def test_an_empty_split_is_one_clear_error():
+    """Break (mutation testing): the message replaced or emptied; a user sees `error: no examples to batch`."""
+    from fbcompress.errors import FbError
+
+    with pytest.raises(FbError, match="^no examples to batch$"):
+        LengthBucketedBatches([], batch_size=8, bucket_batches=4, seed=0)
