@@ -85,3 +85,13 @@ def test_the_total_keeps_the_losses_dtype():
     for mode, fixed in (("adaptive", {}), ("fixed", {"mlm": 1.0, "ita": 2.0})):
         total, _ = combine_losses(losses, mode, fixed)
         assert total.dtype == torch.bfloat16
+
+
+def test_weights_are_the_float64_solution_rounded_once():
+    """The closed form is solved in float64 and rounded to float32 once, so the weights do not depend on the
+    losses' precision. Break (mutation testing): the float64 cast dropped, which moves these weights by an ulp."""
+    losses = torch.tensor([2.481282949447632, 3.841109037399292, 0.4423871636390686, 0.6601524353027344])
+    l64 = losses.double()
+    factors = l64.numel() - torch.softmax(l64, dim=0) ** 2
+    solved = torch.stack([torch.prod(torch.cat([factors[:i], factors[i + 1:]])) for i in range(4)])
+    assert torch.equal(adaptive_task_weights(losses), (solved / solved.sum()).float())
