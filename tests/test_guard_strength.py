@@ -243,3 +243,46 @@ def test_guard_rejects_a_val_break_of_one_file_even_when_test_passes(smoke_bundl
     assert "on val, tolerance broken on val; fall-back disabled" in report["message"]
     assert "model.int8.onnx: AUC" in report["message"]
     assert _tree(root) == before
+
+
+def test_fallback_records_every_attempt_and_why_it_stopped():
+    """The loop's record is what the quantization report shows a user: each attempt with the node it returned to FP,
+    the nodes kept FP so far and the val verdict; the stop reason in words; the log line per node; and the files
+    each verdict and the ranking were computed on. Breaks (mutation testing): a step's key renamed or the step
+    dropped, attempt 0 numbered 1, a stop reason emptied or re-cased, `rank`/`check` handed None instead of the
+    files just built, the log line emptied."""
+    from pathlib import Path
+
+    from fbcompress.quantize.fallback import run_fallback
+
+    ranking = [{"name": "q", "rel_error": 0.25}, {"name": "k", "rel_error": 0.125}]
+    seen: dict[str, list] = {"check": [], "rank": [], "log": []}
+
+    def build(excluded, attempt):
+        return {"model.int8.onnx": Path(f"attempt-{attempt}")}
+
+    def check(files):
+        seen["check"].append(files)
+        return {"passed": files["model.int8.onnx"].name == "attempt-2", "val": {"auc": 0.5}}
+
+    def rank(files):
+        seen["rank"].append(files)
+        return ranking
+
+    result = run_fallback(build, check, rank, max_nodes=4, log=seen["log"].append)
+    assert result.steps == [
+        {"attempt": 0, "returned_to_fp": None, "excluded": [], "passed": False, "val": {"auc": 0.5}},
+        {"attempt": 1, "returned_to_fp": "q", "excluded": ["q"], "passed": False, "val": {"auc": 0.5}},
+        {"attempt": 2, "returned_to_fp": "k", "excluded": ["q", "k"], "passed": True, "val": {"auc": 0.5}},
+    ]
+    assert result.stopped == "tolerance met on val after returning 2 node(s) to FP"
+    assert seen["rank"] == [{"model.int8.onnx": Path("attempt-0")}]
+    assert seen["check"] == [{"model.int8.onnx": Path(f"attempt-{i}")} for i in range(3)]
+    assert seen["log"] == ["fall-back 1: returning q (error 0.25) to FP ...",
+                           "fall-back 2: returning k (error 0.125) to FP ..."]
+    first = run_fallback(build, lambda files: {"passed": True}, rank, max_nodes=4)
+    assert first.stopped == "tolerance met without returning any node to FP"
+    assert first.steps == [{"attempt": 0, "returned_to_fp": None, "excluded": [], "passed": True}]
+    nothing = run_fallback(build, lambda files: {"passed": False}, lambda files: [], max_nodes=4)
+    assert nothing.stopped == "tolerance broken on val and no quantized node is left to return to FP"
+    assert not nothing.passed and run_fallback(build, lambda files: {"passed": True}, rank, 4).passed
