@@ -34,7 +34,7 @@ SLUG=$("$PY" -c "from fbcompress.latency import machine_info, machine_slug; prin
 OUT=${OUT:-bench/results/$SLUG-$STAMP-mutation}
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
-REV=${REV:-HEAD}
+REV=$(git rev-parse --short "${REV:-HEAD}")  # resolved now: the report names what was tested
 git archive "$REV" -- . ':!bench/results' | tar -xf - -C "$WORK"  # the commit, not uncommitted edits
 for dropped in ${DROP_TESTS:-}; do
   [ -f "$WORK/$dropped" ] || { echo "error: DROP_TESTS names $dropped, which is not a tracked file" >&2; exit 2; }
