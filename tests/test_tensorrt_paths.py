@@ -215,10 +215,9 @@ def test_build_log_filters_by_severity_and_keeps_errors_apart():
 
 def test_device_index_parses_cuda_n():
     """Defect 6 (the part that runs here): `--device cuda:N` names GPU N for build, contexts and execution."""
-    from fbcompress.export.pipeline import gpu_index
     from fbcompress.export.trt_runner import device_index
 
-    assert device_index("cuda:3") == 3 and device_index("cuda") == 0 and gpu_index("cuda:1") == 1
+    assert device_index("cuda:3") == 3 and device_index("cuda") == 0 and device_index("cuda:1") == 1
     with pytest.raises(FbError, match="NVIDIA GPU"):
         device_index("cpu")
     with pytest.raises(FbError, match="must be a number"):

@@ -16,7 +16,9 @@ from typing import Any
 
 from fbcompress.errors import FbError
 from fbcompress.export import bundle as B
+from fbcompress.export.build_kit import TIMING_CACHE
 from fbcompress.export.shapes import Profile, input_specs, output_specs, resolve_profiles
+from fbcompress.export.trt_runner import device_index
 
 TARGETS = ("onnx", "tensorrt", "triton")
 ENGINE_MODES = ("auto", "require")
@@ -25,7 +27,6 @@ ONNX_FILE = "model.onnx"
 ORT_FILE = "model.ort.onnx"
 FP16_FILE = "model.fp16.onnx"
 INT8_QDQ_FILE = "model.int8.trt.onnx"
-TIMING_CACHE = "timing.cache"
 
 
 def engine_file(precision: str) -> str:
@@ -345,12 +346,12 @@ def _tensorrt_step(ctx: _Ctx, precisions: list[str], gpu: dict[str, Any]) -> Non
         ctx.say(f"building the TensorRT {precision} engine from {source} ({len(ctx.profiles)} profiles) ...")
         info = build_engine(w.dir / source, w.path(plan_rel, B.ROLE_ENGINE), ctx.profiles, ctx.spec, cache,
                             w.path(log_rel, B.ROLE_BUILD_LOG), int(opts.export.workspace_mib),
-                            device_index=gpu_index(opts.device), warn=lambda text: ctx.say(f"warning: {text}"))
+                            device_index=device_index(opts.device), warn=lambda text: ctx.say(f"warning: {text}"))
         entry: dict[str, Any] = {"role": B.ROLE_ENGINE, "format": "tensorrt-plan", "precision": precision,
                                  "derived_from": source, "tensorrt": info,
                                  "source_weights_sha256": w.source["weights_sha256"]}
         scorer = TrtScorer(w.dir / plan_rel, ctx.spec, w.dir / B.TOKENIZER_DIR, plan_rel, info,
-                           f"cuda:{gpu_index(opts.device)}", precision)
+                           f"cuda:{device_index(opts.device)}", precision)
         grid = [(b, t) for b, t in parity_grid(ctx.max_positions) if any(p.fits(b, t) for p in ctx.profiles)]
         parity = measure_parity(ctx.model, scorer.logits, ctx.spec, ctx.vocab_size, grid)
         entry["parity"] = {**parity, **_relative_verdict(parity, precision), "gated": False,
@@ -368,13 +369,6 @@ def _tensorrt_step(ctx: _Ctx, precisions: list[str], gpu: dict[str, Any]) -> Non
         from fbcompress.artifacts import atomic_write_bytes
 
         atomic_write_bytes(opts.timing_cache, cache.read_bytes())
-
-
-def gpu_index(device: str) -> int:
-    """The GPU of `--device cuda[:N]` for TensorRT builds (a bare `cuda` is GPU 0)."""
-    from fbcompress.export.trt_runner import device_index
-
-    return device_index(device)
 
 
 def _engine_sources(ctx: _Ctx, precisions: list[str]) -> None:
@@ -517,7 +511,7 @@ def _precheck(opts: ExportOptions) -> tuple[list[str], dict[str, Any] | None, st
         from fbcompress.errors import BackendUnavailable
         from fbcompress.export.tensorrt_build import require_tensorrt
 
-        index = gpu_index(opts.device)
+        index = device_index(opts.device)
         try:
             _, gpu = require_tensorrt(index)
         except BackendUnavailable as exc:
