@@ -9,6 +9,8 @@
 #   DROP_TESTS="tests/a.py tests/b.py" ...          # leave these test files out (a before/after comparison)
 #   REV=COMMIT ...                                  # mutate and test that commit (default HEAD)
 #   HANG_SECONDS=60 ...                             # CPU seconds after which a mutant's test run counts as hung
+#   MUTANTS="a.x_f__mutmut_1 b.*" CARRY=DIR ...     # check only these mutants (names or globs); the others keep
+#                                                   # DIR's caught verdicts where their function is unchanged
 # Test selection: the fast tier (`make test-fast`, pytest -m "not slow"); mutmut runs, per mutant, only the tests
 # that executed the mutated function (its coverage stats), so a mutant no fast test reaches is "no tests".
 set -euo pipefail
@@ -64,12 +66,14 @@ start=$SECONDS
 ) &
 watchdog=$!
 trap 'kill $watchdog 2>/dev/null; rm -rf "$WORK"' EXIT
-(cd "$WORK" && "$MUTMUT" run --max-children "${MAX_CHILDREN:-2}" >"$WORK/mutmut-run.log" 2>&1) || {
+read -r -a SELECTED <<<"${MUTANTS:-}"
+[ -z "${CARRY:-}" ] || [ -f "$CARRY/statuses.json" ] || { echo "error: CARRY=$CARRY has no statuses.json" >&2; exit 2; }
+(cd "$WORK" && "$MUTMUT" run --max-children "${MAX_CHILDREN:-2}" "${SELECTED[@]}" >"$WORK/mutmut-run.log" 2>&1) || {
   echo "error: mutmut run failed (last lines of its log:)" >&2
   tail -20 "$WORK/mutmut-run.log" >&2
   exit 1
 }
 mkdir -p "$OUT"
 "$PY" bench/mutation_report.py "$WORK" "$OUT" --seconds $((SECONDS - start)) --commit "$(git rev-parse --short "$REV")" \
-  --modules "${MODULES[@]}" --dropped-tests ${DROP_TESTS:-}
+  --modules "${MODULES[@]}" --dropped-tests ${DROP_TESTS:-} ${CARRY:+--carry "$CARRY"}
 echo "wrote $OUT/README.md, kill-rates.json, survivors.md" >&2

@@ -1,12 +1,18 @@
 """Kill rate per module from a finished `mutmut run` (bench/mutation.sh calls this; it reads mutmut's own files).
 
-    python bench/mutation_report.py WORK_DIR OUT_DIR [--seconds S] [--commit C] [--modules M ...]
+    python bench/mutation_report.py WORK_DIR OUT_DIR [--seconds S] [--commit C] [--modules M ...] [--carry DIR]
 
 WORK_DIR is the scratch copy mutmut ran in (it holds mutants/**/*.py.meta: each mutant's test exit code). Kill rate =
 killed / (mutants − equivalent): a mutant that survives, that no fast test reaches ("no tests") or that hangs past
 mutmut's timeout without being killed counts against it. Equivalent mutants (no test can tell them from the
 original) are listed by hand in bench/mutation_equivalent.json with the reason, keyed by mutant name and pinned
 to the mutated line, so an entry whose code changed stops counting instead of hiding a new survivor.
+
+Every report also writes statuses.json (each mutant's status and the hash mutmut gives its function). `--carry
+DIR` reads an earlier report's statuses.json: a mutant this run did not check (a rerun of named mutants, e.g. the
+last run's survivors after new tests) keeps the earlier verdict when it was caught and its function is unchanged
+(same hash: the same mutant of the same code). Tests are only ever added between such runs, so a kill still holds;
+the report says how many verdicts were carried.
 """
 
 from __future__ import annotations
@@ -28,15 +34,40 @@ STATUS = {0: "survived", 1: "killed", 3: "killed", 5: "no tests", 33: "no tests"
 CAUGHT = ("killed", "timeout")
 
 
-def read_results(work: Path) -> dict[str, dict[str, str]]:
-    """module path → {mutant name: status} from every mutants/<module>.meta."""
+def function_of(name: str) -> str:
+    """mutmut's function key of a mutant: `pkg.mod.x_fn__mutmut_3` -> `x_fn` (methods: `xǁClassǁfn`)."""
+    return name.rsplit(".", 1)[-1].rsplit("__mutmut_", 1)[0]
+
+
+def read_results(work: Path) -> tuple[dict[str, dict[str, str]], dict[str, dict[str, str]]]:
+    """(module path → {mutant name: status}, module path → {mutant name: its function's hash}) from every
+    mutants/<module>.meta."""
     out: dict[str, dict[str, str]] = {}
+    hashes: dict[str, dict[str, str]] = {}
     for meta in sorted((work / "mutants").rglob("*.py.meta")):
         module = meta.relative_to(work / "mutants").as_posix()[: -len(".meta")]
-        codes = json.loads(meta.read_text()).get("exit_code_by_key", {})
+        data = json.loads(meta.read_text())
+        codes = data.get("exit_code_by_key", {})
+        by_function = data.get("hash_by_function_name", {})
         out[module] = {name: STATUS.get(code, "not checked" if code is None else "suspicious")
                        for name, code in codes.items()}
-    return out
+        hashes[module] = {name: by_function.get(function_of(name), "") for name in codes}
+    return out, hashes
+
+
+def carry_over(results: dict[str, dict[str, str]], hashes: dict[str, dict[str, str]], earlier: Path) -> int:
+    """Fill this run's unchecked mutants from an earlier report's statuses.json where that verdict was a catch of
+    the same function (same hash). Returns how many were carried."""
+    before = json.loads((earlier / "statuses.json").read_text())
+    carried = 0
+    for module, mutants in results.items():
+        for name, status in mutants.items():
+            old = before.get(module, {}).get(name)
+            if (status == "not checked" and old and old["status"] in CAUGHT and old["function_hash"]
+                    and old["function_hash"] == hashes[module][name]):
+                mutants[name] = old["status"]
+                carried += 1
+    return carried
 
 
 def mutant_diff(work: Path, mutmut: Path, name: str) -> str:
@@ -80,12 +111,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--modules", nargs="*", default=[])
     parser.add_argument("--dropped-tests", nargs="*", default=[], help="test files left out of this run")
     parser.add_argument("--mutmut", type=Path, default=Path(sys.executable).with_name("mutmut"))
+    parser.add_argument("--carry", type=Path, default=None, help="an earlier report dir (its statuses.json)")
     args = parser.parse_args(argv)
 
-    results = read_results(args.work)
+    results, hashes = read_results(args.work)
     if not results:
         print(f"error: no mutmut results under {args.work}/mutants", file=sys.stderr)
         return 2
+    carried = carry_over(results, hashes, args.carry) if args.carry else 0
     recorded = load_equivalent()
     survivors: dict[str, list[tuple[str, str, str]]] = {}
     equivalent: set[str] = set()
@@ -108,14 +141,20 @@ def main(argv: list[str] | None = None) -> int:
     payload = {"date": date.today().isoformat(), "commit": args.commit, "machine": machine, "tool": "mutmut 3.8.1",
                "test_selection": 'pytest -m "not slow" (the fast tier), per mutant the tests that ran its function',
                "seconds": args.seconds, "dropped_tests": args.dropped_tests, "modules": rows,
+               "carried_from": str(args.carry) if args.carry else None, "carried": carried,
                "total": {"killed": total_killed, "judged": total_judged,
                          "kill_rate": round(total_killed / total_judged, 4) if total_judged else None}}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "kill-rates.json").write_text(json.dumps(payload, indent=2) + "\n")
+    statuses = {module: {name: {"status": status, "function_hash": hashes[module][name]}
+                         for name, status in mutants.items()} for module, mutants in results.items()}
+    (args.out / "statuses.json").write_text(json.dumps(statuses, indent=1, ensure_ascii=False) + "\n")
     lines = [f"# Mutation testing, {payload['date']} (commit {args.commit})", "",
              f"Machine: {machine.get('cpu', '?')}, {machine.get('usable_cores', '?')} usable cores. Tool: mutmut 3.8.1 "
              f"(`bash bench/mutation.sh`), {payload['test_selection']}. Wall time: {args.seconds} s."
-             + (f" Test files left out: {', '.join(args.dropped_tests)}." if args.dropped_tests else ""), "",
+             + (f" Test files left out: {', '.join(args.dropped_tests)}." if args.dropped_tests else "")
+             + (f" {carried} verdicts (caught, same function hash) carried from `{args.carry}`: this run checked "
+                "the rest." if args.carry else ""), "",
              "| module | mutants | not checked | killed | survived | no tests | timeout | equivalent | kill rate |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:

@@ -17,6 +17,7 @@ from fbcompress.evaluate import RANKS, evaluate
 from fbcompress.tolerance import within
 
 LATENCY_TEXTS = (8, 32)
+ONLINE_BATCH = 1  # one query-product pair per call: the online case the INT8 file is chosen for
 
 
 def score(
@@ -107,11 +108,11 @@ def describe_breaks(rel: str, breaks: list[dict[str, Any]]) -> str:
 def race(
     paths: dict[str, Path], spec, max_positions: int, runs: int, texts: tuple[int, ...] = LATENCY_TEXTS
 ) -> dict[str, list[dict[str, Any]]]:
-    """Time several ONNX files at batch 1 and each text length, in alternating blocks of 10 runs
+    """Time several ONNX files at batch ONLINE_BATCH and each text length, in alternating blocks of 10 runs
     (`latency.time_interleaved`), so that a slow spell of a shared machine does not decide which one is faster."""
     import onnxruntime as ort
 
-    from fbcompress.latency import example_inputs, time_interleaved
+    from fbcompress.latency import example_inputs, throughput, time_interleaved
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -125,15 +126,10 @@ def race(
         calls = []
         for session in sessions.values():
             names = {i.name for i in session.get_inputs()}
-            feed = {k: v.numpy() for k, v in example_inputs(spec, 1, text).items() if k in names}
+            feed = {k: v.numpy() for k, v in example_inputs(spec, ONLINE_BATCH, text).items() if k in names}
             calls.append(lambda session=session, feed=feed: session.run(None, feed))
         for name, stats in zip(sessions, time_interleaved(calls, runs=runs, warmup=10, block=10), strict=True):
             cases[name].append(
-                {
-                    "batch": 1,
-                    "text": text,
-                    **stats.to_dict(),
-                    "pairs_per_s": 1000.0 / stats.p50_ms if stats.p50_ms > 0 else None,
-                }
+                {"batch": ONLINE_BATCH, "text": text, **stats.to_dict(), "pairs_per_s": throughput(stats, ONLINE_BATCH)}
             )
     return cases
