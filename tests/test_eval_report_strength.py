@@ -18,7 +18,6 @@ from test_metrics_strength import (
     ITR_EXPECTED,
     TIR_EXPECTED,
     TableData,
-    TableDataset,
     TableScorer,
     _approx,
     _pairs_world,
