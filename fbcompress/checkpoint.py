@@ -25,7 +25,6 @@ from transformers import BertConfig, PreTrainedTokenizerBase
 
 from fbcompress import __version__
 from fbcompress.artifacts import sha256_file
-from fbcompress.backbone import load_tokenizer
 from fbcompress.errors import FbError
 from fbcompress.model import FASHIONBERT_KEY, FashionBERT
 
@@ -188,6 +187,3 @@ def load_training_state(directory: Path) -> dict[str, Any]:
     # weights_only=True: the state holds only tensors, numbers and dicts, never arbitrary pickled objects.
     return torch.load(path, map_location="cpu", weights_only=True)
 
-
-def load_checkpoint_tokenizer(directory: str | Path) -> PreTrainedTokenizerBase:
-    return load_tokenizer(Path(directory))

@@ -54,11 +54,3 @@ def teardown(ctx: RunContext) -> None:
     if ctx.distributed and dist.is_initialized():
         dist.destroy_process_group()
 
-
-def broadcast_flag(ctx: RunContext, value: bool) -> bool:
-    """Rank 0's decision, shared with every rank (e.g. 'stop: bad input')."""
-    if not ctx.distributed:
-        return value
-    flag = torch.tensor([int(value)])
-    dist.broadcast(flag, src=0)
-    return bool(flag.item())

@@ -108,6 +108,51 @@ def validate(model: FashionBERT, setup: TrainSetup, ctx: RunContext) -> dict[str
     return {f"val_{k}": v for k, v in metrics.items()}
 
 
+def micro_batch_index(step: int, micro: int, grad_accum: int, world_size: int, rank: int) -> int:
+    """The global index of one rank's micro-batch: the streams and the sampler's slice are functions of it alone.
+    Ranks interleave (rank r takes every world_size-th index), so the ranks of one step never share a batch and
+    a run on N ranks sees the batches a 1-rank run with grad_accum x N would see."""
+    return (step * grad_accum + micro) * world_size + rank
+
+
+@dataclass
+class ResumePoint:
+    """Where a run starts: from scratch (step 0, no state), from a resumable checkpoint's step and state, or
+    nowhere because the checkpoint at `out` already finished (`finished_meta` is its meta)."""
+
+    start_step: int = 0
+    state: dict[str, Any] | None = None
+    finished_meta: dict[str, Any] | None = None
+
+
+def resume_point(setup: TrainSetup, resume: bool, force: bool) -> ResumePoint:
+    """Refuse to overwrite a checkpoint without --resume/--force, and resume only what these settings would have
+    produced: the same training recipe sections, the same data, the same identity entries (`extra_meta`)."""
+    out = setup.out
+    existing = (out / META_FILE).is_file()
+    if existing and not resume and not force:
+        raise FbError(f"{out} already holds a checkpoint: pass --resume to continue it or --force to start over")
+    if not (existing and resume):
+        return ResumePoint()
+    ckpt = open_checkpoint(out)
+    stored = ckpt.meta.get("recipe_fingerprint")
+    # only the training sections count (older checkpoints stored the whole recipe)
+    if not isinstance(stored, dict) or {k: stored.get(k) for k in TRAINING_SECTIONS} != _recipe_fingerprint(
+            setup.recipe):
+        raise FbError(f"{out} was trained with another recipe; use another --out or --force")
+    if ckpt.meta.get("data_fingerprint") != setup.dataset.fingerprint:
+        raise FbError(f"{out} was trained on other data (fingerprint differs); use another --out or --force")
+    changed = [k for k, v in setup.extra_meta.items() if k not in PATH_KEYS and ckpt.meta.get(k) != v]
+    if changed:
+        raise FbError(f"{out} was made with another {changed[0]}; use another --out or --force")
+    if ckpt.meta.get("finished"):
+        return ResumePoint(int(ckpt.meta.get("step", 0)), None, ckpt.meta)
+    if (out / STATE_FILE).is_file():
+        state = load_training_state(out)
+        return ResumePoint(int(state["step"]), state)
+    return ResumePoint()
+
+
 def run_training(
     setup: TrainSetup, ctx: RunContext, resume: bool, force: bool, stop_after: int | None = None
 ) -> dict[str, Any]:
@@ -116,30 +161,12 @@ def run_training(
     steps = setup.steps or train.steps
     out = setup.out
     model = setup.model.to(ctx.device)
-    start_step = 0
-    state: dict[str, Any] | None = None
-    existing = (out / META_FILE).is_file()
-    if existing and not resume and not force:
-        raise FbError(f"{out} already holds a checkpoint: pass --resume to continue it or --force to start over")
-    if existing and resume:
-        ckpt = open_checkpoint(out)
-        stored = ckpt.meta.get("recipe_fingerprint")
-        # only the training sections count (older checkpoints stored the whole recipe)
-        if not isinstance(stored, dict) or {k: stored.get(k) for k in TRAINING_SECTIONS} != _recipe_fingerprint(
-                recipe):
-            raise FbError(f"{out} was trained with another recipe; use another --out or --force")
-        if ckpt.meta.get("data_fingerprint") != setup.dataset.fingerprint:
-            raise FbError(f"{out} was trained on other data (fingerprint differs); use another --out or --force")
-        changed = [k for k, v in setup.extra_meta.items() if k not in PATH_KEYS and ckpt.meta.get(k) != v]
-        if changed:
-            raise FbError(f"{out} was made with another {changed[0]}; use another --out or --force")
-        if ckpt.meta.get("finished"):
-            if ctx.is_main:
-                print(f"{out}: already trained to step {ckpt.meta['step']}; nothing to do", file=sys.stderr)
-            return ckpt.meta
-        if (out / STATE_FILE).is_file():
-            state = load_training_state(out)
-            start_step = int(state["step"])
+    point = resume_point(setup, resume, force)
+    if point.finished_meta is not None:
+        if ctx.is_main:
+            print(f"{out}: already trained to step {point.start_step}; nothing to do", file=sys.stderr)
+        return point.finished_meta
+    start_step, state = point.start_step, point.state
 
     lr = setup.lr or train.lr
     new_lr = setup.lr or train.new_params_lr or train.lr
@@ -205,7 +232,7 @@ def run_training(
             step_losses: dict[str, float] = {}
             step_weights: dict[str, float] = {}
             for micro in range(train.grad_accum):
-                global_index = (step * train.grad_accum + micro) * ctx.world_size + ctx.rank
+                global_index = micro_batch_index(step, micro, train.grad_accum, ctx.world_size, ctx.rank)
                 with torch.autocast(device_type=ctx.device.type, dtype=amp_dtype, enabled=use_amp):
                     losses = objective(global_index)
                 total, weights = _combine(losses, setup)

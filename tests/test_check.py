@@ -54,14 +54,15 @@ def random_student(good_teacher, tmp_path_factory) -> Path:
     """The teacher's architecture with every weight re-initialised: what a broken distillation would ship."""
     import torch
 
-    from fbcompress.checkpoint import load_checkpoint_tokenizer, load_model, save_checkpoint
+    from fbcompress.backbone import load_tokenizer
+    from fbcompress.checkpoint import load_model, save_checkpoint
 
     model, ckpt = load_model(good_teacher)
     torch.manual_seed(1234)
     model.apply(model.bert._init_weights)
     out = tmp_path_factory.mktemp("check") / "random-student"
     meta = {"kind": "student", "recipe": ckpt.meta["recipe"], "note": "re-initialised weights (test fixture)"}
-    save_checkpoint(out, model, load_checkpoint_tokenizer(good_teacher), meta)
+    save_checkpoint(out, model, load_tokenizer(good_teacher), meta)
     return out
 
 

@@ -386,7 +386,6 @@ class BundleWriter:
         self.manifest.setdefault("models", {})
         self.manifest.setdefault("history", [])
         self._roles: dict[str, str] = {}
-        self._written: set[str] = set()
         self._carried: set[str] = set()
 
     # -- staging
@@ -414,7 +413,6 @@ class BundleWriter:
                 target.unlink()
         target.parent.mkdir(parents=True, exist_ok=True)
         self._carried.discard(rel)
-        self._written.add(rel)
         if role:
             self._roles[rel] = role
         return target
@@ -434,7 +432,6 @@ class BundleWriter:
 
     def set_role(self, rel: str, role: str) -> None:
         self._roles[rel] = role
-        self._written.add(rel)
 
     def add_model(self, rel: str, entry: dict) -> None:
         """Describe a model file (role, format, precision, measurements) in `manifest.models`."""

@@ -1,0 +1,196 @@
+"""The bundle's writer and its stated preprocessing, on hand-made bundles (no model: files of a few bytes written
+through `update_bundle`, the writer every stage uses).
+
+* `preprocessing(spec)` is what a serving team implements from the manifest: its numpy recipe and normalisation,
+  run here on an image, must give exactly what `fbcompress.data.patches` feeds the model.
+* `replace_tree` (Triton's subtree), `has_verified` (may a later stage reuse a carried file), `set_role` and
+  `link_or_copy` (carried files are hard links, a copy where links fail).
+
+Each test names the one-line breaks of fbcompress/export/bundle.py it was seen to fail on (mutation testing).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fbcompress.artifacts import sha256_file
+from fbcompress.data.patches import PIXEL_MEAN, PIXEL_STD, image_to_patches
+from fbcompress.errors import FbError
+from fbcompress.export import bundle as B
+from fbcompress.model import PatchSpec
+
+PIXELS = PatchSpec(patch_encoder="pixels", patch_dim=48, num_patches=16, image_size=16, grid=4, max_text_len=24)
+FEATURES = PatchSpec(patch_encoder="features", patch_dim=2048, num_patches=64, image_size=256, grid=8,
+                     max_text_len=64)
+
+
+def test_the_stated_pixel_recipe_reproduces_the_model_inputs():
+    """Run the manifest's own words on an image: its numpy reshape, its scale and its normalisation must give the
+    patches the model was trained on. Breaks caught: any number in the `numpy` recipe (grid, patch size, patch
+    count, values per patch) or the mean/std changed."""
+    pre = B.preprocessing(PIXELS)["image"]
+    img = np.random.default_rng(0).integers(0, 256, size=(16, 16, 3), dtype=np.uint8)
+    norm = pre["normalize"]
+    scaled = (img.astype(np.float32) / 255.0 - norm["mean"]) / norm["std"]
+    stated = eval(pre["numpy"], {"img": scaled})  # noqa: S307 - the manifest's recipe, written by us
+    np.testing.assert_array_equal(stated, image_to_patches(img, PIXELS.grid))
+    assert (norm["mean"], norm["std"]) == (PIXEL_MEAN, PIXEL_STD)
+
+
+def test_pixel_preprocessing_is_stated_exactly():
+    """The serving contract, word for word. Breaks caught: every key and text of the pixel branch, the `pixels`
+    branch test, the patch size `image_size // grid`, the text section's keys and its numbers."""
+    assert B.preprocessing(PIXELS) == {
+        "image": {
+            "patch_encoder": "pixels",
+            "num_patches": 16,
+            "patch_dim": 48,
+            "image_size": 16,
+            "channels": "RGB",
+            "resize": "none: images must already be 16x16 px (no crop, no resize)",
+            "grid": 4,
+            "patch_size": 4,
+            "scale": "x / 255",
+            "normalize": {"mean": 0.5, "std": 0.5, "formula": "(x / 255 - 0.5) / 0.5, in [-1, 1]"},
+            "patch_order": "row-major over the 4x4 grid: patch r*4+c covers pixel rows r*4..(r+1)*4-1 and columns "
+                           "c*4..(c+1)*4-1",
+            "patch_flatten": "each patch flattened in (row, column, channel) order: 4*4*3 = 48 values",
+            "numpy": "img.reshape(4, 4, 4, 4, 3).transpose(0, 2, 1, 3, 4).reshape(16, 48)",
+        },
+        "text": {
+            "tokenizer": "BERT WordPiece (tokenizer/vocab.txt, tokenizer.json)",
+            "format": "[CLS] text [SEP]",
+            "max_text_len": 24,
+            "truncation": "truncate to 24 wordpieces, [CLS]/[SEP] included",
+            "padding": "right-pad with [PAD] (id 0) to the longest text of the batch only (no global maximum)",
+            "token_type_ids": 0,
+        },
+        "output": {"score": "softmax(logits, axis=1)[:, 1] = probability that text and image match"},
+    }
+
+
+def test_feature_preprocessing_states_the_feature_shape_only():
+    """Breaks caught: the features branch taking the pixel keys, its text changed."""
+    image = B.preprocessing(FEATURES)["image"]
+    assert image == {"patch_encoder": "features", "num_patches": 64, "patch_dim": 2048,
+                     "features": "64 x 2048 float32 per image (.npy), as trained"}
+    assert B.preprocessing(PatchSpec("features", 8, 4, 0, 0, 16))["image"]["num_patches"] == 4  # grid 0: no crash
+
+
+SOURCE = {"weights_sha256": "a" * 64}
+
+
+def _bundle(root: Path) -> Path:
+    """A bundle with a model file, a Triton tree (two files, one model entry) and an extra file."""
+    with B.update_bundle(root, SOURCE) as w:
+        w.path("model.onnx", B.ROLE_ONNX).write_bytes(b"graph")
+        w.add_model("model.onnx", {"role": B.ROLE_ONNX})
+        tree = w.replace_tree("triton", B.ROLE_TRITON)
+        (tree / "fashionbert" / "1").mkdir(parents=True)
+        (tree / "fashionbert" / "1" / "model.onnx").write_bytes(b"graph")
+        (tree / "fashionbert" / "config.pbtxt").write_text("name: 'fashionbert'")
+        w.add_model("triton/fashionbert/1/model.onnx", {"role": B.ROLE_TRITON})
+        w.path("notes.txt").write_text("kept")
+        w.finalize()
+    return root
+
+
+def test_replace_tree_drops_the_old_subtree_its_files_and_model_entries(tmp_path):
+    """A Triton re-export: the old tree and its model entries go, the rest is carried, the new files take the
+    tree's role. Breaks caught: the old tree not removed, the prefix built wrongly (`rstrip` -> `lstrip`, no `/`:
+    `triton2/` would match too), carried files under it kept, its model entries kept, the role not recorded."""
+    root = _bundle(tmp_path / "b")
+    with B.update_bundle(root, SOURCE) as w:
+        (w.dir / "triton2").mkdir()
+        (w.dir / "triton2" / "keep.txt").write_text("not under triton/")
+        tree = w.replace_tree("triton/", B.ROLE_TRITON)  # a trailing slash names the same tree
+        assert tree == w.dir / "triton" and tree.is_dir() and not any(tree.iterdir())
+        assert not w.has_verified("triton/fashionbert/config.pbtxt")
+        assert "triton/fashionbert/1/model.onnx" not in w.manifest["models"]
+        assert "model.onnx" in w.manifest["models"] and w.has_verified("model.onnx")
+        (tree / "config.pbtxt").write_text("name: 'new'")
+        w.finalize()
+    manifest = B.Bundle.open(root).manifest
+    files = manifest["files"]
+    assert files["triton/config.pbtxt"]["role"] == B.ROLE_TRITON
+    assert not any(rel.startswith("triton/fashionbert") for rel in files)
+    assert files["triton2/keep.txt"]["role"] == B.ROLE_EXTRA and files["notes.txt"]["role"] == B.ROLE_EXTRA
+    assert list(manifest["models"]) == ["model.onnx"]
+
+
+def test_replace_tree_makes_a_nested_tree(tmp_path):
+    """Breaks caught: `mkdir(parents=True)` -> False/None (a nested tree in a new bundle fails)."""
+    with B.update_bundle(tmp_path / "b", SOURCE) as w:
+        assert w.replace_tree("serving/triton", B.ROLE_TRITON).is_dir()
+        w.finalize()
+
+
+def test_has_verified_only_for_carried_unchanged_recorded_files(tmp_path):
+    """Breaks caught: `old is None or rel not in carried` -> `and` / negations, the early `return False` ->
+    True, the recorded entry not looked up (or by another key), `entry is not None` -> `is None`, the hash
+    compared with another field."""
+    with B.update_bundle(tmp_path / "new", SOURCE) as w:  # no old bundle: nothing is verified
+        w.path("model.onnx").write_bytes(b"graph")
+        assert not w.has_verified("model.onnx")
+        w.finalize()
+    root = _bundle(tmp_path / "b")
+    (root / "hand-placed.txt").write_text("put there by hand, not in manifest.json")
+    with B.update_bundle(root, SOURCE) as w:
+        assert w.has_verified("model.onnx") and w.has_verified("notes.txt")
+        assert not w.has_verified("missing.onnx")
+        assert not w.has_verified("hand-placed.txt")  # carried, but the old manifest never recorded it
+        w.path("notes.txt").write_text("rewritten")  # written anew: no longer the carried file
+        assert not w.has_verified("notes.txt")
+        w.finalize()
+
+
+def test_set_role_names_a_file_written_without_one(tmp_path):
+    """Breaks caught: `set_role` storing None instead of the role."""
+    with B.update_bundle(tmp_path / "b", SOURCE) as w:
+        w.path("timing.cache").write_bytes(b"cache")
+        w.set_role("timing.cache", B.ROLE_TIMING_CACHE)
+        w.finalize()
+    assert B.Bundle.open(tmp_path / "b").files["timing.cache"]["role"] == B.ROLE_TIMING_CACHE
+
+
+def test_link_or_copy_links_and_falls_back_to_a_copy(tmp_path, monkeypatch):
+    """Carried files are hard links (no copy of a 400 MB engine per update); where the file system refuses links
+    (another device, some network mounts) a copy with the same bytes and times. Breaks caught: the parent dirs
+    not made (`parents=True` -> False/None), the copy's arguments dropped or swapped."""
+    src = tmp_path / "src.bin"
+    src.write_bytes(b"weights")
+    linked = tmp_path / "a" / "b" / "linked.bin"
+    B.link_or_copy(src, linked)
+    assert os.stat(linked).st_ino == os.stat(src).st_ino
+
+    def no_links(*_):
+        raise OSError("cross-device link")
+
+    monkeypatch.setattr(os, "link", no_links)
+    copied = tmp_path / "c" / "d" / "copied.bin"
+    B.link_or_copy(src, copied)
+    assert os.stat(copied).st_ino != os.stat(src).st_ino
+    assert copied.read_bytes() == b"weights" and sha256_file(copied) == sha256_file(src)
+    assert os.stat(copied).st_mtime_ns == os.stat(src).st_mtime_ns
+
+
+def test_a_boolean_is_not_a_number_in_the_manifest(tmp_path):
+    """Breaks caught: `_is_number`'s `and not isinstance(value, bool)` -> `or` (a string would pass as a number)."""
+    assert B._is_number(1) and B._is_number(2.5)
+    assert not B._is_number(True) and not B._is_number("3") and not B._is_number(None)
+
+
+def test_a_bundle_of_another_checkpoint_is_refused_unless_replaced(tmp_path):
+    root = _bundle(tmp_path / "b")
+    other = {"weights_sha256": "b" * 64}
+    with pytest.raises(FbError, match="exported from another checkpoint"), B.update_bundle(root, other):
+        pass
+    with B.update_bundle(root, other, replace=True) as w:
+        assert not w.has_verified("model.onnx") and not (w.dir / "model.onnx").exists()
+        w.path("model.onnx").write_bytes(b"other graph")
+        w.finalize()
+    assert set(B.Bundle.open(root).files) == {"model.onnx"}
