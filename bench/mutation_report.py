@@ -1,6 +1,7 @@
 """Kill rate per module from a finished `mutmut run` (bench/mutation.sh calls this; it reads mutmut's own files).
 
     python bench/mutation_report.py WORK_DIR OUT_DIR [--seconds S] [--commit C] [--modules M ...] [--carry DIR]
+    python bench/mutation_report.py --uncaught DIR   # the names of DIR's mutants not caught (for MUTANTS=)
 
 WORK_DIR is the scratch copy mutmut ran in (it holds mutants/**/*.py.meta: each mutant's test exit code). Kill rate =
 killed / (mutants − equivalent): a mutant that survives, that no fast test reaches ("no tests") or that hangs past
@@ -102,7 +103,17 @@ def summarise(results: dict[str, dict[str, str]], equivalent: set[str]) -> list[
     return rows
 
 
+def uncaught(report: Path) -> list[str]:
+    """Every mutant of an earlier report that its run did not catch (survived, no tests, not checked)."""
+    statuses = json.loads((report / "statuses.json").read_text())
+    return [name for mutants in statuses.values() for name, entry in mutants.items() if entry["status"] not in CAUGHT]
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--uncaught"] and len(argv) == 2:
+        print("\n".join(uncaught(Path(argv[1]))))
+        return 0
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("work", type=Path)
     parser.add_argument("out", type=Path)

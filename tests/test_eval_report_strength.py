@@ -172,8 +172,9 @@ def test_evaluate_shows_a_transient_bar_per_task_by_default(capsys):
 
 
 def test_no_bar_unless_asked(capsys):
-    """Scoring helpers stay silent by default and with progress=False. Breaks caught: score_rows' or score_pairs'
-    default `progress=False` -> True, `disable=not progress` -> `disable=progress`."""
+    """Scoring helpers stay silent by default and with progress=False; asked, score_rows draws a transient bar.
+    Breaks caught: score_rows' or score_pairs' default `progress=False` -> True, `disable=not progress` ->
+    `disable=progress`, score_rows' `leave=False` -> True / None / dropped."""
     data, scorer, dataset = _pairs_world()
     rows = list(range(len(data.ids)))
     score_rows(scorer, data, rows, rows)
@@ -181,7 +182,8 @@ def test_no_bar_unless_asked(capsys):
     evaluate(scorer, dataset, data, progress=False)
     assert capsys.readouterr().err == ""
     score_rows(scorer, data, rows, rows, progress=True)
-    assert _bars(capsys.readouterr().err)[:1] == ["pairs"]
+    err = capsys.readouterr().err
+    assert _bars(err)[:1] == ["pairs"] and not err.endswith("\n"), repr(err[-120:])  # drawn, then cleared
 
 
 def test_model_sha256_hashes_the_weights_file(tmp_path):
@@ -259,3 +261,14 @@ def test_reusable_eval_refuses_a_result_of_other_weights_data_split_or_size(save
     path.write_text("{not json")
     assert f"eval result {path} is not valid JSON" in _refused(path, weights, dataset)
     assert f"eval result not found: {tmp_path / 'gone.json'}" in _refused(tmp_path / "gone.json", weights, dataset)
+
+
+def test_accuracy_counts_a_tied_pair_as_a_mismatch_like_argmax():
+    """ACC is the share of pairs whose predicted class (the argmax of the two logits) is right; equal logits give
+    probability exactly 0.5 and argmax class 0, a mismatch. Breaks caught: `scores > 0.5` -> `>= 0.5`."""
+    from fbcompress.evaluate import classification_metrics
+    from fbcompress.scoring import match_probability
+
+    tied = match_probability(np.array([[1.5, 1.5], [0.0, 0.0]]))
+    assert tied.tolist() == [0.5, 0.5] and np.argmax([[1.5, 1.5]], axis=1).tolist() == [0]
+    assert classification_metrics(np.array([0, 1]), tied)["accuracy"] == 0.5
