@@ -194,3 +194,88 @@ def test_a_bundle_of_another_checkpoint_is_refused_unless_replaced(tmp_path):
         w.path("model.onnx").write_bytes(b"other graph")
         w.finalize()
     assert set(B.Bundle.open(root).files) == {"model.onnx"}
+
+
+def test_runtime_caches_are_recognised_by_their_top_folder():
+    """Files under ort-trt-cache/ (any depth) are the runtime's, never hashed. Breaks caught: `split("/", 1)` ->
+    `rsplit` (a nested cache file counted as a bundle file), a wrong separator."""
+    cache = B.ORT_TRT_CACHE_DIR
+    assert B.is_runtime_cache(f"{cache}/a.engine") and B.is_runtime_cache(f"{cache}/sub/dir/b.profile")
+    assert not B.is_runtime_cache("model.onnx") and not B.is_runtime_cache(f"triton/{cache}/x")
+
+
+def test_timestamps_are_utc_to_the_second(tmp_path):
+    """Breaks caught: `now(timezone.utc)` -> local naive time, `microsecond=0` changed."""
+    import datetime as dt
+
+    stamp = B.now_iso()
+    parsed = dt.datetime.fromisoformat(stamp)
+    assert parsed.utcoffset() == dt.timedelta(0) and parsed.microsecond == 0 and stamp.endswith("+00:00")
+
+
+def test_primary_model_is_the_portable_onnx_else_the_first_model(tmp_path):
+    """`--model exported/NAME` means the portable ONNX even when another model is listed first. Breaks caught:
+    the role looked up under another key, the fall-back to the first model, the no-model message."""
+    with B.update_bundle(tmp_path / "b", SOURCE) as w:
+        for rel, role in (("model.fp16.onnx", B.ROLE_ONNX_FP16), ("model.onnx", B.ROLE_ONNX)):
+            w.path(rel, role).write_bytes(rel.encode())
+            w.add_model(rel, {"role": role})
+        w.finalize()
+    assert B.Bundle.open(tmp_path / "b").primary_model() == "model.onnx"
+    with B.update_bundle(tmp_path / "c", SOURCE) as w:
+        for rel in ("model.fp16.onnx", "model.int8.onnx"):
+            w.path(rel).write_bytes(rel.encode())
+            w.add_model(rel, {"role": B.ROLE_ONNX_FP16})
+        w.finalize()
+    assert B.Bundle.open(tmp_path / "c").primary_model() == "model.fp16.onnx"
+    with B.update_bundle(tmp_path / "d", SOURCE) as w:
+        w.path("notes.txt").write_text("no model")
+        w.finalize()
+    with pytest.raises(FbError, match=f"bundle {tmp_path / 'd'} holds no model file"):
+        B.Bundle.open(tmp_path / "d").primary_model()
+
+
+def test_a_model_entry_names_its_file_role_and_when_it_was_described(tmp_path):
+    """`add_model` gives the file its role when `path()` did not, and stamps the entry. Breaks caught: the role
+    default `setdefault(rel, ...)` dropped or read from another key (the file recorded as `extra`), the entry's
+    `updated_at` under another key."""
+    with B.update_bundle(tmp_path / "b", SOURCE) as w:
+        w.path("model.int8.onnx").write_bytes(b"int8")
+        w.add_model("model.int8.onnx", {"role": B.ROLE_ONNX_INT8})
+        w.path("model.extra.onnx").write_bytes(b"x")
+        w.add_model("model.extra.onnx", {})
+        w.finalize()
+    bundle = B.Bundle.open(tmp_path / "b")
+    assert bundle.files["model.int8.onnx"]["role"] == B.ROLE_ONNX_INT8
+    assert bundle.files["model.extra.onnx"]["role"] == B.ROLE_EXTRA
+    assert bundle.models["model.int8.onnx"]["updated_at"].endswith("+00:00")
+
+
+def test_an_update_keeps_the_history_and_nested_files_named_like_the_manifest(tmp_path):
+    """A later stage's update keeps the bundle's history list and every file but the top manifest.json (a
+    Triton model folder may hold a file of that name). Breaks caught: the `history` default under another key,
+    carry_over skipping a nested manifest.json instead of the top one."""
+    root = _bundle(tmp_path / "b")
+    with B.update_bundle(root, SOURCE) as w:
+        nested = w.path("triton/fashionbert/manifest.json")
+        nested.write_text('{"a": "serving-side file"}')
+        w.finalize()
+    assert B.Bundle.open(root).manifest["history"] == []
+    with B.update_bundle(root, SOURCE) as w:
+        assert (w.dir / "triton/fashionbert/manifest.json").is_file()
+        w.finalize()
+    assert "triton/fashionbert/manifest.json" in B.Bundle.open(root).files
+
+
+def test_a_finished_bundle_is_readable_as_the_umask_allows(tmp_path):
+    """Staged files are private (0600/0700) until the commit; a served bundle must be readable by the serving
+    user. Breaks caught: `& ~umask` -> `| ~umask` / `& umask`, the dir/file modes swapped or changed."""
+    previous = os.umask(0o022)
+    try:
+        root = _bundle(tmp_path / "b")
+    finally:
+        os.umask(previous)
+    assert oct(os.stat(root / "manifest.json").st_mode & 0o777) == oct(0o644)
+    assert oct(os.stat(root / "notes.txt").st_mode & 0o777) == oct(0o644)
+    assert oct(os.stat(root / "triton").st_mode & 0o777) == oct(0o755)
+    assert oct(os.stat(root).st_mode & 0o777) == oct(0o755)
