@@ -233,16 +233,14 @@ def vsl_lines(models: list[dict]) -> list[str]:
 
 
 def render_markdown(report: dict, has_weights: bool) -> str:
+    from fbcompress.benchmark.report import machine_line
+
     machine = report["machine"]
-    cpu = f"{machine.get('cpu', '?')} ({machine.get('usable_cores', '?')} usable cores" + (
-        f", FP32 GEMM {machine['fp32_matmul_gflops']:.0f} GFLOPS)" if machine.get("fp32_matmul_gflops") else ")"
-    )
-    gpu = machine.get("gpu", {}).get("name") if isinstance(machine.get("gpu"), dict) else None
     lines = [
         "# fbcompress quickstart report",
         "",
         "Data: the SYNTHETIC procedural catalogue (not real product photos).",
-        f"Machine: {cpu}" + (f", GPU {gpu}" if gpu else ", no GPU") + ".",
+        f"Machine: {machine_line(machine)}" + ("" if machine.get("gpu") else "; no GPU") + ".",
         "",
         "| model | AUC | ACC | ITR R@1 | ITR R@5 | ITR R@10 | TIR R@1 | TIR R@5 | TIR R@10 | "
         + " | ".join(f"p50 ms b{b} t{t}" for b, t in REFERENCE_SHAPES) + " | size MB |",

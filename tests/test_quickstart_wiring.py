@@ -483,3 +483,20 @@ def test_ctrl_c_inside_a_command_reaches_the_quickstart_as_130(monkeypatch, tmp_
     monkeypatch.setattr(synth, "synthesize_dataset", interrupted)
     assert qs._invoke(["data", "synth", "--recipe", "smoke", "--out", str(tmp_path / "data")]) == 130
     assert qs._invoke(["data", "synth", "--recipe", "no-such-recipe", "--out", str(tmp_path / "data")]) == 2
+
+
+def test_the_report_names_the_gpu_it_ran_on():
+    """The quickstart report's machine line is the bench's (one owner): CPU, cores, GEMM speed, and the GPU by the
+    name `latency.gpu_info` records. Break caught: the report reading the GPU name under a key `gpu_info` never
+    writes ("name"), which made every GPU run say "no GPU"."""
+    from fbcompress.report import render_markdown
+
+    gpu = {"gpu": "NVIDIA H200", "index": 0, "compute_capability": "9.0", "driver": "570.1", "cuda_runtime": "12.8"}
+    base = {"cpu": "AMD EPYC", "usable_cores": 2, "torch_threads": 2, "fp32_matmul_gflops": 40.0,
+            "versions": {"torch": "2.13.0"}}
+    report = {"models": [], "stages": [], "plots": []}
+    on_gpu = render_markdown({**report, "machine": {**base, "gpu": gpu}}, has_weights=False)
+    assert "GPU NVIDIA H200 (CC 9.0" in on_gpu and "no GPU" not in on_gpu
+    on_cpu = render_markdown({**report, "machine": {**base, "gpu": None}}, has_weights=False)
+    line = "Machine: CPU AMD EPYC (2 usable cores, torch threads 2, FP32 GEMM 40 GFLOPS); torch 2.13.0; no GPU."
+    assert line in on_cpu
