@@ -8,7 +8,7 @@
 #   OUT=DIR MAX_CHILDREN=2 bash bench/mutation.sh   # where results go; parallel test workers
 #   DROP_TESTS="tests/a.py tests/b.py" ...          # leave these test files out (a before/after comparison)
 #   REV=COMMIT ...                                  # mutate and test that commit (default HEAD)
-#   HANG_SECONDS=60 ...                             # CPU seconds after which a mutant's test run counts as hung
+#   HANG_SECONDS=600 ...                            # CPU seconds after which a mutant's test run counts as hung
 #   MUTANTS="a.x_f__mutmut_1 b.*" CARRY=DIR ...     # check only these mutants (names or globs); the others keep
 #                                                   # DIR's caught verdicts where their function is unchanged
 # Test selection: the fast tier (`make test-fast`, pytest -m "not slow"); mutmut runs, per mutant, only the tests
@@ -56,11 +56,14 @@ start=$SECONDS
 # mutmut's own timeout is a CPU limit scaled by the slowest test that covers the mutant: a mutant that turns a
 # fast loop into an endless one can spin for many minutes. Such a worker is ended after HANG_SECONDS of CPU and
 # recorded by mutmut as killed by a signal, which the report counts as a timeout (the tests would never pass).
+# HANG_SECONDS must stay above the CPU time of the slowest honest run: a surviving mutant runs every fast test that
+# covers its function (minutes for bundle writing, checkpoints and training), and a watchdog below that would
+# record such a survivor as a caught hang.
 (
   while sleep 5; do
     for pid in $(pgrep -f "^mutmut: " || true); do
       cpu=$(ps -o times= -p "$pid" 2>/dev/null | tr -d ' ')
-      if [ -n "$cpu" ] && [ "$cpu" -gt "${HANG_SECONDS:-60}" ]; then kill -9 "$pid" 2>/dev/null || true; fi
+      if [ -n "$cpu" ] && [ "$cpu" -gt "${HANG_SECONDS:-600}" ]; then kill -9 "$pid" 2>/dev/null || true; fi
     done
   done
 ) &

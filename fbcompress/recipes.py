@@ -115,8 +115,8 @@ class TrainSection(_Strict):
     fixed_weights: TaskWeights = TaskWeights()
     mismatch_ratio: float = Field(0.5, ge=0, lt=1, description="share of mismatched pairs in a batch")
     hard_negative_share: float = Field(
-        1.0, ge=0, le=1, description="share of mismatched texts from the same subcategory (the paper: 1.0); "
-        "the rest come from any other product"
+        1.0, ge=0, le=1, description="train-teacher only: share of mismatched texts from the same subcategory "
+        "(the paper: 1.0), the rest from any other product; distill always draws them from the same subcategory"
     )
     mlm_probability: float = Field(0.15, ge=0, lt=1)
     mlm_all_occurrences: bool = Field(False, description="mask every occurrence of a picked word together")

@@ -1,6 +1,6 @@
 """The dataset directory: the one format every producer writes and every stage reads.
 
-Layout (see shared/design.md)::
+Layout (docs/formats.md)::
 
     DIR/dataset.json                 source, counts, seed, fingerprint
     DIR/images/<id>.png              one image per record (a product may have several poses)
