@@ -279,3 +279,62 @@ def test_a_finished_bundle_is_readable_as_the_umask_allows(tmp_path):
     assert oct(os.stat(root / "notes.txt").st_mode & 0o777) == oct(0o644)
     assert oct(os.stat(root / "triton").st_mode & 0o777) == oct(0o755)
     assert oct(os.stat(root).st_mode & 0o777) == oct(0o755)
+
+
+def test_runtime_caches_are_copied_not_linked_and_not_recorded(tmp_path):
+    """ONNX Runtime rewrites its TensorRT cache files in place, so an update copies them (a hard link would let
+    the runtime change the live bundle's copy mid-update) and never hashes them. Breaks caught: the cache's parent
+    dirs not made (`parents=True`/`exist_ok=True` changed: nested or second files fail), the copy's arguments."""
+    root = _bundle(tmp_path / "b")
+    cache = root / B.ORT_TRT_CACHE_DIR / "sm90"
+    cache.mkdir(parents=True)
+    (cache / "a.engine").write_bytes(b"engine a")
+    (cache / "a.profile").write_bytes(b"profile a")
+    with B.update_bundle(root, SOURCE) as w:
+        staged = w.dir / B.ORT_TRT_CACHE_DIR / "sm90"
+        assert (staged / "a.engine").read_bytes() == b"engine a" and (staged / "a.profile").is_file()
+        assert os.stat(staged / "a.engine").st_ino != os.stat(cache / "a.engine").st_ino
+        w.finalize()
+    files = B.Bundle.open(root).files
+    assert not any(rel.startswith(B.ORT_TRT_CACHE_DIR) for rel in files)
+    assert (root / B.ORT_TRT_CACHE_DIR / "sm90" / "a.engine").read_bytes() == b"engine a"
+
+
+def test_path_gives_a_fresh_nested_path_over_files_and_dirs(tmp_path):
+    """Breaks caught: `path()`'s parent dirs not made (`parents=True` changed), a directory in the way not
+    removed (`rmtree(target)` changed)."""
+    root = _bundle(tmp_path / "b")
+    with B.update_bundle(root, SOURCE) as w:
+        w.path("engines/sm90/model.fp16.plan").write_bytes(b"plan")
+        w.path("triton", B.ROLE_EXTRA).write_text("a file where a directory was")
+        w.finalize()
+    bundle = B.Bundle.open(root)
+    assert (root / "engines/sm90/model.fp16.plan").read_bytes() == b"plan"
+    assert (root / "triton").is_file() and "triton/fashionbert/config.pbtxt" not in bundle.files
+
+
+def test_replace_tree_of_a_name_ending_in_x(tmp_path):
+    """The trailing-slash strip removes only slashes. Break caught: `rstrip("/")` given other characters (a tree
+    named INDEX/ would become INDE/)."""
+    with B.update_bundle(tmp_path / "b", SOURCE) as w:
+        (w.replace_tree("INDEX/", B.ROLE_EXTRA) / "shard-0.bin").write_bytes(b"0")
+        w.finalize()
+    assert "INDEX/shard-0.bin" in B.Bundle.open(tmp_path / "b").files
+
+
+def test_file_roles_external_data_and_carried_files(tmp_path):
+    """A model's external-data file (ONNX files over 2 GiB keep their weights beside them) takes the model's
+    role; a carried file keeps the role the old manifest gave it; an unknown `.data` file is `extra`. Breaks
+    caught: the `.data` test (`and` -> `or`, the suffix, the slice sign, `in` -> `not in`), the old role read
+    under another key or without its default."""
+    root = _bundle(tmp_path / "b")
+    with B.update_bundle(root, SOURCE) as w:
+        w.path("big.onnx", B.ROLE_ONNX_FP16).write_bytes(b"graph")
+        w.path("big.onnx.data").write_bytes(b"weights")
+        w.path("stray.data").write_bytes(b"?")
+        w.finalize()
+    files = B.Bundle.open(root).files
+    assert files["big.onnx.data"]["role"] == f"{B.ROLE_ONNX_FP16}-external-data"
+    assert files["stray.data"]["role"] == B.ROLE_EXTRA
+    assert files["model.onnx"]["role"] == B.ROLE_ONNX  # carried twice now, role kept from the first manifest
+    assert files["triton/fashionbert/config.pbtxt"]["role"] == B.ROLE_TRITON

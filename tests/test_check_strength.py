@@ -243,3 +243,12 @@ def test_run_check_refuses_a_missing_model_before_any_work(checked, tmp_path):
     _, teacher, _, data = checked
     with pytest.raises(FbError):
         run_check(teacher, Path(tmp_path / "missing.onnx"), data, FAST)
+
+
+def test_a_missing_figure_reads_nan():
+    """A row whose candidate figure is missing (None) prints `nan` like a nan. Break caught: `_cell`'s
+    `value is None or ...` -> `and` (None reaches the float format: TypeError)."""
+    rows = _rows(CheckSection())
+    rows[4] = {**rows[4], "candidate": None}  # ACC of the candidate not measured
+    line = format_verdict(_result(rows, True, [], synthetic=False)).splitlines()[11]
+    assert line.split()[:3] == ["ACC", "0.7500", "nan"]
