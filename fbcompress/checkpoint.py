@@ -152,7 +152,7 @@ def open_checkpoint(directory: str | Path) -> Checkpoint:
         raise FbError(f"{directory / WEIGHTS_FILE} {_why_mismatch(directory / WEIGHTS_FILE)}")
     try:
         config = BertConfig.from_pretrained(str(directory))
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, TypeError) as exc:  # TypeError: valid JSON that is not an object, e.g. a list
         raise FbError(f"{directory}/config.json is not a valid BERT config: {exc}") from None
     if not hasattr(config, FASHIONBERT_KEY):
         raise FbError(f"{directory}/config.json has no '{FASHIONBERT_KEY}' section: not a FashionBERT checkpoint")
