@@ -7,6 +7,7 @@ TensorRT backends implement the same protocol, and `open_scorer` picks the backe
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -91,3 +92,52 @@ def _open_by_form(path: Path, device: str) -> Scorer:
     if not path.exists():
         raise FbError(f"model not found: {path}")
     raise FbError(f"{path}: unsupported model form (expected a checkpoint directory, an .onnx or a .plan file)")
+
+
+def match_scores(
+    scorer: Scorer,
+    texts: Sequence[str],
+    images: Sequence[str | Path | np.ndarray],
+    batch_size: int = 64,
+) -> np.ndarray:
+    """Match probability of each (text, image) pair, from raw inputs: what a notebook or a serving prototype needs.
+
+    `images` are image files or uint8 RGB arrays at the model's image size (pixel models; never resized, as in
+    training), or [num_patches, D] feature arrays (feature models). Texts are tokenized with the model's own
+    tokenizer and truncated to its text length; pairs are scored in batches of similar text length (VSL), and the
+    scores come back in the order given.
+    """
+    from fbcompress.backbone import load_tokenizer
+    from fbcompress.data.loader import pad_texts
+    from fbcompress.data.patches import image_to_patches, load_rgb
+
+    if len(texts) != len(images):
+        raise FbError(f"{len(texts)} texts but {len(images)} images: one image per text")
+    spec = scorer.spec
+    tokenizer = load_tokenizer(Path(scorer.tokenizer_dir))
+    token_ids = tokenizer([str(t) for t in texts], truncation=True, max_length=spec.max_text_len)["input_ids"]
+
+    def patches(image: str | Path | np.ndarray) -> np.ndarray:
+        if spec.patch_encoder == "features":
+            array = np.asarray(image, dtype=np.float32)
+            if array.shape != (spec.num_patches, spec.patch_dim):
+                raise FbError(f"patch features of shape {array.shape}, the model expects "
+                              f"({spec.num_patches}, {spec.patch_dim})")
+            return array
+        if isinstance(image, np.ndarray):
+            if image.shape != (spec.image_size, spec.image_size, 3) or image.dtype != np.uint8:
+                raise FbError(f"an image array of shape {image.shape} ({image.dtype}): the model expects uint8 "
+                              f"({spec.image_size}, {spec.image_size}, 3)")
+            return image_to_patches(image, spec.grid)
+        return image_to_patches(load_rgb(Path(image), spec.image_size), spec.grid)
+
+    order = np.argsort([len(ids) for ids in token_ids], kind="stable")
+    scores = np.empty(len(texts), dtype=np.float64)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        text = pad_texts([token_ids[i] for i in chunk], int(tokenizer.pad_token_id))
+        batch = {"input_ids": text.input_ids, "attention_mask": text.attention_mask,
+                 "token_type_ids": text.token_type_ids,
+                 "patches": torch.from_numpy(np.stack([patches(images[i]) for i in chunk]))}
+        scores[chunk] = match_probability(scorer.logits(batch))
+    return scores
