@@ -297,6 +297,7 @@ def test_runtime_caches_are_copied_not_linked_and_not_recorded(tmp_path):
         w.finalize()
     files = B.Bundle.open(root).files
     assert not any(rel.startswith(B.ORT_TRT_CACHE_DIR) for rel in files)
+    assert {"model.onnx", "notes.txt", "triton/fashionbert/config.pbtxt"} <= set(files)  # listed past the cache
     assert (root / B.ORT_TRT_CACHE_DIR / "sm90" / "a.engine").read_bytes() == b"engine a"
 
 
@@ -311,6 +312,7 @@ def test_path_gives_a_fresh_nested_path_over_files_and_dirs(tmp_path):
     bundle = B.Bundle.open(root)
     assert (root / "engines/sm90/model.fp16.plan").read_bytes() == b"plan"
     assert (root / "triton").is_file() and "triton/fashionbert/config.pbtxt" not in bundle.files
+    assert list(bundle.models) == ["model.onnx"]  # the Triton model's file is gone, so is its entry
 
 
 def test_replace_tree_of_a_name_ending_in_x(tmp_path):
@@ -338,3 +340,30 @@ def test_file_roles_external_data_and_carried_files(tmp_path):
     assert files["stray.data"]["role"] == B.ROLE_EXTRA
     assert files["model.onnx"]["role"] == B.ROLE_ONNX  # carried twice now, role kept from the first manifest
     assert files["triton/fashionbert/config.pbtxt"]["role"] == B.ROLE_TRITON
+
+
+def test_the_manifest_names_its_writer_and_is_readable(tmp_path):
+    """Breaks caught: `fbcompress_version` / `updated_at` under other keys, the README's role not `readme`, the
+    manifest not indented for the person reading it."""
+    import json
+
+    from fbcompress import __version__
+
+    with B.update_bundle(tmp_path / "b", SOURCE) as w:
+        w.path("model.onnx", B.ROLE_ONNX).write_bytes(b"graph")
+        w.finalize(render_readme=lambda manifest: f"# {len(manifest['models'])} models")
+    text = (tmp_path / "b" / B.MANIFEST).read_text()
+    manifest = json.loads(text)
+    assert manifest["fbcompress_version"] == __version__ and manifest["updated_at"].endswith("+00:00")
+    assert manifest["files"][B.README]["role"] == B.ROLE_README
+    assert text == json.dumps(manifest, indent=2) + "\n"
+
+
+def test_a_carried_file_changed_after_it_was_written_is_refused(tmp_path):
+    """A later stage must not re-record a hand-edited file as genuine. Breaks caught: the refusal's advice."""
+    root = _bundle(tmp_path / "b")
+    (root / "notes.txt").write_text("edited by hand")
+    with pytest.raises(FbError) as caught, B.update_bundle(root, SOURCE) as w:
+        w.finalize()
+    assert str(caught.value) == (f"{root / 'notes.txt'} no longer matches its sha256 in manifest.json (modified after "
+                                 "it was written): remove it or re-run the stage that made it, then export again")
