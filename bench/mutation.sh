@@ -47,7 +47,6 @@ done
   echo "source_paths=fbcompress"
   echo "only_mutate="
   printf '    %s\n' "${MODULES[@]}"
-  echo "also_copy=recipes"
   echo "pytest_add_cli_args=-q"
   printf '    %s\n' -p no:cacheprovider -m "not slow"
   echo "pytest_add_cli_args_test_selection=tests"

@@ -60,7 +60,7 @@ def _recipe(recipe: str | None, overrides: tuple[str, ...] = ()):
 
 
 recipe_option = click.option(
-    "--recipe", "-r", "recipe", metavar="R", help="recipe YAML path or name in recipes/ (smoke, quickstart, ...)"
+    "--recipe", "-r", "recipe", metavar="R", help="recipe name (smoke, quickstart, fashiongen-bert-base) or a YAML path"
 )
 set_option = click.option(
     "--set", "overrides", multiple=True, metavar="KEY=VALUE",

@@ -20,7 +20,7 @@ from click.testing import CliRunner
 from fbcompress import quickstart as qs
 
 SMOKE, QUICKSTART = "smoke", "quickstart"
-LADDERS = {SMOKE: ["student"], QUICKSTART: ["h128", "h192", "h256"]}  # recipes/*.yaml quickstart.students
+LADDERS = {SMOKE: ["student"], QUICKSTART: ["h128", "h192", "h256"]}  # fbcompress/recipes/*.yaml quickstart.students
 
 
 @pytest.fixture(autouse=True)

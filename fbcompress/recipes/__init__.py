@@ -1,4 +1,5 @@
-"""Recipes: one YAML per scenario, validated on load.
+"""Recipes: one YAML per scenario, validated on load. The shipped ones (smoke, quickstart, fashiongen-bert-base)
+live beside this module as package data, so an installed wheel finds them by name; any other recipe is a path.
 
 Unknown keys and bad values are errors that name the key (`train.lr: ...`), so a typo never silently falls back
 to a default. Sections that later stages own (`distill`, `quantize`, `export`, `check`) are validated by the same
@@ -7,6 +8,7 @@ mechanism as they grow.
 
 from __future__ import annotations
 
+from importlib.resources import files
 from pathlib import Path
 from typing import Literal
 
@@ -15,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from fbcompress.errors import FbError
 
-RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
+RECIPES_DIR = Path(str(files(__name__)))  # the package's own folder, in a checkout and in an installed wheel
 
 
 class _Strict(BaseModel):
@@ -428,8 +430,8 @@ def stored_recipe(path: Path) -> dict:
 def resolve_section(section: str, recipe: str | None, overrides: tuple[str, ...], models: list[Path]):
     """One recipe section for a command that works on existing models (export, quantize, check), and its source.
 
-    Order: --recipe; else the first model whose stored recipe holds this section, or names a recipe file in
-    recipes/; else the defaults. --set overrides apply on top of whichever wins. Why: a model exported or checked
+    Order: --recipe; else the first model whose stored recipe holds this section, or names a shipped recipe;
+    else the defaults. --set overrides apply on top of whichever wins. Why: a model exported or checked
     later should use the settings it was trained under unless the user says otherwise.
     """
     merged = merged_overrides(overrides)
