@@ -51,12 +51,24 @@ class FbGroup(click.Group):
 
 
 def _recipe(recipe: str | None, overrides: tuple[str, ...] = ()):
-    from fbcompress.recipes import Recipe, load_recipe, merged_overrides, parse_recipe
+    from fbcompress.recipes import load_recipe_or_defaults
 
-    merged = merged_overrides(overrides)
-    if recipe is None:
-        return parse_recipe({}, "defaults", merged) if merged else Recipe()
-    return load_recipe(recipe, merged)
+    return load_recipe_or_defaults(recipe, overrides)
+
+
+def invoke_in_process(args: list[str]) -> int:
+    """Run one fbcompress command in this process; its exit code (0 on success). The quickstart's stages run
+    through it: each stage is the public command a user could type."""
+    try:
+        main.main(args=args, prog_name="fbcompress", standalone_mode=False)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 1
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    return 0
 
 
 recipe_option = click.option(
@@ -303,7 +315,8 @@ def quickstart_cmd(out: Path, bundle: Path, recipe: str, force: bool, all_studen
     require_clean_out(out)
     students = [s.name for s in _recipe(recipe, overrides).quickstart.students]
     try:
-        results = run_quickstart(recipe, overrides, out, bundle, force=force, all_students=all_students)
+        results = run_quickstart(recipe, overrides, out, bundle, invoke=invoke_in_process, force=force,
+                                 all_students=all_students)
     except QuickstartInterrupted as stopped:
         click.echo(f"interrupted in stage {stopped}: finished stages are kept; run the same command again to "
                    "continue (training resumes from its last checkpoint)", err=True)

@@ -29,7 +29,7 @@ import click
 from fbcompress import __version__
 from fbcompress.artifacts import atomic_write_json, ensure_output_dir
 from fbcompress.errors import FbError
-from fbcompress.recipes import StudentShape, without_later_defaults
+from fbcompress.recipes import StudentShape, load_recipe_or_defaults, without_later_defaults
 
 STATE_FILE = "quickstart-state.json"
 EXIT_INTERRUPTED = 130  # what the CLI exits with on Ctrl-C
@@ -197,9 +197,7 @@ def build_suffix(recipe_ref: str, overrides: tuple[str, ...], layout: Layout, sh
 def build_stages(recipe_ref: str, overrides: tuple[str, ...], out: Path, bundle: Path,
                  shipped: str | None = None) -> list[Stage]:
     """Every stage the pipeline may run, the suffix for `shipped` (default: the first student of the ladder)."""
-    from fbcompress.cli import _recipe
-
-    students = _recipe(recipe_ref, overrides).quickstart.students
+    students = load_recipe_or_defaults(recipe_ref, overrides).quickstart.students
     layout = Layout(out, bundle)
     stages = build_prefix(recipe_ref, overrides, layout)
     for shape in students:
@@ -258,22 +256,6 @@ def _read_state(path: Path) -> dict:
     except (json.JSONDecodeError, UnicodeDecodeError):
         return {}  # a damaged state file only costs reuse, never correctness
     return state if isinstance(state, dict) else {}
-
-
-def _invoke(args: list[str]) -> int:
-    """Run one fbcompress command in this process; its exit code (0 on success)."""
-    from fbcompress.cli import main
-
-    try:
-        main.main(args=args, prog_name="fbcompress", standalone_mode=False)
-    except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else 1
-    except click.exceptions.Exit as exc:
-        return exc.exit_code
-    except click.ClickException as exc:
-        exc.show()
-        return exc.exit_code
-    return 0
 
 
 def _run_action(action: Callable[[], None]) -> int:
@@ -389,8 +371,8 @@ def run_quickstart(
     overrides: tuple[str, ...],
     out: Path,
     bundle: Path,
+    invoke: Callable[[list[str]], int],
     force: bool = False,
-    invoke: Callable[[list[str]], int] = _invoke,
     all_students: bool = False,
 ) -> list[StageResult]:
     """Run (or reuse) every stage in order; a stage whose input failed is skipped with that reason.
@@ -401,9 +383,7 @@ def run_quickstart(
     """
     from tqdm.auto import tqdm
 
-    from fbcompress.cli import _recipe
-
-    parsed = _recipe(recipe_ref, overrides)
+    parsed = load_recipe_or_defaults(recipe_ref, overrides)
     students = parsed.quickstart.students
     ensure_output_dir(out)
     layout = Layout(out, bundle)

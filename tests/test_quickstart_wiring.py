@@ -10,7 +10,6 @@ p50 latency).
 
 from __future__ import annotations
 
-import functools
 import json
 from pathlib import Path
 
@@ -387,12 +386,12 @@ def cli_quickstart(monkeypatch, tmp_path):
     from fbcompress import latency
 
     monkeypatch.setattr(latency, "machine_info", lambda *a, **k: {"cpu": "test cpu"})
-    real = qs.run_quickstart
 
     def invoke(fake, recipe: str = SMOKE, *extra: str):
+        from fbcompress import cli
         from fbcompress.cli import main
 
-        monkeypatch.setattr(qs, "run_quickstart", functools.partial(real, invoke=fake))
+        monkeypatch.setattr(cli, "invoke_in_process", fake)
         args = ["quickstart", "--recipe", recipe, "--out", str(tmp_path / "run"), "--bundle",
                 str(tmp_path / "bundle"), *extra]
         return CliRunner().invoke(main, args)
@@ -473,16 +472,17 @@ def test_exit_130_when_a_stage_is_interrupted(cli_quickstart, tmp_path, where):
 
 def test_ctrl_c_inside_a_command_reaches_the_quickstart_as_130(monkeypatch, tmp_path):
     """The real in-process invoke: a KeyboardInterrupt inside a command is exit code 130 (FbGroup), which
-    `_invoke` hands to the runner unchanged. Breaks caught: FbGroup exiting 2/1 on KeyboardInterrupt; `_invoke`
-    mapping a SystemExit code to 1."""
+    `cli.invoke_in_process` hands to the runner unchanged. Breaks caught: FbGroup exiting 2/1 on KeyboardInterrupt;
+    `invoke_in_process` mapping a SystemExit code to 1."""
+    from fbcompress.cli import invoke_in_process
     from fbcompress.data import synth
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(synth, "synthesize_dataset", interrupted)
-    assert qs._invoke(["data", "synth", "--recipe", "smoke", "--out", str(tmp_path / "data")]) == 130
-    assert qs._invoke(["data", "synth", "--recipe", "no-such-recipe", "--out", str(tmp_path / "data")]) == 2
+    assert invoke_in_process(["data", "synth", "--recipe", "smoke", "--out", str(tmp_path / "data")]) == 130
+    assert invoke_in_process(["data", "synth", "--recipe", "no-such-recipe", "--out", str(tmp_path / "data")]) == 2
 
 
 def test_the_report_names_the_gpu_it_ran_on():

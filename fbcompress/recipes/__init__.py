@@ -370,6 +370,15 @@ def load_recipe(name_or_path: str | Path, overrides: dict | None = None) -> Reci
     return recipe
 
 
+def load_recipe_or_defaults(recipe: str | None, overrides: tuple[str, ...] | list[str] = ()) -> Recipe:
+    """`--recipe R --set K=V ...` as commands take them: the named (or path) recipe with the overrides, or the
+    defaults with the overrides when no recipe is named."""
+    merged = merged_overrides(overrides)
+    if recipe is None:
+        return parse_recipe({}, "defaults", merged) if merged else Recipe()
+    return load_recipe(recipe, merged)
+
+
 def _deep_merge(base: dict, extra: dict) -> dict:
     out = dict(base)
     for key, value in extra.items():
