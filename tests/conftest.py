@@ -66,11 +66,9 @@ def trained_smoke(tmp_path_factory, tiny_data) -> Path:
 
 
 def _cli(*args):
-    from click.testing import CliRunner
+    from cli_helpers import run
 
-    from fbcompress.cli import main
-
-    return CliRunner().invoke(main, [str(a) for a in args])
+    return run(*args)
 
 
 def _tree_state(root: Path) -> dict[str, str]:

@@ -9,14 +9,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from click.testing import CliRunner
+from cli_helpers import run
 from PIL import Image
-
-from fbcompress.cli import main
-
-
-def run(*args: str):
-    return CliRunner().invoke(main, list(args))
 
 
 def assert_one_line_error(result, *fragments: str) -> None:

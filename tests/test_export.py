@@ -12,15 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
+from cli_helpers import run
 
 from fbcompress.artifacts import sha256_file
-from fbcompress.cli import main
 from fbcompress.errors import FbError
-
-
-def run(*args: str):
-    return CliRunner().invoke(main, [str(a) for a in args])
 
 
 def assert_one_line_error(result, *fragments: str) -> None:

@@ -16,18 +16,13 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from click.testing import CliRunner
+from cli_helpers import run
 from onnx import TensorProto, helper, numpy_helper
-
-from fbcompress.cli import main
 
 TRT = "model.int8.trt.onnx"
 FLOAT, FLOAT16, INT8 = TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.INT8
 FP16_OPS = ("Add", "Sub", "Mul", "Div", "Sqrt", "Erf", "Tanh", "Transpose", "MatMul")  # not quantized, not blocked
 
-
-def run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
 
 
 def typed(path: Path) -> tuple[onnx.ModelProto, dict[str, int]]:

@@ -13,15 +13,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from click.testing import CliRunner
+from cli_helpers import run
 from onnx import numpy_helper
 
 from fbcompress.artifacts import sha256_file
-from fbcompress.cli import main
-
-
-def run(*args: str):
-    return CliRunner().invoke(main, [str(a) for a in args])
 
 
 def tree_state(root: Path) -> dict[str, str]:

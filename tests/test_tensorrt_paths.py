@@ -12,9 +12,9 @@ import warnings
 from pathlib import Path
 
 import pytest
+from cli_helpers import run
 from click.testing import CliRunner
 
-from fbcompress.cli import main
 from fbcompress.errors import FbError, FbWarning
 from fbcompress.export.shapes import Profile, plan_chunks, trtexec_command
 from fbcompress.model import PatchSpec
@@ -23,9 +23,6 @@ SPEC = PatchSpec("pixels", 48, 64, 32, 8, 32)
 ONLINE = Profile("online", (1, 1, 8), (1, 16, 48))
 OFFLINE = Profile("offline", (8, 32, 32), (8, 32, 48))
 
-
-def run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
 
 
 # ------------------------------------------------------------------------------------ 1. trtexec, two profiles
