@@ -76,3 +76,13 @@ def test_the_device_hint(watched, monkeypatch, hint, cuda_available, expected):
     `(None, "auto")` test changed, `startswith("cuda")` changed."""
     monkeypatch.setattr(D.torch.cuda, "is_available", lambda: cuda_available)
     assert D.setup(hint).device.type == expected
+
+
+def test_teardown_leaves_a_group_it_does_not_own(watched, monkeypatch):
+    """A single-process context must not tear down a process group someone else started (a notebook, a caller
+    that runs several stages). Break caught: `ctx.distributed and dist.is_initialized()` -> `or`."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    D.setup("cpu")  # a group exists now
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    D.teardown(D.setup("cpu"))
+    assert watched["destroy"] == []
