@@ -37,7 +37,8 @@ OUT=${OUT:-bench/results/$SLUG-$STAMP-mutation}
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 REV=$(git rev-parse --short "${REV:-HEAD}")  # resolved now: the report names what was tested
-git archive "$REV" -- . ':!bench/results' | tar -xf - -C "$WORK"  # the commit, not uncommitted edits
+# the commit, not uncommitted edits; the results folders are left out (the index stays: the README links to it)
+git archive "$REV" -- . ':!bench/results/amd-*' | tar -xf - -C "$WORK"
 for dropped in ${DROP_TESTS:-}; do
   [ -f "$WORK/$dropped" ] || { echo "error: DROP_TESTS names $dropped, which is not a tracked file" >&2; exit 2; }
   rm "$WORK/$dropped"
@@ -47,6 +48,8 @@ done
   echo "source_paths=fbcompress"
   echo "only_mutate="
   printf '    %s\n' "${MODULES[@]}"
+  echo "also_copy="  # besides the tests: the files the README tests read
+  printf '    %s\n' README.md docs bench
   echo "pytest_add_cli_args=-q"
   printf '    %s\n' -p no:cacheprovider -m "not slow"
   echo "pytest_add_cli_args_test_selection=tests"
