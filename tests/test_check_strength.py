@@ -110,28 +110,43 @@ def test_a_candidate_timed_at_zero_ms_is_infinitely_faster():
 FAST = CheckSection(min_speedup=0.0, latency_runs=12, latency_warmup=2, batch_size=2, text_length=8)
 
 
-@pytest.fixture(scope="module")
-def checked(trained_smoke, smoke_bundle, tiny_data):
-    """run_check(teacher checkpoint, its ONNX export) on the val split, 3 queries per task."""
-    from fbcompress.check import run_check
-
-    result = run_check(trained_smoke, smoke_bundle / "model.onnx", tiny_data, FAST, split="val", max_queries=3)
-    return result, trained_smoke, smoke_bundle / "model.onnx", tiny_data
+@pytest.fixture()
+def models(trained_smoke, smoke_bundle, tiny_data):
+    """(teacher checkpoint, its ONNX export, the tiny dataset). Every test below calls `run_check` itself: mutation
+    testing attributes a function to the tests that ran it, and a shared fixture's run belongs to one test only."""
+    return trained_smoke, smoke_bundle / "model.onnx", tiny_data
 
 
-def test_run_check_records_what_it_judged(checked):
-    """Breaks caught: the split, data, device, models' paths, tolerances or schema not recorded (or under other
-    keys), `max_queries` or `split` not passed to evaluate, the evals or latencies of the two roles swapped, the
-    stamp (weights hash, data fingerprint) not applied, the synthetic flag not read from the teacher's eval."""
-    from fbcompress.check import CHECK_SCHEMA
+def _synthetic_copy(data, tmp_path):
+    """The tiny dataset, labelled synthetic in its dataset.json (the fingerprint covers the manifests only)."""
+    import json
+    import shutil
+
+    copy = tmp_path / "synthetic-data"
+    shutil.copytree(data, copy)
+    meta = json.loads((copy / "dataset.json").read_text())
+    (copy / "dataset.json").write_text(json.dumps({**meta, "synthetic": True}))
+    return copy
+
+
+def test_run_check_end_to_end(models, tmp_path):
+    """One check of the teacher against its ONNX export on the val split, 3 queries per task: what it records,
+    how it timed, and a verdict that follows its rows. Breaks caught: the split, data, device, models' paths,
+    tolerances, rows or schema not recorded (or under other keys); `max_queries` / `split` not passed to evaluate;
+    the evals or latencies of the two roles swapped; the stamp (weights hash, data fingerprint) not applied; the
+    synthetic flag not read from the teacher's eval; latency_runs / warm-up / batch / text length not passed to
+    the timing; pairs_per_s not batch / p50 (or renamed); the speed-up row not teacher / candidate p50;
+    `passed` / `verdict` / `failed` not derived from the rows."""
+    from fbcompress.check import CHECK_SCHEMA, run_check
     from fbcompress.data.dataset_dir import DatasetDir
     from fbcompress.evaluate import model_sha256
 
-    result, teacher, candidate, data = checked
+    teacher, candidate, tiny = models
+    data = _synthetic_copy(tiny, tmp_path)
+    result = run_check(teacher, candidate, data, FAST, split="val", max_queries=3)
     assert result["schema"] == CHECK_SCHEMA
     assert (result["split"], result["data"], result["device"]) == ("val", str(data), "cpu")
-    assert result["tolerances"] == FAST.model_dump()
-    assert result["synthetic_data"] is False  # the tiny dataset is written by the tests, not synthesised
+    assert result["tolerances"] == FAST.model_dump() and result["synthetic_data"] is True
     fingerprint = DatasetDir.open(data).fingerprint
     for role, path, backend in (("teacher", teacher, "pytorch"), ("candidate", candidate, "onnxruntime")):
         record = result[role]
@@ -139,44 +154,29 @@ def test_run_check_records_what_it_judged(checked):
         assert record["eval"]["split"] == "val" and record["eval"]["n_queries"] == 3
         assert record["eval"]["model_sha256"] == model_sha256(path)
         assert record["eval"]["data_fingerprint"] == fingerprint
-        assert record["latency"]["backend"].startswith(backend), record["latency"]
-        assert record["latency"]["precision"] == "fp32"
-    assert result["machine"]["cpu"] and result["machine"]["usable_cores"] >= 1
-
-
-def test_run_check_times_both_models_at_the_reference_shape(checked):
-    """Breaks caught: latency_runs / warm-up / batch size / text length not passed to the timing, pairs_per_s not
-    batch / p50, the speed-up row not teacher p50 / candidate p50."""
-    result, *_ = checked
-    for role in ("teacher", "candidate"):
-        latency = result[role]["latency"]
+        latency = record["latency"]
+        assert latency["backend"].startswith(backend) and latency["precision"] == "fp32", latency
         assert latency["runs"] == 12 and latency["p50_ms"] > 0
         assert latency["pairs_per_s"] == pytest.approx(2 / (latency["p50_ms"] / 1000.0))
-    speed = next(row for row in result["checks"] if row["metric"].startswith("speed-up"))
-    assert speed["metric"] == "speed-up (p50 ms @ 2x8 cpu)"
+    assert result["machine"]["cpu"] and result["machine"]["usable_cores"] >= 1
+    rows = {row["metric"]: row for row in result["checks"]}
+    speed = rows["speed-up (p50 ms @ 2x8 cpu)"]
     assert speed["delta"] == pytest.approx(result["teacher"]["latency"]["p50_ms"]
                                            / result["candidate"]["latency"]["p50_ms"])
-
-
-def test_run_check_verdict_follows_the_rows(checked):
-    """The same weights on PyTorch and ONNX Runtime: every gate passes, the speed gate is off. Breaks caught:
-    `passed`/`verdict`/`failed` not derived from the rows (`is False` changed, PASS/FAIL swapped), the rows built
-    from other evals."""
-    result, *_ = checked
-    rows = {row["metric"]: row for row in result["checks"]}
+    # the same weights on PyTorch and ONNX Runtime: every gate passes, the speed gate is off
     assert abs(rows["AUC"]["delta"]) < 1e-4 and rows["AUC"]["teacher"] == result["teacher"]["eval"]["auc"]
     assert rows["AUC"]["candidate"] == result["candidate"]["eval"]["auc"]
     assert (result["passed"], result["verdict"], result["failed"]) == (True, "PASS", [])
 
 
-def test_run_check_fails_on_a_gate_and_names_it(checked):
+def test_run_check_fails_on_a_gate_and_names_it(models):
     """A negative AUC tolerance cannot be set through a recipe; a speed gate no model can meet can: the verdict
     is FAIL with that gate named; without `split` and `device` a check runs on the test split on the CPU. Breaks
     caught: `not failed` inverted, FAIL/PASS swapped, `failed` not the failed rows' metrics, the defaults "test"
     and "cpu" changed."""
     from fbcompress.check import run_check
 
-    _, teacher, candidate, data = checked
+    teacher, candidate, data = models
     strict = FAST.model_copy(update={"min_speedup": 1000.0})
     result = run_check(teacher, candidate, data, strict, max_queries=1)
     assert (result["split"], result["device"], result["candidate"]["eval"]["split"]) == ("test", "cpu", "test")
@@ -184,17 +184,22 @@ def test_run_check_fails_on_a_gate_and_names_it(checked):
     assert result["failed"] == ["speed-up (p50 ms @ 2x8 cpu)"]
 
 
-def test_run_check_reuses_the_saved_teacher_eval(checked, tmp_path, monkeypatch):
-    """`teacher_eval`: the teacher is not scored again (its eval is the saved one), the candidate is. Breaks
-    caught: the saved eval ignored or used for the candidate, `if role in evals: continue` dropped."""
+def test_run_check_reuses_the_saved_teacher_eval(models, tmp_path, monkeypatch):
+    """`teacher_eval`: the teacher is not scored again (its eval is the saved `fbcompress eval --json`), the
+    candidate is. Breaks caught: the saved eval ignored or used for the candidate, `if role in evals: continue`
+    dropped, the reuse check's arguments (weights, data, split, query count) passed wrongly."""
     import json
+
+    from cli_helpers import run
 
     from fbcompress import evaluate as evaluate_module
     from fbcompress.check import run_check
 
-    result, teacher, candidate, data = checked
+    teacher, candidate, data = models
     saved = tmp_path / "teacher-eval.json"
-    saved.write_text(json.dumps({**result["teacher"]["eval"], "marker": "saved"}))
+    result = run("eval", "--model", teacher, "--data", data, "--split", "val", "--max-queries", 3, "--json", saved)
+    assert result.exit_code == 0, result.output
+    saved.write_text(json.dumps({**json.loads(saved.read_text()), "marker": "saved"}))
     scored: list[str] = []
     real = evaluate_module.evaluate
 
@@ -208,11 +213,11 @@ def test_run_check_reuses_the_saved_teacher_eval(checked, tmp_path, monkeypatch)
     assert len(scored) == 1 and scored[0].startswith("onnxruntime")
 
 
-def test_run_check_shows_bars_only_when_asked(checked, capsys):
+def test_run_check_shows_bars_only_when_asked(models, capsys):
     """Breaks caught: `progress` not passed to evaluate."""
     from fbcompress.check import run_check
 
-    _, teacher, candidate, data = checked
+    teacher, candidate, data = models
     run_check(teacher, candidate, data, FAST, split="val", max_queries=1, progress=True)
     err = capsys.readouterr().err
     assert "pairs:" in err and "ITR:" in err
@@ -220,14 +225,14 @@ def test_run_check_shows_bars_only_when_asked(checked, capsys):
     assert "pairs:" not in capsys.readouterr().err
 
 
-def test_run_check_refuses_a_text_length_beyond_either_tokenizer(checked):
+def test_run_check_refuses_a_text_length_beyond_either_tokenizer(models):
     """Breaks caught: the `>` test against the runner's max text length (off by one: `>=` refuses the longest
     legal length), the message without the key and the role."""
     from fbcompress.check import run_check
     from fbcompress.errors import FbError
     from fbcompress.scoring import open_scorer
 
-    _, teacher, candidate, data = checked
+    teacher, candidate, data = models
     longest = open_scorer(candidate).spec.max_text_len
     ok = FAST.model_copy(update={"text_length": longest, "latency_runs": 1})
     assert run_check(teacher, candidate, data, ok, split="val", max_queries=1)["schema"]
@@ -236,11 +241,11 @@ def test_run_check_refuses_a_text_length_beyond_either_tokenizer(checked):
         run_check(teacher, candidate, data, FAST.model_copy(update={"text_length": longest + 1}), split="val")
 
 
-def test_run_check_refuses_a_missing_model_before_any_work(checked, tmp_path):
+def test_run_check_refuses_a_missing_model_before_any_work(models, tmp_path):
     from fbcompress.check import run_check
     from fbcompress.errors import FbError
 
-    _, teacher, _, data = checked
+    teacher, _, data = models
     with pytest.raises(FbError):
         run_check(teacher, Path(tmp_path / "missing.onnx"), data, FAST)
 
