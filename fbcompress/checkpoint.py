@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import platform
 import shutil
 import sys
@@ -185,5 +186,9 @@ def load_training_state(directory: Path) -> dict[str, Any]:
     if sha256_file(path) != expected:
         raise FbError(f"{path} does not match the sha256 in {META_FILE}")
     # weights_only=True: the state holds only tensors, numbers and dicts, never arbitrary pickled objects.
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise FbError(f"{path} holds objects other than tensors and plain data; refused to unpickle them "
+                      f"({str(exc).splitlines()[0]})") from None
 

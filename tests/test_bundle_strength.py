@@ -319,9 +319,9 @@ def test_replace_tree_of_a_name_ending_in_x(tmp_path):
     """The trailing-slash strip removes only slashes. Break caught: `rstrip("/")` given other characters (a tree
     named INDEX/ would become INDE/)."""
     with B.update_bundle(tmp_path / "b", SOURCE) as w:
-        (w.replace_tree("INDEX/", B.ROLE_EXTRA) / "shard-0.bin").write_bytes(b"0")
+        (w.replace_tree("INDEX/", B.ROLE_TRITON) / "shard-0.bin").write_bytes(b"0")
         w.finalize()
-    assert "INDEX/shard-0.bin" in B.Bundle.open(tmp_path / "b").files
+    assert B.Bundle.open(tmp_path / "b").files["INDEX/shard-0.bin"]["role"] == B.ROLE_TRITON
 
 
 def test_file_roles_external_data_and_carried_files(tmp_path):
@@ -367,3 +367,17 @@ def test_a_carried_file_changed_after_it_was_written_is_refused(tmp_path):
         w.finalize()
     assert str(caught.value) == (f"{root / 'notes.txt'} no longer matches its sha256 in manifest.json (modified after "
                                  "it was written): remove it or re-run the stage that made it, then export again")
+
+
+def test_a_carried_file_recorded_without_a_role_is_extra(tmp_path):
+    """A manifest written by hand (or by an older version) may record a file without its role; carried on, the
+    file is `extra`. Breaks caught: the old role's default `ROLE_EXTRA` dropped ("None" recorded)."""
+    import json
+
+    root = _bundle(tmp_path / "b")
+    manifest = json.loads((root / B.MANIFEST).read_text())
+    del manifest["files"]["notes.txt"]["role"]
+    (root / B.MANIFEST).write_text(json.dumps(manifest))
+    with B.update_bundle(root, SOURCE) as w:
+        w.finalize()
+    assert B.Bundle.open(root).files["notes.txt"]["role"] == B.ROLE_EXTRA

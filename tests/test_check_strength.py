@@ -129,21 +129,26 @@ def _synthetic_copy(data, tmp_path):
     return copy
 
 
-def test_run_check_end_to_end(models, tmp_path):
+def test_run_check_end_to_end(models, tmp_path, monkeypatch):
     """One check of the teacher against its ONNX export on the val split, 3 queries per task: what it records,
     how it timed, and a verdict that follows its rows. Breaks caught: the split, data, device, models' paths,
     tolerances, rows or schema not recorded (or under other keys); `max_queries` / `split` not passed to evaluate;
     the evals or latencies of the two roles swapped; the stamp (weights hash, data fingerprint) not applied; the
     synthetic flag not read from the teacher's eval; latency_runs / warm-up / batch / text length not passed to
-    the timing; pairs_per_s not batch / p50 (or renamed); the speed-up row not teacher / candidate p50;
-    `passed` / `verdict` / `failed` not derived from the rows."""
+    the timing (watched through `latency.time_interleaved`); pairs_per_s not batch / p50 (or renamed); the
+    speed-up row not teacher / candidate p50; `passed` / `verdict` / `failed` not derived from the rows."""
+    from fbcompress import latency
     from fbcompress.check import CHECK_SCHEMA, run_check
     from fbcompress.data.dataset_dir import DatasetDir
     from fbcompress.evaluate import model_sha256
 
     teacher, candidate, tiny = models
     data = _synthetic_copy(tiny, tmp_path)
+    timed: list[dict] = []
+    real = latency.time_interleaved
+    monkeypatch.setattr(latency, "time_interleaved", lambda calls, **kw: timed.append(kw) or real(calls, **kw))
     result = run_check(teacher, candidate, data, FAST, split="val", max_queries=3)
+    assert [(kw["runs"], kw["warmup"]) for kw in timed] == [(12, 2)]  # the recipe's timing, both models at once
     assert result["schema"] == CHECK_SCHEMA
     assert (result["split"], result["data"], result["device"]) == ("val", str(data), "cpu")
     assert result["tolerances"] == FAST.model_dump() and result["synthetic_data"] is True

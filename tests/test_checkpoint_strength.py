@@ -190,3 +190,81 @@ def test_weights_that_do_not_fit_the_config_are_refused(saved, tmp_path):
     (out / C.META_FILE).write_text(json.dumps(meta))
     message = _refusal(out)
     assert "does not fit its config: missing" in message and name in message
+
+
+def test_a_save_makes_nested_dirs_and_writes_what_transformers_expects(trained_smoke, tmp_path):
+    """Breaks caught: `mkdir(parents=True)` changed (a nested --out fails), the safetensors `format: pt` metadata
+    that transformers reads dropped or changed, fbcompress.json not indented for the person reading it."""
+    from safetensors import safe_open
+
+    model, _ = C.load_model(trained_smoke)
+    out = tmp_path / "runs" / "deep" / "ckpt"
+    C.save_checkpoint(out, model, load_tokenizer(trained_smoke), {"kind": "teacher"})
+    with safe_open(str(out / C.WEIGHTS_FILE), framework="pt") as handle:
+        assert handle.metadata() == {"format": "pt"}
+    text = (out / C.META_FILE).read_text()
+    assert text == json.dumps(json.loads(text), indent=2) + "\n"
+
+
+def test_only_a_full_disk_is_reported_as_one(saved, monkeypatch):
+    """Another OS error (here: permission) is not mislabelled "disk full". Break caught: `isinstance(exc, OSError)
+    and exc.errno == 28` -> `or`."""
+    out, model, tokenizer = saved
+
+    def denied(*_, **__):
+        raise OSError(13, "Permission denied")
+
+    monkeypatch.setattr(C, "save_file", denied)
+    with pytest.raises(PermissionError):
+        C.save_checkpoint(out, model, tokenizer, {"kind": "teacher"})
+
+
+def _rewrite_weights(out: Path, state: dict) -> None:
+    from safetensors.torch import save_file
+
+    save_file(state, str(out / C.WEIGHTS_FILE), metadata={"format": "pt"})
+    meta = json.loads((out / C.META_FILE).read_text())
+    meta["sha256"][C.WEIGHTS_FILE] = sha256_file(out / C.WEIGHTS_FILE)
+    (out / C.META_FILE).write_text(json.dumps(meta))
+
+
+def test_weights_missing_a_tensor_are_refused_naming_three(saved):
+    """Missing tensors alone are enough to refuse, and the message names the first three. Breaks caught:
+    `missing or unexpected` -> `and`, the slices `[:3]` changed."""
+    from safetensors.torch import load_file
+
+    out, *_ = saved
+    state = load_file(str(out / C.WEIGHTS_FILE))
+    dropped = sorted(state)[:5]
+    _rewrite_weights(out, {k: v for k, v in state.items() if k not in dropped})
+    message = _refusal(out)
+    assert "does not fit its config: missing [" in message and "unexpected []" in message
+    assert sum(name in message for name in dropped) == 3
+
+
+def test_a_weights_file_that_matches_its_hash_but_does_not_parse_is_one_line(saved):
+    """Breaks caught: load_model's `is truncated or corrupt` message dropped or naming the wrong path."""
+    out, *_ = saved
+    (out / C.WEIGHTS_FILE).write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{not json")
+    meta = json.loads((out / C.META_FILE).read_text())
+    meta["sha256"][C.WEIGHTS_FILE] = sha256_file(out / C.WEIGHTS_FILE)
+    (out / C.META_FILE).write_text(json.dumps(meta))
+    with pytest.raises(FbError) as caught:
+        C.load_model(out)
+    assert f"{out / C.WEIGHTS_FILE} is truncated or corrupt" in str(caught.value)
+
+
+class _Payload:
+    """Not a tensor, number or dict: what a tampered training state could smuggle in."""
+
+
+def test_a_training_state_with_pickled_objects_is_refused(saved):
+    """The state is loaded with weights_only=True: a recorded-hash state that holds arbitrary objects is refused in
+    one line, never unpickled. Breaks caught: `weights_only=True` -> False."""
+    out, *_ = saved
+    torch.save({"step": 1, "payload": _Payload()}, out / C.STATE_FILE)
+    meta = json.loads((out / C.META_FILE).read_text())
+    meta["sha256"][C.STATE_FILE] = sha256_file(out / C.STATE_FILE)
+    (out / C.META_FILE).write_text(json.dumps(meta))
+    with pytest.raises(FbError, match="holds objects other than tensors and plain data; refused to unpickle"):
+        C.load_training_state(out)

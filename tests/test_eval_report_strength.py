@@ -271,4 +271,5 @@ def test_accuracy_counts_a_tied_pair_as_a_mismatch_like_argmax():
 
     tied = match_probability(np.array([[1.5, 1.5], [0.0, 0.0]]))
     assert tied.tolist() == [0.5, 0.5] and np.argmax([[1.5, 1.5]], axis=1).tolist() == [0]
-    assert classification_metrics(np.array([0, 1]), tied)["accuracy"] == 0.5
+    assert classification_metrics(np.array([0, 0]), tied)["accuracy"] == 1.0  # both predicted "mismatch"
+    assert classification_metrics(np.array([1, 1]), tied)["accuracy"] == 0.0

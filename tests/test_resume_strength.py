@@ -148,3 +148,24 @@ def test_truncate_log_keeps_the_steps_up_to_the_checkpoint(tmp_path):
     log.write_text("\n".join(lines) + "\n")
     _truncate_log(log, 0)
     assert log.read_text() == ""
+
+
+def test_truncate_log_keeps_lines_without_a_step(tmp_path):
+    """A line with no step (a note written before the first step) is kept. Breaks caught: `.get("step", 0)`'s
+    default changed (None: a TypeError; 1: dropped at keep 0)."""
+    log = tmp_path / LOG_FILE
+    lines = [json.dumps({"event": "started"}), json.dumps({"step": 1})]
+    log.write_text("\n".join(lines) + "\n")
+    _truncate_log(log, 0)
+    assert log.read_text() == lines[0] + "\n"
+
+
+def test_a_finished_checkpoint_without_a_step_resumes_nothing(setup_for, trained_smoke):
+    """Breaks caught: the finished branch's `meta.get("step", 0)` default changed."""
+    setup = setup_for(trained_smoke)
+    meta_path = setup.out / "fbcompress.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["step"]
+    meta_path.write_text(json.dumps(meta))
+    point = resume_point(setup, resume=True, force=False)
+    assert point.finished_meta is not None and point.start_step == 0

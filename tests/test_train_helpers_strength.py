@@ -26,8 +26,9 @@ def test_seeded_streams_are_a_fixed_function_of_seed_and_index():
     expected = torch.rand(4, generator=torch.Generator().manual_seed(mixed))
     assert torch.equal(torch.rand(4, generator=generator), expected)
     assert torch.initial_seed() == mixed  # dropout draws from the global stream
-    rng, _ = seeded_streams(2**62, 2**62)
-    assert rng.random() == random.Random((2**62 * 1_000_003 + 2**62) % 2**63).random()
+    big = 2**62 + 1  # seed * 1_000_003 overflows 2^63: the modulus matters
+    rng, _ = seeded_streams(big, 0)
+    assert rng.random() == random.Random((big * 1_000_003) % 2**63).random()
     assert seeded_streams(1, 0)[0].random() != seeded_streams(0, 1)[0].random()
 
 
@@ -39,9 +40,9 @@ class _Tiny(nn.Module):
         self.bert = nn.Module()
         self.bert.dense = nn.Linear(2, 2)
         self.bert.LayerNorm = nn.LayerNorm(2)
-        self.patch_proj = nn.Linear(2, 2)
-        self.frozen = nn.Linear(2, 2)
+        self.frozen = nn.Linear(2, 2)  # between trained parts: skipping it must not stop the walk
         self.frozen.requires_grad_(False)
+        self.patch_proj = nn.Linear(2, 2)
 
 
 def test_param_groups_split_backbone_from_new_parts_and_decay_from_norms():
@@ -61,10 +62,13 @@ def test_param_groups_split_backbone_from_new_parts_and_decay_from_norms():
 def test_the_recipe_fingerprint_is_the_training_sections_without_the_cadence():
     """What a checkpoint's weights depend on. Breaks caught: a training section left out, a release section
     (export, quantize, check) let in, eval_every / save_every kept (changing the cadence would refuse a resume)."""
+    import json
+
     from fbcompress.recipes import load_recipe, merged_overrides
 
     base = _recipe_fingerprint(load_recipe("smoke"))
     assert set(base) == {"data", "teacher", "train", "distill"}
+    assert base == json.loads(json.dumps(base))  # as the checkpoint stores it: lists, not tuples
     assert "eval_every" not in base["train"] and "save_every" not in base["train"] and "lr" in base["train"]
     for setting in ("train.eval_every=3", "train.save_every=3", "check.max_auc_drop=0.5", "export.opset=18"):
         assert _recipe_fingerprint(load_recipe("smoke", merged_overrides([setting]))) == base, setting
