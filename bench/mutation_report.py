@@ -11,9 +11,11 @@ to the mutated line, so an entry whose code changed stops counting instead of hi
 
 Every report also writes statuses.json (each mutant's status and the hash mutmut gives its function). `--carry
 DIR` reads an earlier report's statuses.json: a mutant this run did not check (a rerun of named mutants, e.g. the
-last run's survivors after new tests) keeps the earlier verdict when it was caught and its function is unchanged
-(same hash: the same mutant of the same code). Tests are only ever added between such runs, so a kill still holds;
-the report says how many verdicts were carried.
+last run's survivors after new tests) keeps the earlier verdict, caught or not, when its function is unchanged
+(same hash: the same mutant of the same code). Tests are only ever added between such runs, so a kill still holds
+and a survivor not rechecked stays a survivor; the report says how many verdicts were carried. `--statuses FILE`
+reads the verdicts from a report's statuses.json instead of WORK_DIR's mutmut files (WORK_DIR then only needs the
+generated mutants, for `mutmut show`): a report made again with another --carry.
 """
 
 from __future__ import annotations
@@ -57,14 +59,14 @@ def read_results(work: Path) -> tuple[dict[str, dict[str, str]], dict[str, dict[
 
 
 def carry_over(results: dict[str, dict[str, str]], hashes: dict[str, dict[str, str]], earlier: Path) -> int:
-    """Fill this run's unchecked mutants from an earlier report's statuses.json where that verdict was a catch of
-    the same function (same hash). Returns how many were carried."""
+    """Fill this run's unchecked mutants from an earlier report's statuses.json where that mutant was judged and
+    its function is the same (same hash). Returns how many were carried."""
     before = json.loads((earlier / "statuses.json").read_text())
     carried = 0
     for module, mutants in results.items():
         for name, status in mutants.items():
             old = before.get(module, {}).get(name)
-            if (status == "not checked" and old and old["status"] in CAUGHT and old["function_hash"]
+            if (status == "not checked" and old and old["status"] != "not checked" and old["function_hash"]
                     and old["function_hash"] == hashes[module][name]):
                 mutants[name] = old["status"]
                 carried += 1
@@ -123,9 +125,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dropped-tests", nargs="*", default=[], help="test files left out of this run")
     parser.add_argument("--mutmut", type=Path, default=Path(sys.executable).with_name("mutmut"))
     parser.add_argument("--carry", type=Path, default=None, help="an earlier report dir (its statuses.json)")
+    parser.add_argument("--statuses", type=Path, default=None, help="verdicts from this statuses.json")
     args = parser.parse_args(argv)
 
-    results, hashes = read_results(args.work)
+    if args.statuses:
+        saved = json.loads(args.statuses.read_text())
+        results = {m: {n: e["status"] for n, e in ms.items()} for m, ms in saved.items()}
+        hashes = {m: {n: e["function_hash"] for n, e in ms.items()} for m, ms in saved.items()}
+    else:
+        results, hashes = read_results(args.work)
     if not results:
         print(f"error: no mutmut results under {args.work}/mutants", file=sys.stderr)
         return 2
@@ -164,8 +172,8 @@ def main(argv: list[str] | None = None) -> int:
              f"Machine: {machine.get('cpu', '?')}, {machine.get('usable_cores', '?')} usable cores. Tool: mutmut 3.8.1 "
              f"(`bash bench/mutation.sh`), {payload['test_selection']}. Wall time: {args.seconds} s."
              + (f" Test files left out: {', '.join(args.dropped_tests)}." if args.dropped_tests else "")
-             + (f" {carried} verdicts (caught, same function hash) carried from `{args.carry}`: this run checked "
-                "the rest." if args.carry else ""), "",
+             + (f" {carried} verdicts (same function hash) carried from `{args.carry}`: this run checked the "
+                "rest." if args.carry else ""), "",
              "| module | mutants | not checked | killed | survived | no tests | timeout | equivalent | kill rate |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
