@@ -18,7 +18,7 @@ from tqdm import tqdm
 from fbcompress.data.dataset_dir import DatasetDir
 from fbcompress.data.loader import SplitData
 from fbcompress.errors import FbError
-from fbcompress.scoring import Scorer, match_probability
+from fbcompress.scoring import Scorer, scores_in_length_order
 
 RANKS = (1, 5, 10)
 
@@ -56,14 +56,10 @@ def score_rows(
     progress: bool = False,
 ) -> np.ndarray:
     """Match probability of each (image row, text row) pair, scored in batches of similar text length (VSL)."""
-    order = np.argsort([len(data.token_ids[t]) for t in text_rows], kind="stable")
-    scores = np.empty(len(text_rows), dtype=np.float64)
-    starts = range(0, len(order), batch_size)
-    for start in tqdm(starts, desc="pairs", disable=not progress, leave=False):
-        chunk = order[start : start + batch_size]
-        batch = data.batch([image_rows[i] for i in chunk], [text_rows[i] for i in chunk])
-        scores[chunk] = match_probability(scorer.logits(batch))
-    return scores
+    return scores_in_length_order(
+        scorer, [len(data.token_ids[t]) for t in text_rows],
+        lambda chunk: data.batch([image_rows[i] for i in chunk], [text_rows[i] for i in chunk]), batch_size, progress,
+    )
 
 
 def score_pairs(

@@ -7,7 +7,7 @@ TensorRT backends implement the same protocol, and `open_scorer` picks the backe
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -33,6 +33,23 @@ def match_probability(logits: np.ndarray) -> np.ndarray:
     shifted = logits - logits.max(axis=1, keepdims=True)
     exp = np.exp(shifted)
     return exp[:, 1] / exp.sum(axis=1)
+
+
+def scores_in_length_order(
+    scorer: Scorer, lengths: Sequence[int], batch_of: Callable[[np.ndarray], dict], batch_size: int,
+    progress: bool = False,
+) -> np.ndarray:
+    """Match probability of items 0..n-1, scored in batches of similar text length (VSL: each batch is padded
+    only to its own longest text); `batch_of(indices)` builds the model inputs of those items. Scores come back
+    in item order."""
+    from tqdm import tqdm
+
+    order = np.argsort(lengths, kind="stable")
+    scores = np.empty(len(lengths), dtype=np.float64)
+    for start in tqdm(range(0, len(order), batch_size), desc="pairs", disable=not progress, leave=False):
+        chunk = order[start : start + batch_size]
+        scores[chunk] = match_probability(scorer.logits(batch_of(chunk)))
+    return scores
 
 
 class TorchScorer:
@@ -131,13 +148,10 @@ def match_scores(
             return image_to_patches(image, spec.grid)
         return image_to_patches(load_rgb(Path(image), spec.image_size), spec.grid)
 
-    order = np.argsort([len(ids) for ids in token_ids], kind="stable")
-    scores = np.empty(len(texts), dtype=np.float64)
-    for start in range(0, len(order), batch_size):
-        chunk = order[start : start + batch_size]
+    def batch_of(chunk: np.ndarray) -> dict:
         text = pad_texts([token_ids[i] for i in chunk], int(tokenizer.pad_token_id))
-        batch = {"input_ids": text.input_ids, "attention_mask": text.attention_mask,
-                 "token_type_ids": text.token_type_ids,
-                 "patches": torch.from_numpy(np.stack([patches(images[i]) for i in chunk]))}
-        scores[chunk] = match_probability(scorer.logits(batch))
-    return scores
+        return {"input_ids": text.input_ids, "attention_mask": text.attention_mask,
+                "token_type_ids": text.token_type_ids,
+                "patches": torch.from_numpy(np.stack([patches(images[i]) for i in chunk]))}
+
+    return scores_in_length_order(scorer, [len(ids) for ids in token_ids], batch_of, batch_size)
