@@ -28,13 +28,19 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
+# Tests write bytecode even where the machine sets PYTHONDONTWRITEBYTECODE: the package and the tests are not in
+# the venv that --compile-bytecode fills, and recompiling them in every pytest and CLI process cost 3-4 s a run.
+TEST_ENV = PYTHONDONTWRITEBYTECODE=
+
 test: setup
-	$(PY) -m pytest
+	$(TEST_ENV) $(PY) -m pytest
 
 # The fast tier: unit tests without the slow ones (pytest marker `slow`, see tests/conftest.py), for the edit loop
-# and for mutation testing.
+# and for mutation testing (bench/mutation.sh runs the same selection in one process, as mutmut needs). Two
+# pytest-xdist workers here: importing torch and transformers is a fixed 15-20 s per process, so one process took
+# 70-77 s on this 2-core VM and two took 54 s (bench/results/README.md).
 test-fast: setup
-	$(PY) -m pytest -m "not slow"
+	$(TEST_ENV) $(PY) -m pytest -m "not slow" -n auto --maxprocesses 4
 
 # Mutation testing of the core modules (a benchmark, not CI): bench/mutation.sh, results in bench/results/.
 mutation: setup

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import shutil
 from pathlib import Path
 
@@ -242,6 +243,20 @@ def test_weights_missing_a_tensor_are_refused_naming_three(saved):
     assert sum(name in message for name in dropped) == 3
 
 
+def test_weights_with_extra_tensors_are_refused_naming_three(saved):
+    """Unexpected tensors alone are enough to refuse, and the message names the first three of them. Breaks
+    caught: the slice of the unexpected names changed."""
+    from safetensors.torch import load_file
+
+    out, *_ = saved
+    state = load_file(str(out / C.WEIGHTS_FILE))
+    extra = {f"stray.{i}": torch.zeros(1) for i in range(5)}
+    _rewrite_weights(out, {**state, **extra})
+    message = _refusal(out)
+    assert "does not fit its config: missing [], unexpected [" in message
+    assert sum(f"'{name}'" in message for name in extra) == 3
+
+
 def test_a_weights_file_that_matches_its_hash_but_does_not_parse_is_one_line(saved):
     """Breaks caught: load_model's `is truncated or corrupt` message dropped or naming the wrong path."""
     out, *_ = saved
@@ -260,11 +275,17 @@ class _Payload:
 
 def test_a_training_state_with_pickled_objects_is_refused(saved):
     """The state is loaded with weights_only=True: a recorded-hash state that holds arbitrary objects is refused in
-    one line, never unpickled. Breaks caught: `weights_only=True` -> False."""
+    one line, never unpickled, quoting the first line of torch's reason. Breaks caught: `weights_only=True` ->
+    False, the reason dropped (`str(None)`) or another of its lines quoted."""
     out, *_ = saved
     torch.save({"step": 1, "payload": _Payload()}, out / C.STATE_FILE)
     meta = json.loads((out / C.META_FILE).read_text())
     meta["sha256"][C.STATE_FILE] = sha256_file(out / C.STATE_FILE)
     (out / C.META_FILE).write_text(json.dumps(meta))
-    with pytest.raises(FbError, match="holds objects other than tensors and plain data; refused to unpickle"):
+    with pytest.raises(FbError, match="holds objects other than tensors and plain data; refused to unpickle") as got:
         C.load_training_state(out)
+    with pytest.raises(pickle.UnpicklingError) as torch_says:
+        torch.load(out / C.STATE_FILE, map_location="cpu", weights_only=True)
+    first_line = str(torch_says.value).splitlines()[0]
+    assert len(str(torch_says.value).splitlines()) > 1, "torch's message has several lines: only its first is kept"
+    assert str(got.value).endswith(f"({first_line})") and "\n" not in str(got.value)
