@@ -537,6 +537,8 @@ def test_ort_tensorrt_provider_options_from_the_bundle_manifest(tmp_path):
     from fbcompress.export.ort_scorer import bundle_tensorrt_options, providers_for, tensorrt_provider_options
 
     manifest = {
+        "format": "fbcompress-bundle",
+        "files": {},
         "patch_spec": SPEC.to_dict(),
         "shape_profiles": [
             {"name": "online", "batch": [1, 1, 8], "text": [1, 16, 48]},

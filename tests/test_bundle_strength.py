@@ -178,12 +178,6 @@ def test_link_or_copy_links_and_falls_back_to_a_copy(tmp_path, monkeypatch):
     assert os.stat(copied).st_mtime_ns == os.stat(src).st_mtime_ns
 
 
-def test_a_boolean_is_not_a_number_in_the_manifest(tmp_path):
-    """Breaks caught: `_is_number`'s `and not isinstance(value, bool)` -> `or` (a string would pass as a number)."""
-    assert B._is_number(1) and B._is_number(2.5)
-    assert not B._is_number(True) and not B._is_number("3") and not B._is_number(None)
-
-
 def test_a_bundle_of_another_checkpoint_is_refused_unless_replaced(tmp_path):
     root = _bundle(tmp_path / "b")
     other = {"weights_sha256": "b" * 64}

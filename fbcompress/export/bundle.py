@@ -38,13 +38,12 @@ from typing import Any
 from fbcompress import __version__
 from fbcompress.artifacts import atomic_dir, atomic_write_bytes, sha256_file
 from fbcompress.errors import FbError
+from fbcompress.export.manifest import FORMAT, FORMAT_VERSION, BundleManifest, parse_manifest, parse_patch_spec
 from fbcompress.model import PatchSpec
 
 MANIFEST = "manifest.json"
 README = "README.md"
 TOKENIZER_DIR = "tokenizer"
-FORMAT = "fbcompress-bundle"
-FORMAT_VERSION = 1
 LOCK_SUFFIX = ".lock"
 # Folders where a runtime keeps its own cache inside a bundle (ONNX Runtime's TensorRT provider writes engines and
 # its timing cache there, and rewrites them). Not artifacts: carried over as they are, never hashed or listed, so a
@@ -119,119 +118,6 @@ def preprocessing(spec: PatchSpec) -> dict[str, Any]:
     }
 
 
-def spec_from_manifest(manifest: dict, where: str = "bundle manifest") -> PatchSpec:
-    """The manifest's PatchSpec, checked: PatchSpec is a plain dataclass, so a corrupted value would otherwise load
-    and only fail later, as a TypeError in the preprocessing or a shape error inside the runtime."""
-    raw = manifest.get("patch_spec")
-    if not isinstance(raw, dict):
-        raise FbError(f"{where} has no valid patch_spec (missing or not an object)")
-    try:
-        spec = PatchSpec(**raw)
-    except TypeError as exc:
-        raise FbError(f"{where} has no valid patch_spec ({exc})") from None
-    if spec.patch_encoder not in ("pixels", "features"):
-        raise FbError(f"{where}: patch_spec.patch_encoder is {spec.patch_encoder!r}, not 'pixels' or 'features'")
-    for name in ("patch_dim", "num_patches", "image_size", "grid", "max_text_len"):
-        value = getattr(spec, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise FbError(f"{where}: patch_spec.{name} is {value!r}, not a positive integer")
-    patch = spec.image_size // spec.grid
-    if spec.num_patches != spec.grid**2 or (
-        spec.patch_encoder == "pixels" and (spec.image_size % spec.grid or spec.patch_dim != 3 * patch * patch)
-    ):
-        raise FbError(
-            f"{where}: patch_spec is inconsistent (num_patches {spec.num_patches}, grid {spec.grid}, "
-            f"image_size {spec.image_size}, patch_dim {spec.patch_dim})"
-        )
-    return spec
-
-
-def _check_manifest(path: Path, manifest: dict) -> None:
-    """Type-check the parts every reader indexes directly (`files[rel]["sha256"]`, `models.items()`,
-    `source.get(...)`, `int(max_text_positions)`), so a hand-edited or corrupted manifest.json fails here with one
-    line naming the key instead of a KeyError/TypeError in whichever stage reads it first."""
-    version = manifest.get("format_version", 0)
-    if not _is_int(version):
-        raise FbError(f"{path}: format_version is {version!r}, not an integer")
-    if version > FORMAT_VERSION:
-        raise FbError(
-            f"{path} has bundle format {version}; this fbcompress reads up to {FORMAT_VERSION} (upgrade fbcompress)"
-        )
-    files = manifest.get("files")
-    if not isinstance(files, dict):
-        raise FbError(f"{path} lists no files")
-    for rel, entry in files.items():
-        if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
-            raise FbError(f"{path}: files[{rel!r}] has no sha256 string")
-    _check_types(path, "", manifest, _MANIFEST_TYPES)
-    for rel, entry in manifest.get("models", {}).items():
-        _check_types(path, f"models[{rel!r}]", entry, _MODEL_ENTRY_TYPES)
-        latency, cases = entry.get("latency", {}), entry.get("latency", {}).get("cases", [])
-        if (
-            not isinstance(latency.get("machine", {}), dict)
-            or not isinstance(cases, list)
-            or not all(
-                isinstance(case, dict) and all(_is_number(case.get(k)) for k in ("batch", "text", "p50_ms"))
-                for case in cases
-            )
-        ):
-            raise FbError(
-                f"{path}: models[{rel!r}].latency is not a latency record (machine, cases with batch, text, p50_ms)"
-            )
-    positions = manifest.get("max_text_positions", 1)
-    if not _is_int(positions) or positions < 1:
-        raise FbError(f"{path}: max_text_positions is {positions!r}, not a positive integer")
-    for key in ("inputs", "outputs"):
-        for index, item in enumerate(manifest.get(key, [])):
-            if not isinstance(item, dict) or not (
-                isinstance(item.get("name"), str)
-                and isinstance(item.get("dtype"), str)
-                and isinstance(item.get("shape"), list)
-            ):
-                raise FbError(f"{path}: {key}[{index}] is not a tensor description (name, dtype, shape)")
-    for index, item in enumerate(manifest.get("shape_profiles", [])):
-        if (
-            not isinstance(item, dict)
-            or not isinstance(item.get("name"), str)
-            or not all(
-                isinstance(item.get(axis), list) and len(item[axis]) == 3 and all(_is_int(n) for n in item[axis])
-                for axis in ("batch", "text")
-            )
-        ):
-            raise FbError(f"{path}: shape_profiles[{index}] is not a profile (name, batch and text [min, opt, max])")
-    if not isinstance(manifest.get("recipe", {}).get("export", {}), dict):
-        raise FbError(f"{path}: recipe.export is not an object")
-    triton = manifest.get("triton")
-    if triton and not all(key in triton for key in ("model_name", "platform", "max_batch_size")):
-        raise FbError(f"{path}: triton lacks model_name, platform or max_batch_size")
-
-
-# The JSON type of each manifest part that readers index directly or iterate (`None` is never valid for them).
-_MANIFEST_TYPES: dict[str, type] = {
-    **dict.fromkeys(("models", "source", "recipe", "triton", "tokenizer", "preprocessing"), dict),
-    **dict.fromkeys(("inputs", "outputs", "shape_profiles", "history"), list),
-}
-_MODEL_ENTRY_TYPES: dict[str, type] = dict.fromkeys(("parity", "accuracy", "latency", "tensorrt", "io"), dict)
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _check_types(path: Path, where: str, node: object, types: dict[str, type]) -> None:
-    label = where or "the manifest"
-    if not isinstance(node, dict):
-        raise FbError(f"{path}: {label} is {type(node).__name__}, expected an object")
-    for key, expected in types.items():
-        if key in node and not isinstance(node[key], expected):
-            name = f"{where}.{key}" if where else key
-            raise FbError(f"{path}: {name} is {type(node[key]).__name__}, expected {expected.__name__}")
-
-
 # ---------------------------------------------------------------------------------------------------------- reading
 
 
@@ -240,7 +126,8 @@ class Bundle:
 
     def __init__(self, root: Path, manifest: dict):
         self.root = root
-        self.manifest = manifest
+        self.manifest = manifest  # as written: stages that update the bundle carry every key, typed or not
+        self.typed: BundleManifest = parse_manifest(manifest, str(root / MANIFEST))
 
     @classmethod
     def open(cls, root: str | Path) -> Bundle:
@@ -252,9 +139,6 @@ class Bundle:
             manifest = json.loads(path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise FbError(f"{path} is not valid JSON: {exc}") from None
-        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-            raise FbError(f"{path} is not an fbcompress bundle manifest (format is not '{FORMAT}')")
-        _check_manifest(path, manifest)
         return cls(root, manifest)
 
     @property
@@ -267,7 +151,7 @@ class Bundle:
 
     @property
     def spec(self) -> PatchSpec:
-        return spec_from_manifest(self.manifest, str(self.root / MANIFEST))
+        return parse_patch_spec(self.manifest, str(self.root / MANIFEST))
 
     @property
     def tokenizer_dir(self) -> Path:
@@ -515,7 +399,7 @@ def update_bundle(root: str | Path, source: dict, replace: bool = False) -> Iter
                               "pick another folder or remove it")
             old = Bundle.open(root)
             if "patch_spec" in old.manifest:  # refused here, naming the bundle, rather than while writing README.md
-                spec_from_manifest(old.manifest, str(root / MANIFEST))
+                parse_patch_spec(old.manifest, str(root / MANIFEST))
             old_sha = old.manifest.get("source", {}).get("weights_sha256")
             if old_sha and old_sha != source.get("weights_sha256") and not replace:
                 old_sha = str(old_sha)  # a hand-edited manifest may hold any JSON value here

@@ -120,7 +120,7 @@ def tensorrt_provider_options(profiles: Sequence[Profile], spec: PatchSpec, cach
 def bundle_tensorrt_options(bundle: Any, precision: str = "fp32", device_id: int = 0) -> dict[str, Any]:
     """`tensorrt_provider_options` from a bundle's manifest (its `shape_profiles` and `patch_spec`), caching under
     `<bundle>/ort-trt-cache/`: the profiles are the recipe's, the same the bundle's `.plan` files were built with."""
-    profiles = [Profile.from_dict(item) for item in bundle.manifest.get("shape_profiles", [])]
+    profiles = [Profile.from_dict(item.model_dump()) for item in bundle.typed.shape_profiles]
     return tensorrt_provider_options(profiles, bundle.spec, Path(bundle.root) / ORT_TRT_CACHE_DIR, precision,
                                      device_id)
 

@@ -11,8 +11,8 @@ from fbcompress.export.bundle import (
     ROLE_ONNX_INT8_QDQ,
     ROLE_ONNX_ORT,
     TOKENIZER_DIR,
-    spec_from_manifest,
 )
+from fbcompress.export.manifest import parse_patch_spec
 from fbcompress.export.shapes import Profile, format_command, trtexec_command
 
 
@@ -59,7 +59,7 @@ def _io_rows(manifest: dict) -> list[str]:
 
 
 def _preprocessing_snippet(manifest: dict) -> str:
-    spec = spec_from_manifest(manifest)
+    spec = parse_patch_spec(manifest)
     name = manifest.get("name", "NAME")
     head = f'''```python
 import numpy as np
@@ -111,7 +111,7 @@ if __name__ == "__main__":
 
 
 def _trtexec_section(manifest: dict) -> list[str]:
-    spec = spec_from_manifest(manifest)
+    spec = parse_patch_spec(manifest)
     profiles = [Profile.from_dict(p) for p in manifest.get("shape_profiles", [])]
     lines = []
     engines = {rel: e for rel, e in manifest.get("models", {}).items() if e.get("role") == ROLE_ENGINE}
@@ -168,7 +168,7 @@ def _trtexec_section(manifest: dict) -> list[str]:
 
 def render_readme(manifest: dict) -> str:
     """Markdown for people: what is in the bundle, how to make inputs, how to run it in ORT, TensorRT, Triton."""
-    spec = spec_from_manifest(manifest)
+    spec = parse_patch_spec(manifest)
     source = manifest.get("source", {})
     name = manifest.get("name", "NAME")
     profiles = manifest.get("shape_profiles", [])

@@ -61,7 +61,7 @@ class _Run:
         self.opts, self.bundle, self.rel, self.work = opts, bundle, rel, work
         self.section = opts.section
         self.spec = bundle.spec
-        self.max_positions = int(bundle.manifest.get("max_text_positions") or self.spec.max_text_len)
+        self.max_positions = bundle.typed.max_text_positions or self.spec.max_text_len
         self.src = work / "model.fp32.onnx"
         self.tokenizer_dir: Path = bundle.tokenizer_dir
         self.dataset: Any = None
