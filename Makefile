@@ -8,9 +8,9 @@ QUICKSTART_OUT ?= runs/quickstart
 
 .PHONY: setup test test-fast mutation quickstart lint clean
 
-# uv installs in parallel: set-up took 60 s here from a cold uv cache, against 100-120 s with pip (it counts in
-# the quickstart's 35 min). --compile-bytecode because this machine sets PYTHONDONTWRITEBYTECODE: without .pyc
-# files every stage process spent 26 s instead of 10 s importing torch and transformers.
+# uv installs in parallel, which shortens the set-up that the quickstart's time budget includes. --compile-bytecode
+# because this machine sets PYTHONDONTWRITEBYTECODE: without .pyc files every stage process would compile torch
+# and transformers again (measured: bench/results/amd-epyc-2c-2026-11-29-quickstart-uv/).
 # uv does not read pip's config, so the folder where pip finds the CPU torch wheel (find-links) is passed on;
 # without uv on the index, the same steps run with pip.
 UV_INSTALL = $(VENV)/bin/uv pip install -q --compile-bytecode --python $(PY)
@@ -29,16 +29,16 @@ $(VENV)/.installed: pyproject.toml
 setup: $(VENV)/.installed
 
 # Tests write bytecode even where the machine sets PYTHONDONTWRITEBYTECODE: the package and the tests are not in
-# the venv that --compile-bytecode fills, and recompiling them in every pytest and CLI process cost 3-4 s a run.
+# the venv that --compile-bytecode fills, and would be compiled again in every pytest and CLI process.
 TEST_ENV = PYTHONDONTWRITEBYTECODE=
 
 test: setup
 	$(TEST_ENV) $(PY) -m pytest
 
 # The fast tier: unit tests without the slow ones (pytest marker `slow`, see tests/conftest.py), for the edit loop
-# and for mutation testing (bench/mutation.sh runs the same selection in one process, as mutmut needs). Two
-# pytest-xdist workers here: importing torch and transformers is a fixed 15-20 s per process, so one process took
-# 70-77 s on this 2-core VM and two took 54 s (bench/results/README.md).
+# and for mutation testing (bench/mutation.sh runs the same selection in one process, as mutmut needs). In
+# pytest-xdist workers: importing torch and transformers is a fixed cost per process, which workers pay in
+# parallel (measured: bench/results/amd-epyc-2c-2026-12-02-test-tiers/).
 test-fast: setup
 	$(TEST_ENV) $(PY) -m pytest -m "not slow" -n auto --maxprocesses 4
 

@@ -58,8 +58,8 @@ fi
 
 # The CUDA tests: bench on cuda (eager, dtypes, CUDA graphs, compile), the ORT-CUDA and TensorRT ones (which skip
 # here with their reason), and the whole TensorRT seam file (pure logic, no GPU needed, cheap).
-step tests tests.txt "$PY" -m pytest -q -rs -p no:cacheprovider tests/test_tensorrt_paths.py \
-  tests/test_bench.py -k "cuda or tensorrt or trt or engine"
+step tests tests.txt "$PY" -m pytest -q -rs -p no:cacheprovider tests/runtime/test_tensorrt_paths.py \
+  tests/benchmark/test_bench.py -k "cuda or tensorrt or trt or engine"
 
 # A smoke teacher and student, trained and distilled on the GPU.
 step train train.txt bash -c "set -e; ${FB[*]} data synth -r smoke --out $WORK/data; \

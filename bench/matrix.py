@@ -27,8 +27,8 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 from fbcompress.benchmark.matrix import BenchSettings, run_bench  # noqa: E402
 from fbcompress.benchmark.report import format_table, machine_line, write_outputs  # noqa: E402
 from fbcompress.benchmark.runners import Target  # noqa: E402
-from fbcompress.errors import FbError  # noqa: E402
-from fbcompress.latency import machine_info, machine_slug  # noqa: E402
+from fbcompress.core.errors import FbError  # noqa: E402
+from fbcompress.evaluation.latency import machine_info, machine_slug  # noqa: E402
 
 
 def shipped_student(run_dir: Path, exported: Path) -> Path:
@@ -85,8 +85,8 @@ def gpu_targets(run_dir: Path, exported: Path, device: str, compile_: bool = Tru
         )
     targets += [
         Target(exported / "model.onnx", "onnxruntime-cuda", device, label="student onnx (ort-cuda)"),
-        # fp16, the recipe's profiles, engines cached under the bundle (ort_scorer.tensorrt_provider_options): the
-        # same build the bundle's model.fp16.plan had, so the two TensorRT rows compare like with like
+        # fp16, the recipe's profiles, engines cached under the bundle (runtime.onnxruntime.tensorrt_provider_options):
+        # the same build the bundle's model.fp16.plan had, so the two TensorRT rows compare like with like
         Target(
             exported / "model.onnx", "onnxruntime-tensorrt", device, dtype="fp16", label="student onnx fp16 (ort-trt)"
         ),
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dry-run", action="store_true", help="list targets and output files; time nothing")
     args = parser.parse_args(argv)
 
-    from fbcompress.benchmark.cli import parse_int_list
+    from fbcompress.commands.bench import parse_int_list
 
     try:
         batches = parse_int_list(args.batch_sizes, "--batch-sizes")

@@ -4,7 +4,7 @@
 # so the working tree never holds mutants, then writes the kill rate per module and every surviving mutant's
 # diff to bench/results/<machine>-<date>-mutation/ (README.md, kill-rates.json, survivors.md).
 #   bash bench/mutation.sh                          # the core modules (below)
-#   bash bench/mutation.sh fbcompress/tolerance.py  # just these modules (a path or a glob per argument)
+#   bash bench/mutation.sh fbcompress/core/errors.py  # just these modules (a path or a glob per argument)
 #   OUT=DIR MAX_CHILDREN=2 bash bench/mutation.sh   # where results go; parallel test workers
 #   DROP_TESTS="tests/a.py tests/b.py" ...          # leave these test files out (a before/after comparison)
 #   REV=COMMIT ...                                  # mutate and test that commit (default HEAD)
@@ -19,9 +19,11 @@ ROOT=$PWD
 PY=${PY:-.venv/bin/python}
 MUTMUT=$(realpath -m "${MUTMUT:-$(dirname "$PY")/mutmut}")
 CORE=(
-  fbcompress/evaluate.py fbcompress/tolerance.py fbcompress/adaptive_loss.py fbcompress/masking.py
-  fbcompress/data/batching.py fbcompress/check.py fbcompress/quantize/measure.py fbcompress/quantize/fallback.py
-  fbcompress/export/bundle.py fbcompress/checkpoint.py fbcompress/distributed.py fbcompress/train.py
+  fbcompress/evaluation/metrics.py fbcompress/evaluation/tolerance.py fbcompress/runtime/scoring.py
+  fbcompress/training/adaptive_loss.py fbcompress/training/masking.py fbcompress/training/distributed.py
+  fbcompress/training/loop.py fbcompress/data/batching.py fbcompress/release/check.py fbcompress/quantize/measure.py
+  fbcompress/quantize/fallback.py fbcompress/bundle/store.py fbcompress/bundle/manifest.py fbcompress/core/errors.py
+  fbcompress/modeling/checkpoint.py
 )
 MODULES=("${@:-${CORE[@]}}")
 if [ ! -x "$MUTMUT" ]; then
@@ -32,7 +34,7 @@ for module in "${MODULES[@]}"; do
   compgen -G "$module" >/dev/null || { echo "error: no module matches $module" >&2; exit 2; }
 done
 STAMP=$(date +%Y-%m-%d)
-SLUG=$("$PY" -c "from fbcompress.latency import machine_info, machine_slug; print(machine_slug(machine_info(None), 'cpu'))")
+SLUG=$("$PY" -c "from fbcompress.evaluation.latency import machine_info, machine_slug; print(machine_slug(machine_info(None), 'cpu'))")
 OUT=${OUT:-bench/results/$SLUG-$STAMP-mutation}
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT

@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = summarise(results, equivalent)
     total_killed = sum(r["killed"] + r["timeout"] for r in rows)
     total_judged = sum(r["mutants"] - r["equivalent"] - r["not_checked"] for r in rows)
-    from fbcompress.latency import machine_info
+    from fbcompress.evaluation.latency import machine_info
 
     machine = machine_info(None)
     payload = {"date": date.today().isoformat(), "commit": args.commit, "machine": machine, "tool": "mutmut 3.8.1",

@@ -18,9 +18,9 @@ __version__ = "0.1.0"
 
 _API = {
     "load_recipe": "fbcompress.recipes",
-    "load_model": "fbcompress.checkpoint",
-    "open_scorer": "fbcompress.scoring",
-    "match_scores": "fbcompress.scoring",
+    "load_model": "fbcompress.modeling.checkpoint",
+    "open_scorer": "fbcompress.runtime.scoring",
+    "match_scores": "fbcompress.runtime.scoring",
 }
 __all__ = ["__version__", *_API]
 

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 
 def run(*args: Any):
-    from fbcompress.cli import main
+    from fbcompress.commands.cli import main
 
     return CliRunner().invoke(main, [str(a) for a in args])
 

@@ -57,7 +57,7 @@ def trained_smoke(tmp_path_factory, tiny_data) -> Path:
     """A smoke teacher trained once for the session (seconds)."""
     from click.testing import CliRunner
 
-    from fbcompress.cli import main
+    from fbcompress.commands.cli import main
 
     out = tmp_path_factory.mktemp("runs") / "teacher"
     result = CliRunner().invoke(main, ["train-teacher", "-r", "smoke", "--data", str(tiny_data), "--out", str(out)])
@@ -72,7 +72,7 @@ def _cli(*args):
 
 
 def _tree_state(root: Path) -> dict[str, str]:
-    from fbcompress.artifacts import sha256_file
+    from fbcompress.core.artifacts import sha256_file
 
     return {p.relative_to(root).as_posix(): sha256_file(p) for p in sorted(root.rglob("*")) if p.is_file()}
 

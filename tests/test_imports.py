@@ -1,6 +1,6 @@
 """The package's import graph, read from the source with `ast` (nothing is imported): no cycle between fbcompress
-modules, counting the imports inside functions too (a lazy import still ties two modules together), and no
-library module reaching up into the command-line entry point."""
+modules, counting the imports inside functions too (a lazy import still ties two modules together), and imports
+pointing one way only, from the command line down to the core (LAYERS)."""
 
 from __future__ import annotations
 
@@ -70,7 +70,7 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def test_no_import_cycles_even_through_lazy_imports():
     graph = import_graph()
-    assert len(graph) > 50 and "fbcompress.quickstart" in graph["fbcompress.cli"]  # the reader sees the package
+    assert len(graph) > 50 and "fbcompress.pipeline.quickstart" in graph["fbcompress.commands.quickstart"]  # all
     assert _cycles(graph) == []
 
 
@@ -79,9 +79,60 @@ def test_the_cycle_check_sees_a_lazy_cycle():
     assert _cycles({"a": {"b"}, "b": {"a"}, "c": {"a"}}) == [["a", "b"]]
 
 
-def test_library_modules_do_not_import_the_entry_point():
-    """Only the entry points import `fbcompress.cli`: library code that needs a command takes it as a parameter
-    (the quickstart runs its stages through the `invoke` it is given)."""
-    entry = {"fbcompress.cli", "fbcompress.__main__"}
-    offenders = [name for name, targets in import_graph().items() if "fbcompress.cli" in targets and name not in entry]
-    assert offenders == []
+# The layers, lowest first: a module may import its own layer and the layers before it, never one after it. The
+# package root (`__version__` and the lazy public API) and `__main__` stand outside: anyone may read the version.
+LAYERS = [
+    ("core", "recipes"),
+    ("modeling",),
+    ("data",),
+    ("bundle",),
+    ("runtime",),
+    ("evaluation",),
+    ("training",),
+    ("export",),
+    ("quantize",),
+    ("benchmark",),
+    ("release",),
+    ("pipeline",),
+    ("commands",),
+]
+RANK = {package: rank for rank, packages in enumerate(LAYERS) for package in packages}
+OUTSIDE = {"fbcompress", "fbcompress.__main__"}
+
+
+def _layer(module: str) -> str:
+    return module.split(".")[1]
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    """`a -> b` for every import of a later layer (RANK) than the importer's own."""
+    return sorted(
+        f"{name} -> {target}"
+        for name, targets in graph.items()
+        if name not in OUTSIDE
+        for target in targets
+        if target not in OUTSIDE and RANK[_layer(target)] > RANK[_layer(name)]
+    )
+
+
+def test_every_module_lives_in_a_known_layer():
+    """A new top-level module or folder must be given its place in LAYERS."""
+    unknown = sorted(name for name in import_graph() if name not in OUTSIDE and _layer(name) not in RANK)
+    assert unknown == []
+
+
+def test_imports_point_down_the_layers_only():
+    assert upward_imports(import_graph()) == []
+
+
+def test_the_layer_check_sees_an_upward_lazy_import():
+    """The checker itself: a runtime module importing the export stage (even inside a function) is reported."""
+    graph = {"fbcompress.runtime.scoring": {"fbcompress.export.pipeline", "fbcompress.core.errors"},
+             "fbcompress.export.pipeline": {"fbcompress.runtime.scoring"}, "fbcompress.core.errors": set()}
+    assert upward_imports(graph) == ["fbcompress.runtime.scoring -> fbcompress.export.pipeline"]
+
+
+def test_every_layer_says_what_lives_there():
+    for package in RANK:
+        init = PACKAGE / package / "__init__.py"
+        assert init.is_file() and ast.get_docstring(ast.parse(init.read_text())), package

@@ -65,7 +65,7 @@ def test_images_can_be_files(trained_smoke, tmp_path):
 
 
 def test_bad_inputs_are_one_line_errors(trained_smoke):
-    from fbcompress.errors import FbError
+    from fbcompress.core.errors import FbError
 
     scorer = open_scorer(trained_smoke)
     size = scorer.spec.image_size

@@ -51,7 +51,7 @@ def test_the_readme_has_the_commands_a_user_needs():
 @pytest.mark.parametrize("line", _example_lines())
 def test_every_readme_command_line_parses(line, monkeypatch):
     """A misspelt option, a choice the command does not offer or a missing required option fails here."""
-    from fbcompress.cli import main
+    from fbcompress.commands.cli import main
 
     for command in _commands(main):
         if not isinstance(command, click.Group):

@@ -1,6 +1,6 @@
 """The benchmark matrix: every model x batch size x text length, timed as design.md defines latency.
 
-Inputs at text length T are T real tokens (VSL: no padding; `fbcompress.latency.example_inputs`), the same seeded
+Inputs at text length T are T real tokens (VSL: no padding; `evaluation.latency.example_inputs`), the same seeded
 tensors for every model so rows compare like with like; all models of one shape are timed together in alternating
 blocks (`measure_shape`). With `pad_to` each shape is also timed padded to that
 length (what a fixed-length model pays), and the VSL row records the saving. A case that fails at run time (a
@@ -25,8 +25,8 @@ import torch
 from tqdm import tqdm
 
 from fbcompress.benchmark.runners import MEMORY_CPU, MEMORY_CUDA_DEVICE, MEMORY_TORCH_CUDA, Runner, Target, open_runner
-from fbcompress.errors import BackendUnavailable, FbError
-from fbcompress.latency import example_inputs, machine_info, padded_inputs, throughput, time_interleaved
+from fbcompress.core.errors import BackendUnavailable, FbError
+from fbcompress.evaluation.latency import example_inputs, machine_info, padded_inputs, throughput, time_interleaved
 
 BENCH_SCHEMA = "fbcompress-bench/1"
 MIN_RUNS = 100  # design.md: p50/p90/p99 over >= 100 timed runs

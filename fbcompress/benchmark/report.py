@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from fbcompress.errors import FbError
+from fbcompress.core.errors import FbError
 
 LATENCY_PLOT = "latency_vs_text.png"
 SPEEDUP_PLOT = "speedup.png"
@@ -149,7 +149,7 @@ def write_outputs(
     the JSON file's folder, so a committed result folder stays self-contained); '-' as json_path is stdout."""
     import os
 
-    from fbcompress.artifacts import atomic_write_bytes, write_json_output
+    from fbcompress.core.artifacts import atomic_write_bytes, write_json_output
 
     plots = write_plots(result, plot_dir) if plot_dir is not None else []
 

@@ -22,9 +22,9 @@ from typing import Any, Protocol
 import torch
 
 from fbcompress.benchmark import BACKENDS
-from fbcompress.errors import BackendUnavailable, FbError
-from fbcompress.model import PatchSpec
-from fbcompress.scoring import Scorer, TorchScorer
+from fbcompress.core.errors import BackendUnavailable, FbError
+from fbcompress.modeling.model import PatchSpec
+from fbcompress.runtime.scoring import Scorer, TorchScorer
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 TRT_EP_DTYPES = ("fp32", "fp16")  # what ONNX Runtime's TensorRT provider is asked to build (trt_fp16_enable)
@@ -76,7 +76,7 @@ def model_form(path: str | Path) -> tuple[str, Path]:
         if (path / "fbcompress.json").is_file():
             return "checkpoint", path
         if (path / "manifest.json").is_file():
-            from fbcompress.export.bundle import Bundle
+            from fbcompress.bundle.store import Bundle
 
             return model_form(path / Bundle.open(path).primary_model())
         raise FbError(
@@ -189,7 +189,7 @@ class TorchRunner:
     memory_kind = MEMORY_CPU
 
     def __init__(self, target: Target):
-        from fbcompress.checkpoint import load_model
+        from fbcompress.modeling.checkpoint import load_model
 
         _check_device(target.device)
         on_cuda = target.device.startswith("cuda")
@@ -289,8 +289,8 @@ class OrtRunner:
     def __init__(self, target: Target):
         import onnxruntime as ort
 
-        from fbcompress.export.bundle import find_bundle
-        from fbcompress.export.ort_scorer import PROVIDER_NAMES, OrtScorer, providers_for
+        from fbcompress.bundle.store import find_bundle
+        from fbcompress.runtime.onnxruntime import PROVIDER_NAMES, OrtScorer, providers_for
 
         _check_device(target.device)
         index = _device_index(target.device)
@@ -386,7 +386,7 @@ class TrtRunner:
     memory_kind = MEMORY_CUDA_DEVICE
 
     def __init__(self, target: Target):
-        from fbcompress.export.trt_runner import TrtScorer
+        from fbcompress.runtime.tensorrt import TrtScorer
 
         device = "cuda" if target.device == "cpu" else target.device
         _check_device(device)

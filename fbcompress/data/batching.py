@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from fbcompress.core.errors import FbError
 from fbcompress.data.loader import SplitData
-from fbcompress.errors import FbError
 from fbcompress.recipes import TrainSection
 
 

@@ -14,9 +14,9 @@ import numpy as np
 from matplotlib.figure import Figure  # no pyplot: no global backend state, works headless
 from PIL import Image
 
-from fbcompress.artifacts import atomic_write_bytes
+from fbcompress.core.artifacts import atomic_write_bytes
+from fbcompress.core.errors import FbError
 from fbcompress.data.dataset_dir import DatasetDir
-from fbcompress.errors import FbError
 
 COLUMNS = 4
 WRAP_CHARS = 34

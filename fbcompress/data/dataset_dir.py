@@ -30,8 +30,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from fbcompress.artifacts import atomic_dir
-from fbcompress.errors import FbError
+from fbcompress.core.artifacts import atomic_dir
+from fbcompress.core.errors import FbError
 
 SPLITS = ("train", "val", "test")
 REQUIRED_KEYS = ("id", "product_id", "image", "text", "category", "subcategory")

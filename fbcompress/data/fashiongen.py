@@ -26,8 +26,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from fbcompress.core.errors import FbError
 from fbcompress.data.dataset_dir import EvalSetSizes, dataset_writer
-from fbcompress.errors import FbError
 
 SOURCE = "fashiongen"
 IMAGE_KEY = "input_image"

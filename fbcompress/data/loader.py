@@ -14,10 +14,10 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from fbcompress.core.errors import FbError
 from fbcompress.data.dataset_dir import DatasetDir
 from fbcompress.data.patches import image_to_patches, load_features, load_rgb
-from fbcompress.errors import FbError
-from fbcompress.model import PatchSpec
+from fbcompress.modeling.model import PatchSpec
 
 
 @dataclass

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from fbcompress.errors import FbError
+from fbcompress.core.errors import FbError
 
 PIXEL_MEAN = 0.5
 PIXEL_STD = 0.5

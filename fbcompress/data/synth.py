@@ -37,8 +37,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
+from fbcompress.core.errors import FbError
 from fbcompress.data.dataset_dir import EvalSetSizes, dataset_writer
-from fbcompress.errors import FbError
 
 SOURCE = "synthetic"
 GENERATOR = "fbcompress.data.synth"

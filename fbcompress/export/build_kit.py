@@ -13,8 +13,8 @@ import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from fbcompress.export.shapes import Profile, format_command, trtexec_command
-from fbcompress.model import PatchSpec
+from fbcompress.bundle.shapes import Profile, format_command, trtexec_command
+from fbcompress.modeling.model import PatchSpec
 
 SCRIPT = "build_engines.sh"
 TIMING_CACHE = "timing.cache"

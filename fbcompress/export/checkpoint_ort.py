@@ -13,15 +13,24 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from fbcompress.errors import FbError
-from fbcompress.export.ort_scorer import OrtScorer
+from fbcompress.core.errors import FbError
+from fbcompress.modeling.checkpoint import META_FILE
+from fbcompress.runtime.onnxruntime import OrtScorer
+from fbcompress.runtime.scoring import Scorer, open_scorer
 
 PARITY_TOLERANCE = 1e-4  # max |logit diff| against PyTorch; the export stage's default (recipe export.parity_tolerance)
 
 
+def open_scorer_for_eval(path: str | Path, device: str = "cpu", backend: str = "auto") -> Scorer:
+    """`open_scorer`, plus the one form that needs the export stage: a checkpoint dir scored in ONNX Runtime."""
+    path = Path(path)
+    if backend == "onnxruntime" and path.is_dir() and (path / META_FILE).is_file():
+        return open_checkpoint_ort(path, device)
+    return open_scorer(path, device, backend)
+
+
 def open_checkpoint_ort(path: str | Path, device: str = "cpu", tolerance: float = PARITY_TOLERANCE) -> OrtScorer:
     """An `OrtScorer` for checkpoint dir `path`; its `parity` holds the checked parity against PyTorch."""
-    from fbcompress.checkpoint import load_model
     from fbcompress.export.onnx_export import (
         MIN_OPSET,
         export_onnx,
@@ -29,6 +38,7 @@ def open_checkpoint_ort(path: str | Path, device: str = "cpu", tolerance: float 
         optimize_for_ort,
         parity_grid,
     )
+    from fbcompress.modeling.checkpoint import load_model
 
     model, ckpt = load_model(path, "cpu")
     config = model.config

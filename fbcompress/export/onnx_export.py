@@ -27,9 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from fbcompress.errors import FbError
-from fbcompress.export.shapes import BATCH_AXIS, INPUT_NAMES, OUTPUT_NAME, PATCH_INPUT, TEXT_AXIS, TEXT_INPUTS
-from fbcompress.model import PatchSpec
+from fbcompress.bundle.shapes import BATCH_AXIS, INPUT_NAMES, OUTPUT_NAME, PATCH_INPUT, TEXT_AXIS, TEXT_INPUTS
+from fbcompress.core.errors import FbError
+from fbcompress.modeling.model import PatchSpec
 
 EXPORTERS = ("torchscript", "dynamo")
 MIN_OPSET = 17
@@ -490,5 +490,5 @@ def metadata_for(spec: PatchSpec, source: dict) -> dict[str, str]:
     return {
         "fbcompress.patch_spec": json.dumps(spec.to_dict(), sort_keys=True),
         "fbcompress.source_weights_sha256": str(source.get("weights_sha256", "")),
-        "fbcompress.scoring": "logits [B,2]; score = softmax(logits)[:, 1]",
+        "fbcompress.runtime.scoring": "logits [B,2]; score = softmax(logits)[:, 1]",
     }

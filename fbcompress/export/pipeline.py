@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fbcompress.errors import FbError
-from fbcompress.export import bundle as B
+from fbcompress.bundle import store as B
+from fbcompress.bundle.shapes import Profile, input_specs, output_specs, resolve_profiles
+from fbcompress.core.errors import FbError
 from fbcompress.export.build_kit import TIMING_CACHE
-from fbcompress.export.shapes import Profile, input_specs, output_specs, resolve_profiles
-from fbcompress.export.trt_runner import device_index
+from fbcompress.runtime.tensorrt import device_index
 
 TARGETS = ("onnx", "tensorrt", "triton")
 ENGINE_MODES = ("auto", "require")
@@ -100,7 +100,7 @@ def _source(ckpt) -> dict[str, Any]:
 
 
 def _tokenizer_files(ckpt_dir: Path) -> list[Path]:
-    from fbcompress.backbone import TOKENIZER_FILES
+    from fbcompress.modeling.backbone import TOKENIZER_FILES
 
     files = [ckpt_dir / name for name in TOKENIZER_FILES if (ckpt_dir / name).is_file()]
     if not any(f.name == "vocab.txt" for f in files):
@@ -109,7 +109,7 @@ def _tokenizer_files(ckpt_dir: Path) -> list[Path]:
 
 
 def _tokenizer_info(ckpt_dir: Path, files: list[Path]) -> dict[str, Any]:
-    from fbcompress.backbone import load_tokenizer
+    from fbcompress.modeling.backbone import load_tokenizer
 
     tok = load_tokenizer(ckpt_dir)
     return {
@@ -125,7 +125,7 @@ def _tokenizer_info(ckpt_dir: Path, files: list[Path]) -> dict[str, Any]:
 
 
 def _evaluate_auc(ctx: _Ctx, scorer) -> dict[str, Any]:
-    from fbcompress.evaluate import evaluate
+    from fbcompress.evaluation.metrics import evaluate
 
     dataset, data = ctx.eval_data
     result = evaluate(scorer, dataset, data, ctx.opts.split, tasks=("pairs",), progress=ctx.opts.progress)
@@ -136,7 +136,7 @@ def _reference_auc(ctx: _Ctx) -> dict[str, Any] | None:
     if ctx.eval_data is None:
         return None
     if ctx.reference is None:
-        from fbcompress.scoring import TorchScorer
+        from fbcompress.runtime.scoring import TorchScorer
 
         ctx.say("measuring the checkpoint's AUC (PyTorch) ...")
         scorer = TorchScorer(ctx.model, ctx.ckpt.directory, str(ctx.ckpt.directory), "cpu")
@@ -225,7 +225,7 @@ def _onnx_step(ctx: _Ctx) -> None:
         optimize_for_ort,
         parity_grid,
     )
-    from fbcompress.export.ort_scorer import OrtScorer
+    from fbcompress.runtime.onnxruntime import OrtScorer
 
     w, opts, export = ctx.w, ctx.opts, ctx.opts.export
     opset = opts.opset or export.opset
@@ -297,7 +297,7 @@ def _ensure_onnx(ctx: _Ctx) -> None:
 
 def _fp16_source(ctx: _Ctx) -> None:
     from fbcompress.export.onnx_export import convert_fp16, measure_parity, parity_grid
-    from fbcompress.export.ort_scorer import OrtScorer
+    from fbcompress.runtime.onnxruntime import OrtScorer
 
     w = ctx.w
     ctx.say("converting to a mixed FP16 graph (LayerNorm, Softmax, logits in FP32) ...")
@@ -327,7 +327,7 @@ def _relative_verdict(parity: dict[str, Any], precision: str) -> dict[str, Any]:
 def _tensorrt_step(ctx: _Ctx, precisions: list[str], gpu: dict[str, Any]) -> None:
     from fbcompress.export.onnx_export import measure_parity, parity_grid
     from fbcompress.export.tensorrt_build import build_engine
-    from fbcompress.export.trt_runner import TrtScorer
+    from fbcompress.runtime.tensorrt import TrtScorer
 
     w, opts = ctx.w, ctx.opts
     # The timing cache: --timing-cache PATH if given, else the bundle's own from an earlier build. It is written
@@ -366,7 +366,7 @@ def _tensorrt_step(ctx: _Ctx, precisions: list[str], gpu: dict[str, Any]) -> Non
         ctx.summary.setdefault("parity", {})[plan_rel] = entry["parity"]
         ctx.summary["files_written"] += [plan_rel, log_rel, TIMING_CACHE]
     if opts.timing_cache:
-        from fbcompress.artifacts import atomic_write_bytes
+        from fbcompress.core.artifacts import atomic_write_bytes
 
         atomic_write_bytes(opts.timing_cache, cache.read_bytes())
 
@@ -508,8 +508,8 @@ def _precheck(opts: ExportOptions) -> tuple[list[str], dict[str, Any] | None, st
                 raise FbError(f"an int8 engine needs {INT8_QDQ_FILE} (symmetric QDQ) in {opts.out}: run "
                               "`fbcompress quantize` into this bundle first, or ask for --precision fp16")
             existing.verify(INT8_QDQ_FILE)
-        from fbcompress.errors import BackendUnavailable
-        from fbcompress.export.tensorrt_build import require_tensorrt
+        from fbcompress.core.errors import BackendUnavailable
+        from fbcompress.runtime.tensorrt_env import require_tensorrt
 
         index = device_index(opts.device)
         try:
@@ -555,8 +555,8 @@ def describe_bundle(writer: B.BundleWriter, ckpt_dir: Path, spec, max_positions:
 
 def run_export(opts: ExportOptions) -> dict[str, Any]:
     """Run one export target into the bundle `opts.out`; returns the summary (also what --json writes)."""
-    from fbcompress.checkpoint import load_model
     from fbcompress.export.readme import render_readme
+    from fbcompress.modeling.checkpoint import load_model
 
     precisions, gpu, not_built = _precheck(opts)
     model, ckpt = load_model(opts.model_dir, "cpu")
@@ -564,9 +564,9 @@ def run_export(opts: ExportOptions) -> dict[str, Any]:
     _tokenizer_files(ckpt.directory)  # fail before writing anything if the tokenizer is missing
     ctx = _Ctx(opts, model, ckpt, profiles)
     if opts.data_dir is not None:
-        from fbcompress.backbone import load_tokenizer
         from fbcompress.data.dataset_dir import DatasetDir
         from fbcompress.data.loader import SplitData
+        from fbcompress.modeling.backbone import load_tokenizer
 
         dataset = DatasetDir.open(opts.data_dir)
         ctx.eval_data = (dataset, SplitData(dataset, opts.split, load_tokenizer(ckpt.directory), ctx.spec))

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from fbcompress.export.bundle import (
+from fbcompress.bundle.manifest import parse_patch_spec
+from fbcompress.bundle.shapes import Profile, format_command, trtexec_command
+from fbcompress.bundle.store import (
+    MANIFEST,
     ROLE_ENGINE,
     ROLE_ONNX,
     ROLE_ONNX_FP16,
@@ -12,8 +15,6 @@ from fbcompress.export.bundle import (
     ROLE_ONNX_ORT,
     TOKENIZER_DIR,
 )
-from fbcompress.export.manifest import parse_patch_spec
-from fbcompress.export.shapes import Profile, format_command, trtexec_command
 
 
 def _fmt(value: Any) -> str:
@@ -59,7 +60,7 @@ def _io_rows(manifest: dict) -> list[str]:
 
 
 def _preprocessing_snippet(manifest: dict) -> str:
-    spec = parse_patch_spec(manifest)
+    spec = parse_patch_spec(manifest, MANIFEST)
     name = manifest.get("name", "NAME")
     head = f'''```python
 import numpy as np
@@ -111,7 +112,7 @@ if __name__ == "__main__":
 
 
 def _trtexec_section(manifest: dict) -> list[str]:
-    spec = parse_patch_spec(manifest)
+    spec = parse_patch_spec(manifest, MANIFEST)
     profiles = [Profile.from_dict(p) for p in manifest.get("shape_profiles", [])]
     lines = []
     engines = {rel: e for rel, e in manifest.get("models", {}).items() if e.get("role") == ROLE_ENGINE}
@@ -168,7 +169,7 @@ def _trtexec_section(manifest: dict) -> list[str]:
 
 def render_readme(manifest: dict) -> str:
     """Markdown for people: what is in the bundle, how to make inputs, how to run it in ORT, TensorRT, Triton."""
-    spec = parse_patch_spec(manifest)
+    spec = parse_patch_spec(manifest, MANIFEST)
     source = manifest.get("source", {})
     name = manifest.get("name", "NAME")
     profiles = manifest.get("shape_profiles", [])

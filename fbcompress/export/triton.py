@@ -15,7 +15,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from fbcompress.errors import FbError
+from fbcompress.core.errors import FbError
 
 PLATFORM_ONNX = "onnxruntime_onnx"
 PLATFORM_PLAN = "tensorrt_plan"

@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from fbcompress.export.shapes import OUTPUT_NAME
+from fbcompress.bundle.shapes import OUTPUT_NAME
 
 GEMM_OPS = ("MatMul", "Gemm")
 EMBEDDING_OPS = ("Gather",)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from importlib import metadata
 
-from fbcompress.errors import FbError
+from fbcompress.core.errors import FbError
 
 PACKAGES = ("onnx-neural-compressor", "neural-compressor-pt", "neural-compressor")
 

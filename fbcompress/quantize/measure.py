@@ -1,7 +1,7 @@
 """Scoring, comparing and timing the FP32 and INT8 graphs: the guard's numbers and the report's.
 
-Accuracy uses design.md's metrics through `fbcompress.evaluate.evaluate` on the fixed eval sets, so the INT8 and
-FP32 models are scored on exactly the same pairs and candidates. Latency uses `fbcompress.latency.time_interleaved`
+Accuracy uses design.md's metrics through `evaluation.metrics.evaluate` on the fixed eval sets, so the INT8 and
+FP32 models are scored on exactly the same pairs and candidates. Latency uses `evaluation.latency.time_interleaved`
 (>= 100 timed runs after warm-up, every file in alternating blocks) on ONNX Runtime's CPU provider at batch 1, the
 online case.
 """
@@ -12,9 +12,9 @@ import math
 from pathlib import Path
 from typing import Any
 
-from fbcompress.errors import FbError
-from fbcompress.evaluate import RANKS, evaluate
-from fbcompress.tolerance import within
+from fbcompress.core.errors import FbError
+from fbcompress.evaluation.metrics import RANKS, evaluate
+from fbcompress.evaluation.tolerance import within
 
 LATENCY_TEXTS = (8, 32)
 ONLINE_BATCH = 1  # one query-product pair per call: the online case the INT8 file is chosen for
@@ -32,7 +32,7 @@ def score(
     progress: bool = False,
 ) -> dict[str, Any]:
     """ACC, AUC, ITR/TIR Rank@1/5/10 of one ONNX file on `split` (ONNX Runtime, CPU)."""
-    from fbcompress.export.ort_scorer import OrtScorer
+    from fbcompress.runtime.onnxruntime import OrtScorer
 
     scorer = OrtScorer(path, spec, tokenizer_dir, name, "cpu")
     result = evaluate(scorer, dataset, data, split, max_queries=max_queries, progress=progress)
@@ -112,7 +112,7 @@ def race(
     (`latency.time_interleaved`), so that a slow spell of a shared machine does not decide which one is faster."""
     import onnxruntime as ort
 
-    from fbcompress.latency import example_inputs, throughput, time_interleaved
+    from fbcompress.evaluation.latency import example_inputs, throughput, time_interleaved
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

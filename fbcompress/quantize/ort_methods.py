@@ -35,7 +35,7 @@ from typing import Any
 
 import onnx
 
-from fbcompress.errors import FbError
+from fbcompress.core.errors import FbError
 from fbcompress.quantize import graph as G
 from fbcompress.quantize.calibration import BatchReader
 from fbcompress.quantize.cpu import CpuIsa

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fbcompress.errors import FbError
-from fbcompress.export import bundle as B
+from fbcompress.bundle import store as B
+from fbcompress.core.errors import FbError
 from fbcompress.quantize import INT8_CPU_FILE, INT8_TRT_FILE, METHODS, REPORT_JSON, REPORT_MD, ROLE_REPORT, measure
 from fbcompress.quantize import graph as G
 from fbcompress.quantize.cpu_choice import DYNAMIC, STATIC, Candidate, choose
@@ -75,8 +75,8 @@ class _Run:
 
     def split_data(self, split: str):
         if split not in self.data:
-            from fbcompress.backbone import load_tokenizer
             from fbcompress.data.loader import SplitData
+            from fbcompress.modeling.backbone import load_tokenizer
 
             tokenizer = load_tokenizer(self.tokenizer_dir)
             self.data[split] = SplitData(self.dataset, split, tokenizer, self.spec)
@@ -589,14 +589,14 @@ def run_quantize(opts: QuantizeOptions) -> dict[str, Any]:
         run = _Run(opts, bundle, rel, Path(tmp))
         run.dataset = dataset
         if opts.reference_eval is not None:
-            from fbcompress.evaluate import reusable_eval
+            from fbcompress.evaluation.metrics import reusable_eval
 
             run.fp32[(opts.split, None)] = reusable_eval(
                 opts.reference_eval, bundle.root / rel, dataset, opts.split, None
             )
             run.say(f"FP32 reference on {opts.split}: reusing {opts.reference_eval}")
         shutil.copyfile(bundle.root / rel, run.src)  # the live bundle may be swapped by another stage meanwhile
-        from fbcompress.artifacts import sha256_file
+        from fbcompress.core.artifacts import sha256_file
 
         if sha256_file(run.src) != source_sha:
             raise FbError(f"{bundle.root / rel} changed while being read; try again")
@@ -836,7 +836,7 @@ def _manifest_entry(rel: str, report: dict[str, Any], sha: str) -> dict[str, Any
 
 
 def _write_bundle(run: _Run, root: Path, files: dict[str, Path], report: dict[str, Any]) -> None:
-    from fbcompress.artifacts import sha256_file
+    from fbcompress.core.artifacts import sha256_file
     from fbcompress.export.readme import render_readme
     from fbcompress.quantize.report import render_markdown
 

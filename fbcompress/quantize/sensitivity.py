@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from fbcompress.errors import FbError
+from fbcompress.core.errors import FbError
 from fbcompress.quantize.graph import DQ_OPS, GEMM_OPS, Q_OPS
 
 

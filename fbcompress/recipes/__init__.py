@@ -15,7 +15,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from fbcompress.errors import FbError
+from fbcompress.core.errors import FbError
 
 RECIPES_DIR = Path(str(files(__name__)))  # the package's own folder, in a checkout and in an installed wheel
 

@@ -1,0 +1,1 @@
+"""The command line: one Click group, each command a thin layer over one library call."""

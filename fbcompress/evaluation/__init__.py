@@ -1,0 +1,1 @@
+"""Measuring a model: the design.md metrics on a dataset, latency, and the tolerance rule."""

@@ -1,0 +1,1 @@
+"""The model: FashionBERT itself, where backbones come from, checkpoint directories, width pruning."""

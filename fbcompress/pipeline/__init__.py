@@ -1,0 +1,1 @@
+"""The whole pipeline: `fbcompress quickstart` and its report."""

@@ -1,0 +1,1 @@
+"""The release gate: `fbcompress check`, a candidate against its teacher."""
