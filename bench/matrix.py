@@ -25,10 +25,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 from fbcompress.benchmark.matrix import BenchSettings, run_bench  # noqa: E402
-from fbcompress.benchmark.report import format_table, machine_line, write_outputs  # noqa: E402
+from fbcompress.benchmark.report import format_table, write_outputs  # noqa: E402
 from fbcompress.benchmark.runners import Target  # noqa: E402
 from fbcompress.core.errors import FbError  # noqa: E402
-from fbcompress.evaluation.latency import machine_info, machine_slug  # noqa: E402
+from fbcompress.evaluation.latency import machine_info, machine_line, machine_slug  # noqa: E402
 
 
 def shipped_student(run_dir: Path, exported: Path) -> Path:

@@ -37,13 +37,11 @@ from typing import Any
 
 from fbcompress import __version__
 from fbcompress.bundle.manifest import FORMAT, FORMAT_VERSION, BundleManifest, parse_manifest, parse_patch_spec
+from fbcompress.bundle.names import MANIFEST, README, TOKENIZER_DIR
 from fbcompress.core.artifacts import atomic_dir, atomic_write_bytes, sha256_file
 from fbcompress.core.errors import FbError
 from fbcompress.modeling.model import PatchSpec
 
-MANIFEST = "manifest.json"
-README = "README.md"
-TOKENIZER_DIR = "tokenizer"
 LOCK_SUFFIX = ".lock"
 # Folders where a runtime keeps its own cache inside a bundle (ONNX Runtime's TensorRT provider writes engines and
 # its timing cache there, and rewrites them). Not artifacts: carried over as they are, never hashed or listed, so a

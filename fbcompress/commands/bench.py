@@ -128,8 +128,9 @@ def bench_cmd(
     import torch
 
     from fbcompress.benchmark.matrix import BenchSettings, run_bench
-    from fbcompress.benchmark.report import format_table, machine_line, write_outputs
+    from fbcompress.benchmark.report import format_table, write_outputs
     from fbcompress.benchmark.runners import targets_from_options
+    from fbcompress.evaluation.latency import machine_line
 
     if labels and len(labels) != len(models):
         raise FbError(f"--label given {len(labels)} times for {len(models)} --model: give one per model or none")

@@ -270,6 +270,24 @@ def machine_info(gpu_index: int | None = None) -> dict:
     return info
 
 
+def machine_line(machine: dict) -> str:
+    """One line naming the machine beside every figure (design.md)."""
+    cores = machine.get("usable_cores") or machine.get("logical_cores")
+    gemm = f", FP32 GEMM {machine['fp32_matmul_gflops']:.0f} GFLOPS" if machine.get("fp32_matmul_gflops") else ""
+    threads = machine.get("torch_threads")
+    parts = [f"CPU {machine.get('cpu', '?')} ({cores} usable cores, torch threads {threads}{gemm})"]
+    gpu = machine.get("gpu")
+    if gpu:
+        parts.append(
+            f"GPU {gpu['gpu']} (CC {gpu['compute_capability']}, driver {gpu.get('driver') or '?'}, "
+            f"CUDA {gpu.get('cuda_runtime') or '?'})"
+        )
+    versions = machine.get("versions", {})
+    libs = ", ".join(f"{name} {versions[name]}" for name in ("torch", "onnxruntime", "tensorrt") if versions.get(name))
+    parts.append(libs)
+    return "; ".join(p for p in parts if p)
+
+
 def machine_slug(info: dict, device: str = "cpu") -> str:
     """A file-name-safe machine name for result files: the GPU for GPU runs, else CPU model and usable cores."""
     import re

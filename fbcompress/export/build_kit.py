@@ -13,11 +13,10 @@ import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from fbcompress.bundle.names import TIMING_CACHE
 from fbcompress.bundle.shapes import Profile, format_command, trtexec_command
 from fbcompress.modeling.model import PatchSpec
 
-SCRIPT = "build_engines.sh"
-TIMING_CACHE = "timing.cache"
 ROLE_BUILD_SCRIPT = "tensorrt-build-script"
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+from fbcompress.bundle.names import ONNX_FILE, ORT_FILE
 from fbcompress.core.errors import FbError
 from fbcompress.modeling.checkpoint import META_FILE
 from fbcompress.runtime.onnxruntime import OrtScorer
@@ -43,7 +44,7 @@ def open_checkpoint_ort(path: str | Path, device: str = "cpu", tolerance: float 
     model, ckpt = load_model(path, "cpu")
     config = model.config
     with tempfile.TemporaryDirectory(prefix="fbcompress-eval-") as tmp:
-        plain, fused = Path(tmp) / "model.onnx", Path(tmp) / "model.ort.onnx"
+        plain, fused = Path(tmp) / ONNX_FILE, Path(tmp) / ORT_FILE
         export_onnx(model, plain, MIN_OPSET)
         optimize_for_ort(plain, fused, int(config.num_attention_heads), int(config.hidden_size))
         scorer = OrtScorer(fused, model.spec, ckpt.directory, str(path), device)  # the session holds the graph

@@ -15,18 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from fbcompress.bundle import store as B
+from fbcompress.bundle.names import FP16_FILE, INT8_TRT_FILE, ONNX_FILE, ORT_FILE, TIMING_CACHE
 from fbcompress.bundle.shapes import Profile, input_specs, output_specs, resolve_profiles
 from fbcompress.core.errors import FbError
-from fbcompress.export.build_kit import TIMING_CACHE
 from fbcompress.runtime.tensorrt import device_index
 
 TARGETS = ("onnx", "tensorrt", "triton")
 ENGINE_MODES = ("auto", "require")
 PRECISIONS = ("fp32", "fp16", "int8")
-ONNX_FILE = "model.onnx"
-ORT_FILE = "model.ort.onnx"
-FP16_FILE = "model.fp16.onnx"
-INT8_QDQ_FILE = "model.int8.trt.onnx"
 
 
 def engine_file(precision: str) -> str:
@@ -34,7 +30,7 @@ def engine_file(precision: str) -> str:
 
 
 def engine_source(precision: str) -> str:
-    return {"fp32": ONNX_FILE, "fp16": FP16_FILE, "int8": INT8_QDQ_FILE}[precision]
+    return {"fp32": ONNX_FILE, "fp16": FP16_FILE, "int8": INT8_TRT_FILE}[precision]
 
 
 @dataclass
@@ -168,49 +164,26 @@ def _accuracy_entry(ctx: _Ctx, scorer, gate: float | None, what: str) -> dict[st
     return entry
 
 
-def machine_info() -> dict[str, Any]:
-    """What a latency figure was measured on (design.md: always report the machine beside the number)."""
-    import os
-    import platform
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "onnxruntime": _ort_version()}
-
-
 def _latency(ctx: _Ctx, run: Any, device: str) -> dict[str, Any] | None:
-    """p50/p90/p99 of `run(inputs)` at each profile's opt (batch, text), after 10 warm-up calls."""
-    import time
-
-    import numpy as np
-
+    """p50/p90/p99 of `run(inputs)` at each profile's opt (batch, text), after 10 warm-up calls (design.md
+    latency, `evaluation.latency.time_callable`), with the machine record every latency figure carries."""
+    from fbcompress.evaluation.latency import machine_info, time_callable
     from fbcompress.export.onnx_export import parity_inputs
 
     runs = int(ctx.opts.latency_runs)
     if runs <= 0:
         return None
+    warmup = 10
     cases = []
     for profile in ctx.profiles:
         batch, text = profile.batch[1], profile.text[1]
         inputs = parity_inputs(ctx.spec, batch, text, ctx.vocab_size)
-        for _ in range(10):
-            run(inputs)
-        times = []
-        for _ in range(runs):
-            start = time.perf_counter()
-            run(inputs)
-            times.append(time.perf_counter() - start)
-        ms = np.asarray(times) * 1000.0
-        p50, p90, p99 = (float(v) for v in np.percentile(ms, [50, 90, 99]))
-        cases.append({"profile": profile.name, "batch": batch, "text": text, "p50_ms": p50, "p90_ms": p90,
-                      "p99_ms": p99, "pairs_per_s": batch / (p50 / 1000.0) if p50 > 0 else None})
-    return {"device": device, "runs": runs, "warmup": 10, "machine": machine_info(), "cases": cases}
+        stats = time_callable(lambda inputs=inputs: run(inputs), runs=runs, warmup=warmup)
+        cases.append({"profile": profile.name, "batch": batch, "text": text, "p50_ms": stats.p50_ms,
+                      "p90_ms": stats.p90_ms, "p99_ms": stats.p99_ms,
+                      "pairs_per_s": batch / (stats.p50_ms / 1000.0) if stats.p50_ms > 0 else None})
+    gpu_index = int(device.partition(":")[2] or 0) if device.startswith("cuda") else None
+    return {"device": device, "runs": runs, "warmup": warmup, "machine": machine_info(gpu_index), "cases": cases}
 
 
 # ---------------------------------------------------------------------------------------------------------- steps
@@ -380,25 +353,27 @@ def _engine_sources(ctx: _Ctx, precisions: list[str]) -> None:
 
 def _build_kit_step(ctx: _Ctx, precisions: list[str], not_built: str | None) -> None:
     """build_engines.sh (one trtexec line per precision) and the kit's manifest section; see `build_kit`."""
-    from fbcompress.export.build_kit import ROLE_BUILD_SCRIPT, SCRIPT, EngineBuild, render_script
+    from fbcompress.bundle.names import BUILD_SCRIPT
+    from fbcompress.export.build_kit import ROLE_BUILD_SCRIPT, EngineBuild, render_script
 
     w = ctx.w
     builds = [EngineBuild(p, engine_source(p), engine_file(p)) for p in precisions]
     workspace = int(ctx.opts.export.workspace_mib)
-    script = w.path(SCRIPT, ROLE_BUILD_SCRIPT)
+    script = w.path(BUILD_SCRIPT, ROLE_BUILD_SCRIPT)
     script.write_text(render_script(builds, ctx.profiles, ctx.spec, workspace))
     script.chmod(0o755)
     w.manifest["tensorrt_build_kit"] = {
-        "script": SCRIPT,
+        "script": BUILD_SCRIPT,
         "engines_built_here": not_built is None,
         "not_built_because": not_built,
         "engines": [{"precision": b.precision, "onnx": b.onnx, "plan": b.plan,
                      "trtexec": b.command(ctx.profiles, ctx.spec, workspace)} for b in builds],
     }
-    ctx.summary["files_written"].append(SCRIPT)
+    ctx.summary["files_written"].append(BUILD_SCRIPT)
     ctx.summary["tensorrt_build_kit"] = w.manifest["tensorrt_build_kit"]
     if not_built is not None:
-        ctx.say(f"engines not built here ({not_built}): the build kit is {w.root / SCRIPT}, run it on the serving GPU")
+        ctx.say(f"engines not built here ({not_built}): the build kit is {w.root / BUILD_SCRIPT}, run it on the "
+                "serving GPU")
 
 
 def _triton_step(ctx: _Ctx, force_onnx: bool = False) -> None:
@@ -504,10 +479,10 @@ def _precheck(opts: ExportOptions) -> tuple[list[str], dict[str, Any] | None, st
         precisions = [opts.precision] if opts.precision else list(dict.fromkeys(opts.export.precisions))
         if "int8" in precisions:
             existing = B.Bundle.open(opts.out) if (opts.out / B.MANIFEST).is_file() else None
-            if existing is None or INT8_QDQ_FILE not in existing.files:
-                raise FbError(f"an int8 engine needs {INT8_QDQ_FILE} (symmetric QDQ) in {opts.out}: run "
+            if existing is None or INT8_TRT_FILE not in existing.files:
+                raise FbError(f"an int8 engine needs {INT8_TRT_FILE} (symmetric QDQ) in {opts.out}: run "
                               "`fbcompress quantize` into this bundle first, or ask for --precision fp16")
-            existing.verify(INT8_QDQ_FILE)
+            existing.verify(INT8_TRT_FILE)
         from fbcompress.core.errors import BackendUnavailable
         from fbcompress.runtime.tensorrt_env import require_tensorrt
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fbcompress.bundle.manifest import parse_patch_spec
+from fbcompress.bundle.names import ONNX_FILE
 from fbcompress.bundle.shapes import Profile, format_command, trtexec_command
 from fbcompress.bundle.store import (
     MANIFEST,
@@ -41,10 +42,11 @@ def _model_rows(manifest: dict) -> list[str]:
             f"{_fmt(parity['max_abs_diff']) if 'max_abs_diff' in parity else '-'} | "
             f"{_fmt(acc['auc']) if 'auc' in acc else '-'} | {timings or '-'} |"
         )
+    from fbcompress.evaluation.latency import machine_line
+
     machine = next((e["latency"]["machine"] for e in manifest.get("models", {}).values() if "latency" in e), None)
     if machine:
-        rows += ["", f"Latency machine: {machine.get('cpu', '?')}, {machine.get('cores', '?')} cores, onnxruntime "
-                     f"{machine.get('onnxruntime', '?')} (batch x text = each profile's opt shape; "
+        rows += ["", f"Latency machine: {machine_line(machine)} (batch x text = each profile's opt shape; "
                      "use `fbcompress bench` for full latency tables)."]
     return rows
 
@@ -174,7 +176,7 @@ def render_readme(manifest: dict) -> str:
     name = manifest.get("name", "NAME")
     profiles = manifest.get("shape_profiles", [])
     ort_file = next((rel for rel, e in manifest.get("models", {}).items() if e.get("role") == ROLE_ONNX_ORT),
-                    "model.onnx")
+                    ONNX_FILE)
     out: list[str] = [
         f"# FashionBERT scoring bundle `{name}`",
         "",

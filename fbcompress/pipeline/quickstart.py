@@ -27,6 +27,7 @@ from pathlib import Path
 import click
 
 from fbcompress import __version__
+from fbcompress.bundle.names import INT8_CPU_FILE, ONNX_FILE
 from fbcompress.core.artifacts import atomic_write_json, ensure_output_dir
 from fbcompress.core.errors import FbError
 from fbcompress.recipes import StudentShape, load_recipe_or_defaults, without_later_defaults
@@ -45,16 +46,22 @@ class Stage:
 
     name: str
     title: str
-    args: list[str]
+    args: list[str]  # the public fbcompress command line; empty for an action
     outputs: list[Path]
     after: list[str] = field(default_factory=list)
     resumable: bool = False  # a training stage: --resume when interrupted, --force when its inputs changed
-    may_fail: bool = False  # a gate (quantize guard, check): a failure is a result, reported, not a crash
+    gate: bool = False  # a gate (quantize guard, check, engines): a failure is a result, reported, not a crash
     sections: tuple[str, ...] = ()  # the recipe sections the stage reads: only they enter its fingerprint
     skip_reason: Callable[[], str | None] = lambda: None
     student: str | None = None  # the rung of the student ladder this stage belongs to
     overrides: tuple[str, ...] = ()  # the rung's own --set values (its width): part of the fingerprint
     action: Callable[[], None] | None = None  # an in-process step that is not a command (shipping the bundle)
+    action_text: str = ""  # what the action does, for the log, the report and the fingerprint
+
+    @property
+    def kind(self) -> str:
+        """"command" (a public command), "gate" (a command whose failure is a verdict) or "action"."""
+        return "action" if self.action is not None else "gate" if self.gate else "command"
 
 
 @dataclass
@@ -66,6 +73,7 @@ class StageResult:
     reason: str = ""
     command: str = ""
     student: str | None = None
+    gate: bool = False  # the stage was a gate: its failure is a verdict (exit 1 when nothing shipped), not a crash
 
 
 def tensorrt_unavailable() -> str | None:
@@ -138,7 +146,7 @@ def build_student_stages(
     data, teacher = str(layout.data), str(layout.teacher)
     student, evals, bundle = layout.student(name), layout.evals(name), layout.student_bundle(name)
     recipe = _recipe_args(recipe_ref, overrides)
-    onnx, int8 = bundle / "model.onnx", bundle / "model.int8.onnx"
+    onnx, int8 = bundle / ONNX_FILE, bundle / INT8_CPU_FILE
 
     def stage(base: str, title: str, args: list[str], outputs: list[Path], after: list[str], **kw) -> Stage:
         return Stage(f"{base}[{name}]", f"{title} [{name}]", args, outputs,
@@ -163,11 +171,11 @@ def build_student_stages(
         stage("int8", "INT8 quantization with accuracy guard",
               ["quantize", "--model", str(onnx), "--data", data, "--out", str(bundle), *recipe,
                "--reference-eval", str(evals / "onnx.json"), "--json", str(evals / "quantize.json")],
-              [int8], ["onnx", "onnx-eval"], may_fail=True, sections=("quantize",)),
+              [int8], ["onnx", "onnx-eval"], gate=True, sections=("quantize",)),
         stage("check", "release gate: INT8 student vs teacher",
               ["check", "--teacher", teacher, "--candidate", str(int8), "--data", data, *recipe,
                "--teacher-eval", str(layout.teacher_eval), "--json", str(evals / "check.json")],
-              [evals / "check.json"], ["teacher-eval", "int8"], may_fail=True, sections=("check",)),
+              [evals / "check.json"], ["teacher-eval", "int8"], gate=True, sections=("check",)),
     ]
 
 
@@ -175,15 +183,15 @@ def build_suffix(recipe_ref: str, overrides: tuple[str, ...], layout: Layout, sh
     """After the ladder: ship the chosen student's bundle, build engines into it, benchmark every form."""
     recipe = _recipe_args(recipe_ref, overrides)
     student, source, bundle = layout.student(shipped), layout.student_bundle(shipped), layout.bundle
-    onnx, int8 = bundle / "model.onnx", bundle / "model.int8.onnx"
+    onnx, int8 = bundle / ONNX_FILE, bundle / INT8_CPU_FILE
     out = layout.out
     return [
-        Stage("ship", f"ship student {shipped} to {bundle}", ["(copy)", str(source), str(bundle)],
-              [bundle / "manifest.json", int8], [f"check[{shipped}]"], student=shipped,
-              action=lambda: ship_bundle(source, bundle)),
+        Stage("ship", f"ship student {shipped} to {bundle}", [], [bundle / "manifest.json", int8],
+              [f"check[{shipped}]"], student=shipped, action=lambda: ship_bundle(source, bundle),
+              action_text=f"copy {source} -> {bundle}"),
         Stage("tensorrt", "TensorRT engines",
               ["export", "--model", str(student), "--target", "tensorrt", "--out", str(bundle), *recipe],
-              [bundle / "manifest.json"], ["ship"], may_fail=True, skip_reason=tensorrt_unavailable,
+              [bundle / "manifest.json"], ["ship"], gate=True, skip_reason=tensorrt_unavailable,
               sections=("export",), student=shipped),
         Stage("bench", "latency benchmark",
               ["bench", "--model", str(layout.teacher), "--model", str(student), "--model", str(onnx),
@@ -238,7 +246,7 @@ def _fingerprint(stage: Stage, recipe: dict, upstream: dict[str, str]) -> str:
             args.append(arg)
     payload = {
         "stage": stage.name,
-        "args": args,
+        "args": args or [stage.action_text],
         "recipe": {name: recipe.get(name) for name in stage.sections},
         "version": __version__,
         "after": {name: upstream.get(name, "") for name in stage.after},
@@ -312,7 +320,7 @@ class _Runner:
         command = _command(stage)
 
         def result(status: str, seconds: float, code: int = 0, reason: str = "") -> StageResult:
-            return StageResult(stage.name, status, seconds, code, reason, command, stage.student)
+            return StageResult(stage.name, status, seconds, code, reason, command, stage.student, stage.gate)
 
         blocked = [name for name in stage.after if name in self.broken]
         if blocked:
@@ -329,7 +337,7 @@ class _Runner:
             if code == 0 and all(p.exists() for p in stage.outputs):
                 # the seconds are those of the run that made the output
                 return result("reused", float(record.get("seconds", 0.0)), reason="inputs unchanged")
-            if code != 0 and stage.may_fail:  # a gate that failed on these same inputs fails again: reuse
+            if code != 0 and stage.gate:  # a gate that failed on these same inputs fails again: reuse
                 self.broken[stage.name] = f"exit code {code}"
                 return result("failed", 0.0, code, f"exit code {code} (reused)")
         args = list(stage.args)
@@ -348,13 +356,13 @@ class _Runner:
             code = 1
         ran_at = time.strftime("%Y-%m-%dT%H:%M:%S") + f".{time.time_ns() % 10**9:09d}"
         self.tokens[stage.name] = f"{fp}@{ran_at}"
-        if code == 0 or stage.may_fail:
+        if code == 0 or stage.gate:
             self.state[stage.name] = {"fingerprint": fp, "exit_code": code, "seconds": round(seconds, 1),
                                       "ran_at": ran_at}
             atomic_write_json(self.state_path, self.state)
         if code != 0:
             self.broken[stage.name] = f"exit code {code}"
-            if not stage.may_fail:
+            if not stage.gate:
                 tqdm.write(f"[{stage.name}] failed (exit code {code}); later stages that need it are skipped")
             return result("failed", seconds, code, f"exit code {code}")
         return result("ran", seconds)
@@ -362,7 +370,7 @@ class _Runner:
 
 def _command(stage: Stage, args: list[str] | None = None) -> str:
     if stage.action:
-        return f"copy {stage.args[1]} -> {stage.args[2]}"
+        return stage.action_text
     return "fbcompress " + " ".join(args if args is not None else stage.args)
 
 
@@ -417,10 +425,6 @@ def run_quickstart(
     return runner.results
 
 
-# A failed gate is a result (exit 1 when no student passed); any other failed stage is a crash (exit 2).
-GATE_STAGES = frozenset({"int8", "check", "tensorrt"})
-
-
 @dataclass
 class QuickstartRun:
     results: list[StageResult]
@@ -453,7 +457,8 @@ def quickstart_and_report(
 
 
 def exit_code(results: list[StageResult], shipped: str | None) -> int:
-    if any(r.status == "failed" and r.name.split("[")[0] not in GATE_STAGES for r in results):
+    """A failed gate is a verdict (exit 1 when no student passed); any other failed stage is a crash (exit 2)."""
+    if any(r.status == "failed" and not r.gate for r in results):
         return 2
     return 0 if shipped else 1
 

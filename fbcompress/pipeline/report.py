@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from fbcompress.bundle.names import INT8_CPU_FILE, ONNX_FILE
 from fbcompress.core.artifacts import atomic_write_bytes, atomic_write_json
 
 # (label, eval JSON name, where the model is) for each form in the table: the teacher, and the shipped student
@@ -18,8 +19,8 @@ from fbcompress.core.artifacts import atomic_write_bytes, atomic_write_json
 FORMS = [
     ("teacher (PyTorch FP32)", "teacher", "teacher"),
     ("student 2L VSL (PyTorch FP32)", "student", "student"),
-    ("student ONNX FP32 (ORT CPU)", "onnx", "model.onnx"),
-    ("student INT8 (ORT CPU)", "int8", "model.int8.onnx"),
+    ("student ONNX FP32 (ORT CPU)", "onnx", ONNX_FILE),
+    ("student INT8 (ORT CPU)", "int8", INT8_CPU_FILE),
 ]
 # (batch, text length) columns of the latency table: the online shape (one request), short to long texts. The
 # quickstart times batch 1 only; the batch 1/8/32 matrix is `bench/matrix.py`'s.
@@ -125,7 +126,7 @@ def student_rows(out: Path, students: list[str], shipped: str | None) -> list[di
             "tir_r10": (metrics.get("tir") or {}).get("r10"),
             "p50_ms": latency.get("p50_ms"),
             "speedup": speedup,
-            "int8_mb": _size_mb(out / "bundles" / name / "model.int8.onnx"),
+            "int8_mb": _size_mb(out / "bundles" / name / INT8_CPU_FILE),
             "verdict": check.get("verdict"),
             "failed": [str(metric).split(" (")[0] for metric in check.get("failed") or []],
             "shipped": name == shipped,
@@ -233,7 +234,7 @@ def vsl_lines(models: list[dict]) -> list[str]:
 
 
 def render_markdown(report: dict, has_weights: bool) -> str:
-    from fbcompress.benchmark.report import machine_line
+    from fbcompress.evaluation.latency import machine_line
 
     machine = report["machine"]
     lines = [

@@ -1,12 +1,12 @@
 """`fbcompress quantize`: FP32 `model.onnx` of an export bundle → INT8 models + a quantization report.
 
-Why this subsystem looks the way it does (issue 6; numbers in the report of every run):
+Why this subsystem looks the way it does (the numbers are in the report of every run):
 
 * Two INT8 files, because TensorRT and ONNX Runtime on a CPU want different graphs. TensorRT's explicit quantization
   needs symmetric INT8 Q/DQ (zero point 0) on the inputs of MatMul/Gemm, with LayerNorm, Softmax and GELU left in
   floating point: that is `model.int8.trt.onnx`, the source of `fbcompress export --target tensorrt --precision int8`.
   A strongly typed engine takes every type from the file, so outside the quantized GEMMs it carries FP16 with
-  model.fp16.onnx's policy (LayerNorm, Softmax and the logits layer FP32, FP32 graph I/O; issue defect 8): int8.plan
+  model.fp16.onnx's policy (LayerNorm, Softmax and the logits layer FP32, FP32 graph I/O): int8.plan
   then differs from fp16.plan only in the GEMMs. On an AVX2 CPU without VNNI the same symmetric graph runs *slower*
   than FP32 in ONNX Runtime (its S8S8 kernels are emulated), so the CPU file `model.int8.onnx` uses the activation
   type the CPU's ISA is fast at (U8S8 on AVX2, S8S8 on VNNI/AMX) and also weight-quantizes the embedding Gathers: the
@@ -27,9 +27,5 @@ Why this subsystem looks the way it does (issue 6; numbers in the report of ever
 
 from __future__ import annotations
 
-INT8_CPU_FILE = "model.int8.onnx"
-INT8_TRT_FILE = "model.int8.trt.onnx"
-REPORT_JSON = "quantization.json"
-REPORT_MD = "quantization.md"
 ROLE_REPORT = "quantization-report"
 METHODS = ("ort-static", "ort-dynamic", "inc")

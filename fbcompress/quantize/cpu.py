@@ -1,7 +1,7 @@
 """Which INT8 activation type the CPU running ONNX Runtime is fast at, read from /proc/cpuinfo.
 
 ONNX Runtime's x86 INT8 GEMMs (MLAS) multiply uint8 activations by int8 weights with `vpmaddubsw` on AVX2: signed
-x signed (S8S8) has no such instruction there and is emulated, which measured *slower than FP32* on the issue's
+x signed (S8S8) has no such instruction there and is emulated, which measured *slower than FP32* on an AVX2
 machine (7.7 ms vs 4.0 ms). VNNI (`vpdpbusd`, AVX512-VNNI or AVX-VNNI) and AMX make S8S8 native. On AVX2 the u8*s8
 pair sums of `vpmaddubsw` saturate int16, so 7-bit weights (`reduce_range`) keep them exact there.
 """

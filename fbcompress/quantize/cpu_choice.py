@@ -1,6 +1,6 @@
 """Which INT8 graph ships as the CPU file `model.int8.onnx`: static QDQ or dynamic INT8, decided by measuring both.
 
-Why measured and not assumed: which one is faster depends on the model's width and on the CPU. On the issue's probe
+Why measured and not assumed: which one is faster depends on the model's width and on the CPU. On a probe model
 (2 layers, H384, AVX2 without VNNI) static U8S8 QDQ and dynamic INT8 ran alike (2.0 vs 1.9 ms, FP32 4.0). On the
 quickstart student (2 layers, H128) on the same kind of CPU, the static file ran at 0.94-0.97x the speed of FP32
 at batch 1, while dynamic INT8 ran at 1.09-1.12x: with 128-wide matrices, the per-tensor QuantizeLinear /

@@ -1,6 +1,6 @@
 """`--method inc`: why Intel Neural Compressor cannot make the ONNX files this command ships, checked, not assumed.
 
-What was found for issue 6 beside this stack (torch 2.13 CPU, onnx 1.23, onnxruntime 1.32, numpy 2.4):
+What was found beside this stack (torch 2.13 CPU, onnx 1.23, onnxruntime 1.32, numpy 2.4):
 
 * INC's ONNX Runtime backend is the separate `onnx-neural-compressor` 1.0; `pip install --dry-run` resolves it to
   numpy 1.26.4, i.e. it would downgrade numpy below what torch/transformers here run with. Not installable beside us.

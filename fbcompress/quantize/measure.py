@@ -110,17 +110,10 @@ def race(
 ) -> dict[str, list[dict[str, Any]]]:
     """Time several ONNX files at batch ONLINE_BATCH and each text length, in alternating blocks of 10 runs
     (`latency.time_interleaved`), so that a slow spell of a shared machine does not decide which one is faster."""
-    import onnxruntime as ort
-
     from fbcompress.evaluation.latency import example_inputs, throughput, time_interleaved
+    from fbcompress.runtime.onnxruntime import cpu_session
 
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
-    sessions = {
-        name: ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        for name, path in paths.items()
-    }
+    sessions = {name: cpu_session(path) for name, path in paths.items()}
     cases: dict[str, list[dict[str, Any]]] = {name: [] for name in paths}
     for text in sorted({min(t, max_positions) for t in texts}):
         calls = []

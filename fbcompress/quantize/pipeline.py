@@ -21,13 +21,19 @@ from pathlib import Path
 from typing import Any
 
 from fbcompress.bundle import store as B
+from fbcompress.bundle.names import (
+    INT8_CPU_FILE,
+    INT8_TRT_FILE,
+    ONNX_FILE,
+    ORT_FILE,
+    QUANTIZATION_JSON,
+    QUANTIZATION_MD,
+)
 from fbcompress.core.errors import FbError
-from fbcompress.quantize import INT8_CPU_FILE, INT8_TRT_FILE, METHODS, REPORT_JSON, REPORT_MD, ROLE_REPORT, measure
+from fbcompress.quantize import METHODS, ROLE_REPORT, measure
 from fbcompress.quantize import graph as G
 from fbcompress.quantize.cpu_choice import DYNAMIC, STATIC, Candidate, choose
 
-FP32_FILE = "model.onnx"
-ORT_FP32_FILE = "model.ort.onnx"
 TRT_FP32_QDQ = "model.int8.trt.fp32-qdq.onnx"  # work directory only: the TensorRT file before its FP16 conversion
 FP32_QDQ_LABEL = f"{INT8_TRT_FILE} before its FP16 conversion (FP32 QDQ graph, same Q/DQ placement and scales)"
 MODELOPT_NOT_RUN = (
@@ -98,8 +104,8 @@ class _Run:
     def reference(self, split: str, max_queries: int | None = None) -> dict[str, Any]:
         key = (split, max_queries)
         if key not in self.fp32:
-            self.say(f"scoring FP32 {FP32_FILE} on {split} ...")
-            self.fp32[key] = self.score(self.src, FP32_FILE, split, max_queries)
+            self.say(f"scoring FP32 {ONNX_FILE} on {split} ...")
+            self.fp32[key] = self.score(self.src, ONNX_FILE, split, max_queries)
         return self.fp32[key]
 
     def val_check(self, files: dict[str, Path]) -> dict[str, Any]:
@@ -141,12 +147,9 @@ def ort_cpu_problem(path: Path, feed: dict[str, Any]) -> str | None:
 
 
 def session_factory(proto_or_path) -> Any:
-    import onnxruntime as ort
+    from fbcompress.runtime.onnxruntime import cpu_session
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    model = proto_or_path.SerializeToString() if hasattr(proto_or_path, "SerializeToString") else str(proto_or_path)
-    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    return cpu_session(proto_or_path)
 
 
 # --------------------------------------------------------------------------------------------------------- checks
@@ -162,14 +165,14 @@ def resolve_source(model: Path) -> tuple[B.Bundle, str]:
             )
         model = model / B.Bundle.open(model).primary_model()
     if model.suffix != ".onnx":
-        raise FbError(f"--model {model} is not an .onnx file: quantize starts from the bundle's FP32 {FP32_FILE}")
+        raise FbError(f"--model {model} is not an .onnx file: quantize starts from the bundle's FP32 {ONNX_FILE}")
     bundle, rel = B.verify_bundle_file(model)
     role = bundle.files.get(rel, {}).get("role")
     if role != B.ROLE_ONNX:
         raise FbError(
-            f"--model {model} has role '{role}'; quantize starts from the standard-ops FP32 {FP32_FILE} "
+            f"--model {model} has role '{role}'; quantize starts from the standard-ops FP32 {ONNX_FILE} "
             f"(role '{B.ROLE_ONNX}'), not the ORT-fused or an already quantized graph: pass "
-            f"{bundle.root / FP32_FILE}"
+            f"{bundle.root / ONNX_FILE}"
         )
     return bundle, rel
 
@@ -191,7 +194,7 @@ def _check_nodes(names: list[str], model) -> None:
     unknown = [name for name in names if name not in known]
     if unknown:
         raise FbError(
-            f"quantize.exclude_nodes names {unknown[0]!r}, which is not a node of {FP32_FILE} "
+            f"quantize.exclude_nodes names {unknown[0]!r}, which is not a node of {ONNX_FILE} "
             f"(MatMul/Gemm nodes: {', '.join(n['name'] for n in G.gemm_nodes(model)[:4])}, ...)"
         )
 
@@ -396,12 +399,11 @@ def _dynamic_first(
 
     Both CPU graphs are built with only the nodes kept FP by design or by the recipe, and timed side by side; if
     dynamic is the faster and is within tolerance on val, it ships and the fall-back serves the TensorRT file
-    alone (returns the choice). Why: the static CPU graph used to take part in every fall-back step, so when it
-    broke the tolerance, MatMuls went back to FP in the TensorRT file too and both files were scored on val at
-    each step, for a graph that then lost the race (an earlier quickstart student: 3 attempts x 2 files, and 2
-    MatMuls lost by a TensorRT file that had passed at attempt 0). Otherwise no choice, and both static files
-    go through the fall-back as before. Also returns the dynamic graph it built (with its val score, if taken),
-    for the later choice to reuse when the fall-back returns no node."""
+    alone (returns the choice). Why: were the static CPU graph in every fall-back step, a break of its tolerance
+    would send MatMuls back to FP in the TensorRT file too and score both files on val at each step, for a graph
+    that may then lose the race. Otherwise no choice, and both static files go through the fall-back. Also
+    returns the dynamic graph it built (with its val score, if taken), for the later choice to reuse when the
+    fall-back returns no node."""
     if run.opts.latency_runs <= 0:
         return None, None  # no timing, no early choice: the joint flow decides on tolerance
     folder = run.work / "cpu-probe"
@@ -568,7 +570,7 @@ def _purpose(rel: str, settings: dict[str, Any], cpu_file: dict[str, Any] | None
 def run_quantize(opts: QuantizeOptions) -> dict[str, Any]:
     """Quantize, guard, and (if accepted) write into the bundle. Returns the report (status accepted|rejected)."""
     from fbcompress.data.dataset_dir import DatasetDir
-    from fbcompress.export.pipeline import machine_info
+    from fbcompress.evaluation.latency import machine_info
     from fbcompress.quantize.calibration import calibration_batches
 
     method = opts.method or opts.section.method
@@ -637,9 +639,9 @@ def run_quantize(opts: QuantizeOptions) -> dict[str, Any]:
         # ---- latency and size
         fp32_bytes = run.src.stat().st_size
         latency: dict[str, Any] = {}
-        timed: dict[str, Path] = {FP32_FILE: run.src}
-        if ORT_FP32_FILE in bundle.files:
-            timed[ORT_FP32_FILE] = bundle.root / ORT_FP32_FILE
+        timed: dict[str, Path] = {ONNX_FILE: run.src}
+        if ORT_FILE in bundle.files:
+            timed[ORT_FILE] = bundle.root / ORT_FILE
         timed.update(files)
         if produced["fallback"].get("returned_to_fp"):
             timed.update({f"{r} (before fall-back)": p for r, p in produced["first_files"].items()})
@@ -664,7 +666,7 @@ def run_quantize(opts: QuantizeOptions) -> dict[str, Any]:
             return report
         report["status"] = "accepted"
         _write_bundle(run, root, files, report)
-        report["written"] = sorted([*files, REPORT_JSON, REPORT_MD])
+        report["written"] = sorted([*files, QUANTIZATION_JSON, QUANTIZATION_MD])
         return report
 
 
@@ -714,7 +716,7 @@ def _report(
         "method": method,
         "bundle": str(run.bundle.root),
         "source": {
-            "file": FP32_FILE,
+            "file": ONNX_FILE,
             "sha256": source_sha,
             "bytes": fp32_bytes,
             "weights_sha256": run.bundle.manifest.get("source", {}).get("weights_sha256"),
@@ -755,7 +757,7 @@ def _report(
                 if path in produced.get("stand_ins", {})
             },
         },
-        "size": {FP32_FILE: fp32_bytes, **{rel_q: e["bytes"] for rel_q, e in entries.items()}},
+        "size": {ONNX_FILE: fp32_bytes, **{rel_q: e["bytes"] for rel_q, e in entries.items()}},
         "comparisons": {"modelopt": {"ran": False, "reason": MODELOPT_NOT_RUN}},
         "breaks": breaks,
     }
@@ -791,7 +793,7 @@ def _manifest_entry(rel: str, report: dict[str, Any], sha: str) -> dict[str, Any
         "role": entry["role"],
         "format": "onnx",
         "precision": "int8",
-        "derived_from": FP32_FILE,
+        "derived_from": ONNX_FILE,
         "purpose": entry["purpose"],
         "runtime": entry["runtime"],
         "method": report["method"],
@@ -801,7 +803,7 @@ def _manifest_entry(rel: str, report: dict[str, Any], sha: str) -> dict[str, Any
             "settings": entry["settings"],
             "quantized_nodes": len(entry["graph"]["quantized_nodes"]),
             "kept_fp": report["kept_fp"],
-            "report": REPORT_JSON,
+            "report": QUANTIZATION_JSON,
         },
         "accuracy": {
             "split": report["accuracy"]["split"],
@@ -849,22 +851,22 @@ def _write_bundle(run: _Run, root: Path, files: dict[str, Path], report: dict[st
         for rel_q, path in files.items():
             shutil.copyfile(path, writer.path(rel_q, report["files"][rel_q]["role"]))
             writer.add_model(rel_q, _manifest_entry(rel_q, report, sha256_file(path)))
-        writer.path(REPORT_JSON, ROLE_REPORT).write_text(json.dumps(report, indent=2, default=str) + "\n")
-        writer.path(REPORT_MD, ROLE_REPORT).write_text(render_markdown(report))
+        writer.path(QUANTIZATION_JSON, ROLE_REPORT).write_text(json.dumps(report, indent=2, default=str) + "\n")
+        writer.path(QUANTIZATION_MD, ROLE_REPORT).write_text(render_markdown(report))
         writer.manifest["quantization"] = {
             "at": B.now_iso(),
             "method": report["method"],
-            "fp32_source": FP32_FILE,
+            "fp32_source": ONNX_FILE,
             "files": {rel_q: report["files"][rel_q]["purpose"] for rel_q in files},
-            "fp32_files_kept": [r for r in (FP32_FILE, ORT_FP32_FILE) if r in writer.manifest.get("models", {})],
-            "report": {"json": REPORT_JSON, "markdown": REPORT_MD},
+            "fp32_files_kept": [r for r in (ONNX_FILE, ORT_FILE) if r in writer.manifest.get("models", {})],
+            "report": {"json": QUANTIZATION_JSON, "markdown": QUANTIZATION_MD},
         }
         writer.manifest["history"] = [
             *writer.manifest.get("history", []),
             {
                 "at": B.now_iso(),
                 "command": f"fbcompress quantize --method {report['method']}",
-                "written": sorted([*files, REPORT_JSON, REPORT_MD]),
+                "written": sorted([*files, QUANTIZATION_JSON, QUANTIZATION_MD]),
             },
         ][-50:]
         writer.finalize(render_readme)

@@ -70,13 +70,14 @@ def _latency_rows(report: dict[str, Any]) -> list[str]:
         size = sizes.get(name)
         cells = [f"{by_text[t]['p50_ms']:.2f} / {by_text[t]['p99_ms']:.2f}" if t in by_text else "-" for t in texts]
         rows.append(f"| `{name}` | {_mb(size) if size else '-'} | " + " | ".join(cells) + " |")
+    from fbcompress.evaluation.latency import machine_line
+
     machine = report["machine"]
     isa = machine.get("int8", {})
     rows += [
         "",
         f"Batch 1, {lat['runs']} timed runs after {lat['warmup']} warm-up, {lat['runtime']}. Machine: "
-        f"{machine.get('cpu', '?')}, {machine.get('cores', '?')} cores, onnxruntime "
-        f"{machine.get('onnxruntime', '?')}; INT8 ISA {isa.get('isa', '?')} ({isa.get('scheme', '?')}).",
+        f"{machine_line(machine)}; INT8 ISA {isa.get('isa', '?')} ({isa.get('scheme', '?')}).",
     ]
     rows += [f"Not timed: `{name}` ({why})." for name, why in lat.get("not_timed", {}).items()]
     return rows

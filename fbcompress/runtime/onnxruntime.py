@@ -125,6 +125,30 @@ def bundle_tensorrt_options(bundle: Any, precision: str = "fp32", device_id: int
                                      device_id)
 
 
+def session_options(threads: int | None = None) -> Any:
+    """The options of every ONNX Runtime session fbcompress opens: every graph optimisation, ORT's warnings
+    (unused initializers and the like) silenced as noise to a user, and, for benchmarks, a pinned intra-op pool
+    (None keeps ORT's choice, one thread per core)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    return options
+
+
+def cpu_session(model: Any, threads: int | None = None) -> Any:
+    """A CPU session of an ONNX file path or an in-memory `onnx.ModelProto` (quantization tries graphs before
+    writing them)."""
+    import onnxruntime as ort
+
+    source = model.SerializeToString() if hasattr(model, "SerializeToString") else str(model)
+    return ort.InferenceSession(source, session_options(threads), providers=["CPUExecutionProvider"])
+
+
 class OrtScorer:
     """Scores through an `onnxruntime.InferenceSession`; feeds only the inputs the graph declares."""
 
@@ -140,12 +164,7 @@ class OrtScorer:
         self.tokenizer_dir = tokenizer_dir
         self.name = name
         self.precision = precision
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3  # warnings about unused initializers etc. are noise to a user
-        if threads:  # benchmarks pin the intra-op pool; None keeps ORT's choice (one thread per core)
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
+        options = session_options(threads)
         self.tensorrt_options = tensorrt_options
         providers = providers_for(device, tensorrt_options=tensorrt_options)
         try:

@@ -34,7 +34,7 @@ from fbcompress.data.loader import SplitData
 from fbcompress.modeling.model import EncoderOutput, FashionBERT
 from fbcompress.modeling.width_pruning import channel_lift, head_size, measure_importance, prune_into
 from fbcompress.recipes import DistillSection, Recipe
-from fbcompress.training.teacher import MismatchSampler
+from fbcompress.training.pairs import MismatchSampler, pair_rows
 
 
 def evenly_spaced_layers(teacher_layers: int, student_layers: int) -> list[int]:
@@ -163,15 +163,8 @@ class DistillObjective(nn.Module):
                 param.requires_grad_(False)
 
     def _pairs(self, rows: list[int], rng: random.Random) -> tuple[list[int], list[int], list[int]]:
-        images, texts, labels = [], [], []
-        for row in rows:
-            images.append(row)
-            if rng.random() < self.recipe.train.mismatch_ratio:
-                texts.append(self.sampler.draw(row, rng))
-                labels.append(0)
-            else:
-                texts.append(row)
-                labels.append(1)
+        images = list(rows)
+        texts, labels = pair_rows(self.sampler, rows, self.recipe.train.mismatch_ratio, rng)
         if self.teacher is not None:
             for row in rng.sample(rows, min(self.recipe.distill.extra_hard_pairs, len(rows))):
                 images.append(row)

@@ -153,51 +153,57 @@ def resume_point(setup: TrainSetup, resume: bool, force: bool) -> ResumePoint:
     return ResumePoint()
 
 
-def run_training(
-    setup: TrainSetup, ctx: RunContext, resume: bool, force: bool, stop_after: int | None = None
-) -> dict[str, Any]:
-    """Train to `recipe.train.steps` (or `stop_after` more steps, then save a resumable checkpoint)."""
-    recipe, train = setup.recipe, setup.recipe.train
-    steps = setup.steps or train.steps
-    out = setup.out
-    model = setup.model.to(ctx.device)
-    point = resume_point(setup, resume, force)
-    if point.finished_meta is not None:
-        if ctx.is_main:
-            print(f"{out}: already trained to step {point.start_step}; nothing to do", file=sys.stderr)
-        return point.finished_meta
-    start_step, state = point.start_step, point.state
+@dataclass
+class Optimisation:
+    """What steps the weights: AdamW over the model's (and an auxiliary module's) parameter groups, the linear
+    warm-up schedule, and mixed precision on CUDA (bf16 where supported, else fp16 with a loss scaler)."""
 
-    lr = setup.lr or train.lr
-    new_lr = setup.lr or train.new_params_lr or train.lr
-    groups = param_groups(model, lr, new_lr, train.weight_decay)
-    aux = setup.aux_module.to(ctx.device) if setup.aux_module is not None else None
-    if aux is not None:
-        groups.append({"params": list(aux.parameters()), "lr": new_lr, "weight_decay": train.weight_decay})
-    trained = [p for group in groups for p in group["params"]]
-    optimizer = torch.optim.AdamW(groups, lr=lr, fused=_fused_adamw(ctx.device, trained))
-    scheduler = get_linear_schedule_with_warmup(optimizer, math.ceil(train.warmup_ratio * steps), steps)
-    if state is not None:
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: torch.amp.GradScaler
+    trained: list[nn.Parameter]
+    aux: nn.Module | None
+    use_amp: bool
+    amp_dtype: torch.dtype
+
+    @classmethod
+    def build(cls, setup: TrainSetup, model: FashionBERT, ctx: RunContext, steps: int) -> Optimisation:
+        train = setup.recipe.train
+        lr = setup.lr or train.lr
+        new_lr = setup.lr or train.new_params_lr or train.lr
+        groups = param_groups(model, lr, new_lr, train.weight_decay)
+        aux = setup.aux_module.to(ctx.device) if setup.aux_module is not None else None
+        if aux is not None:
+            groups.append({"params": list(aux.parameters()), "lr": new_lr, "weight_decay": train.weight_decay})
+        trained = [p for group in groups for p in group["params"]]
+        optimizer = torch.optim.AdamW(groups, lr=lr, fused=_fused_adamw(ctx.device, trained))
+        scheduler = get_linear_schedule_with_warmup(optimizer, math.ceil(train.warmup_ratio * steps), steps)
+        use_amp = train.amp and ctx.device.type == "cuda"
+        amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+        scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+        return cls(optimizer, scheduler, scaler, trained, aux, use_amp, amp_dtype)
+
+    def restore(self, model: FashionBERT, out: Path, state: dict, device: torch.device) -> None:
+        """The weights, optimiser, schedule (and auxiliary module) of a resumed checkpoint."""
         from safetensors.torch import load_file
 
-        model.load_state_dict(load_file(str(out / "model.safetensors"), device=str(ctx.device)))
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if aux is not None:
-            aux.load_state_dict(state["aux"])
+        model.load_state_dict(load_file(str(out / "model.safetensors"), device=str(device)))
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.aux is not None:
+            self.aux.load_state_dict(state["aux"])
 
-    objective = setup.objective.to(ctx.device)
-    if ctx.distributed:
-        objective = DistributedDataParallel(objective, find_unused_parameters=True)
-    use_amp = train.amp and ctx.device.type == "cuda"
-    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    def training_state(self, step: int) -> dict[str, Any]:
+        state = {"step": step, "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
+        if self.aux is not None:
+            state["aux"] = self.aux.state_dict()
+        return state
 
-    log_path = out / LOG_FILE
-    if ctx.is_main:
-        _truncate_log(log_path, start_step if state is not None else 0)
 
-    meta_base = {
+def checkpoint_meta(setup: TrainSetup, ctx: RunContext) -> dict[str, Any]:
+    """The provenance every checkpoint of this run records (fbcompress.json), and resume compares."""
+    recipe = setup.recipe
+    return {
         "kind": setup.kind,
         "produced_by": f"fbcompress {' '.join(sys.argv[1:2]) or setup.kind}",
         "recipe": recipe.model_dump(mode="json"),
@@ -209,18 +215,85 @@ def run_training(
         **setup.extra_meta,
         **setup.info_meta,
     }
+
+
+@dataclass
+class StepResult:
+    losses: dict[str, float]  # each task's loss, averaged over the micro-batches
+    weights: dict[str, float]  # the task weights of the last micro-batch
+    grad_norm: float
+
+
+def train_step(objective: nn.Module, opt: Optimisation, setup: TrainSetup, ctx: RunContext, step: int) -> StepResult:
+    """One optimiser step over `grad_accum` micro-batches, each this rank's slice of the global batch."""
+    train = setup.recipe.train
+    opt.optimizer.zero_grad(set_to_none=True)
+    step_losses: dict[str, float] = {}
+    step_weights: dict[str, float] = {}
+    for micro in range(train.grad_accum):
+        global_index = micro_batch_index(step, micro, train.grad_accum, ctx.world_size, ctx.rank)
+        with torch.autocast(device_type=ctx.device.type, dtype=opt.amp_dtype, enabled=opt.use_amp):
+            losses = objective(global_index)
+        total, weights = _combine(losses, setup)
+        opt.scaler.scale(total / train.grad_accum).backward()
+        for name, value in losses.items():
+            step_losses[name] = step_losses.get(name, 0.0) + float(value.detach()) / train.grad_accum
+        step_weights = weights
+    opt.scaler.unscale_(opt.optimizer)
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(opt.trained, train.clip_norm))
+    opt.scaler.step(opt.optimizer)
+    opt.scaler.update()
+    opt.scheduler.step()
+    return StepResult(step_losses, step_weights, grad_norm)
+
+
+def log_record(done: int, result: StepResult, opt: Optimisation, setup: TrainSetup, started: float) -> dict:
+    """One train-log.jsonl line: the weighted loss, each task's loss and weight, lr, gradient norm, time."""
+    record: dict[str, Any] = {
+        "step": done,
+        "loss": sum(result.weights.get(k, 1.0) * v for k, v in result.losses.items()),
+        "losses": result.losses,
+        "weights": result.weights,
+        "lr": opt.scheduler.get_last_lr()[0],
+        "grad_norm": result.grad_norm,
+        "elapsed_s": round(time.perf_counter() - started, 3),
+    }
+    if setup.log_extras is not None:
+        record.update(setup.log_extras())
+    return record
+
+
+def run_training(
+    setup: TrainSetup, ctx: RunContext, resume: bool, force: bool, stop_after: int | None = None
+) -> dict[str, Any]:
+    """Train to `recipe.train.steps` (or `stop_after` more steps, then save a resumable checkpoint): resume
+    check, optimisation set-up, the step loop with its log, validation and saves."""
+    train = setup.recipe.train
+    steps = setup.steps or train.steps
+    out = setup.out
+    model = setup.model.to(ctx.device)
+    point = resume_point(setup, resume, force)
+    if point.finished_meta is not None:
+        if ctx.is_main:
+            print(f"{out}: already trained to step {point.start_step}; nothing to do", file=sys.stderr)
+        return point.finished_meta
+    start_step, state = point.start_step, point.state
+    opt = Optimisation.build(setup, model, ctx, steps)
+    if state is not None:
+        opt.restore(model, out, state, ctx.device)
+    objective = setup.objective.to(ctx.device)
+    if ctx.distributed:
+        objective = DistributedDataParallel(objective, find_unused_parameters=True)
+    log_path = out / LOG_FILE
+    if ctx.is_main:
+        _truncate_log(log_path, start_step if state is not None else 0)
+    meta_base = checkpoint_meta(setup, ctx)
     metrics: dict[str, float] = {}
 
     def save(step: int, finished: bool) -> None:
-        if not ctx.is_main:
-            return
-        training_state = None
-        if not finished:
-            training_state = {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
-            if aux is not None:
-                training_state["aux"] = aux.state_dict()
-        meta = {**meta_base, "step": step, "steps_total": steps, "finished": finished, "metrics": metrics}
-        save_checkpoint(out, model, setup.tokenizer, meta, training_state)
+        if ctx.is_main:
+            meta = {**meta_base, "step": step, "steps_total": steps, "finished": finished, "metrics": metrics}
+            save_checkpoint(out, model, setup.tokenizer, meta, None if finished else opt.training_state(step))
 
     model.train()
     started = time.perf_counter()
@@ -228,35 +301,9 @@ def run_training(
                dynamic_ncols=True, mininterval=1.0)
     try:
         for step in range(start_step, steps):
-            optimizer.zero_grad(set_to_none=True)
-            step_losses: dict[str, float] = {}
-            step_weights: dict[str, float] = {}
-            for micro in range(train.grad_accum):
-                global_index = micro_batch_index(step, micro, train.grad_accum, ctx.world_size, ctx.rank)
-                with torch.autocast(device_type=ctx.device.type, dtype=amp_dtype, enabled=use_amp):
-                    losses = objective(global_index)
-                total, weights = _combine(losses, setup)
-                scaler.scale(total / train.grad_accum).backward()
-                for name, value in losses.items():
-                    step_losses[name] = step_losses.get(name, 0.0) + float(value.detach()) / train.grad_accum
-                step_weights = weights
-            scaler.unscale_(optimizer)
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(trained, train.clip_norm))
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
+            result = train_step(objective, opt, setup, ctx, step)
             done = step + 1
-            record: dict[str, Any] = {
-                "step": done,
-                "loss": sum(step_weights.get(k, 1.0) * v for k, v in step_losses.items()),
-                "losses": step_losses,
-                "weights": step_weights,
-                "lr": scheduler.get_last_lr()[0],
-                "grad_norm": grad_norm,
-                "elapsed_s": round(time.perf_counter() - started, 3),
-            }
-            if setup.log_extras is not None:
-                record.update(setup.log_extras())
+            record = log_record(done, result, opt, setup, started)
             if done % train.eval_every == 0 or done == steps:
                 if ctx.is_main:
                     metrics = validate(model, setup, ctx)
@@ -267,7 +314,7 @@ def run_training(
                     out.mkdir(parents=True, exist_ok=True)  # only once a step has succeeded: bad input leaves nothing
                     with open(log_path, "a", encoding="utf-8") as handle:
                         handle.write(json.dumps(record) + "\n")
-                postfix = {k: f"{v:.3f}" for k, v in step_losses.items()}
+                postfix = {k: f"{v:.3f}" for k, v in result.losses.items()}
                 if "val_auc" in metrics:
                     postfix["val_auc"] = f"{metrics['val_auc']:.3f}"
                 bar.set_postfix(postfix, refresh=False)

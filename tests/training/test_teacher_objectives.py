@@ -57,7 +57,8 @@ def test_easy_negatives_come_from_other_subcategories(tiny_data):
     from fbcompress.data.loader import SplitData
     from fbcompress.modeling.backbone import load_tokenizer, packaged_minilm_dir
     from fbcompress.recipes import load_recipe
-    from fbcompress.training.teacher import MismatchSampler, patch_spec_from_recipe
+    from fbcompress.training.pairs import MismatchSampler
+    from fbcompress.training.teacher import patch_spec_from_recipe
 
     recipe = load_recipe("smoke")
     data = SplitData(DatasetDir.open(tiny_data), "train", load_tokenizer(packaged_minilm_dir()),

@@ -1,0 +1,20 @@
+"""The files of an export bundle, named once: every stage that writes or reads one uses these names.
+
+Engines are named after their source graph's precision (`model.fp16.plan` from `model.fp16.onnx`, see
+`export/build_kit.py`); the Triton repository is the `triton/` tree.
+"""
+
+from __future__ import annotations
+
+MANIFEST = "manifest.json"
+README = "README.md"
+TOKENIZER_DIR = "tokenizer"
+ONNX_FILE = "model.onnx"  # portable FP32 graph, standard ONNX ops only: ORT, TensorRT and quantization start here
+ORT_FILE = "model.ort.onnx"  # ORT transformer fusions: what ONNX Runtime serves
+FP16_FILE = "model.fp16.onnx"  # mixed precision graph, the TensorRT FP16 engine's source
+INT8_TRT_FILE = "model.int8.trt.onnx"  # QDQ graph from `fbcompress quantize`, the TensorRT INT8 engine's source
+INT8_CPU_FILE = "model.int8.onnx"  # ORT-quantized graph from `fbcompress quantize` (CPU / ONNX Runtime)
+QUANTIZATION_JSON = "quantization.json"
+QUANTIZATION_MD = "quantization.md"
+BUILD_SCRIPT = "build_engines.sh"
+TIMING_CACHE = "timing.cache"
