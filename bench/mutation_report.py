@@ -7,7 +7,8 @@ WORK_DIR is the scratch copy mutmut ran in (it holds mutants/**/*.py.meta: each 
 killed / (mutants − equivalent): a mutant that survives, that no fast test reaches ("no tests") or that hangs past
 mutmut's timeout without being killed counts against it. Equivalent mutants (no test can tell them from the
 original) are listed by hand in bench/mutation_equivalent.json with the reason, keyed by mutant name and pinned
-to the mutated line, so an entry whose code changed stops counting instead of hiding a new survivor.
+to the mutated line, so an entry whose code changed stops counting instead of hiding a new survivor (an entry
+also matches the mutant of the same function with the same mutated line, when an edit above it renumbered it).
 
 Every report also writes statuses.json (each mutant's status and the hash mutmut gives its function). `--carry
 DIR` reads an earlier report's statuses.json: a mutant this run did not check (a rerun of named mutants, e.g. the
@@ -139,6 +140,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     carried = carry_over(results, hashes, args.carry) if args.carry else 0
     recorded = load_equivalent()
+    # mutmut numbers a function's mutants in order, so an edit above a listed mutant renumbers it: the same
+    # mutation of the same function (same mutated line) is still the same equivalent mutant
+    recorded_by_line = {(name.rsplit("__mutmut_", 1)[0], entry.get("line")) for name, entry in recorded.items()}
     survivors: dict[str, list[tuple[str, str, str]]] = {}
     equivalent: set[str] = set()
     for module, mutants in results.items():
@@ -146,8 +150,9 @@ def main(argv: list[str] | None = None) -> int:
             if status in (*CAUGHT, "not checked"):
                 continue
             diff = mutant_diff(args.work, args.mutmut, name)
+            line = mutated_line(diff)
             entry = recorded.get(name)
-            if entry and entry.get("line") == mutated_line(diff):
+            if (entry and entry.get("line") == line) or (name.rsplit("__mutmut_", 1)[0], line) in recorded_by_line:
                 equivalent.add(name)
                 continue
             survivors.setdefault(module, []).append((name, status, diff))

@@ -232,82 +232,83 @@ def _trt_accuracy_check(problem: str | None) -> dict[str, Any]:
     }
 
 
-def _static(run: _Run) -> dict[str, Any]:
+class StaticQuantizer:
     """ort-static: both QDQ files, with the accuracy fall-back loop on val.
 
     The TensorRT file is quantized from the FP32 graph, then converted to FP16 outside the quantized ops
     (`convert_qdq_fp16`, model.fp16.onnx's policy) at every attempt, so the val check of the fall-back loop scores
     the file that ships; where ONNX Runtime cannot run it, the loop and the guard score its FP32 QDQ graph instead
     (`stand_ins`). The per-node ranking always reads the FP32 QDQ graph: `node_errors` captures its activations by
-    name from the FP32 model, which the FP16 graph's casts would not match."""
-    from fbcompress.export.onnx_export import convert_qdq_fp16
-    from fbcompress.quantize import ort_methods as M
-    from fbcompress.quantize.calibration import BatchReader
-    from fbcompress.quantize.cpu import resolve_reduce_range
-    from fbcompress.quantize.fallback import run_fallback
-    from fbcompress.quantize.sensitivity import node_errors
+    name from the FP32 model, which the FP16 graph's casts would not match.
 
-    section = run.section
-    isa, fp_model, by_design = _source_graph(run)
-    base = list(dict.fromkeys([*by_design, *section.exclude_nodes]))
-    cache = run.work / "calibration-ranges.json"
-    input_names = [i.name for i in session_factory(run.src).get_inputs()]
-    reader = BatchReader(run.batches, input_names)
-    infos: dict[int, dict[str, Any]] = {}
-    fp32_qdq: dict[Path, tuple[Path, str | None]] = {}  # shipped TensorRT file -> (FP32 QDQ graph, ORT's problem)
+    One object per run: calibration once, then `build` (one attempt of the fall-back loop), `scored` (what ONNX
+    Runtime scores in each file's place) and `rank` (per-node error) for `run_fallback`."""
 
-    def settings(excluded: list[str], reduce_range: bool) -> M.StaticSettings:
+    def __init__(self, run: _Run):
+        from fbcompress.quantize.calibration import BatchReader
+
+        self.run, self.section = run, run.section
+        self.isa, self.fp_model, self.by_design = _source_graph(run)
+        self.base = list(dict.fromkeys([*self.by_design, *self.section.exclude_nodes]))
+        self.cache = run.work / "calibration-ranges.json"
+        self.reader = BatchReader(run.batches, [i.name for i in session_factory(run.src).get_inputs()])
+        self.infos: dict[int, dict[str, Any]] = {}
+        self.fp32_qdq: dict[Path, tuple[Path, str | None]] = {}  # shipped TensorRT file -> (FP32 QDQ, ORT's problem)
+        self.settled: tuple[Candidate, dict[str, Any]] | None = None  # the CPU file, when chosen before the loop
+
+    def settings(self, excluded: list[str], reduce_range: bool):
+        from fbcompress.quantize import ort_methods as M
+
         return M.StaticSettings(
-            calibration_method=section.calibration_method,
-            percentile=section.percentile,
-            per_channel=section.per_channel,
+            calibration_method=self.section.calibration_method,
+            percentile=self.section.percentile,
+            per_channel=self.section.per_channel,
             reduce_range=reduce_range,
-            exclude=[*base, *excluded],
+            exclude=[*self.base, *excluded],
         )
 
-    run.say(f"calibrating ({section.calibration_method}, {len(run.batches)} batches) ...")
-    calibration = M.calibrate(run.src, reader, cache, settings([], False))
+    def build_cpu_static(self, excluded: list[str], folder: Path) -> dict[str, Any]:
+        from fbcompress.quantize import ort_methods as M
+        from fbcompress.quantize.cpu import resolve_reduce_range
 
-    def build_cpu_static(excluded: list[str], folder: Path) -> dict[str, Any]:
-        return M.quantize_cpu(
-            run.src,
-            folder / INT8_CPU_FILE,
-            cache,
-            settings(excluded, resolve_reduce_range(section.reduce_range, isa)),
-            isa,
-        )
+        settings = self.settings(excluded, resolve_reduce_range(self.section.reduce_range, self.isa))
+        return M.quantize_cpu(self.run.src, folder / INT8_CPU_FILE, self.cache, settings, self.isa)
 
-    settled, probe = _dynamic_first(run, build_cpu_static, base, isa) if section.cpu_file == "auto" else (None, None)
+    def build(self, excluded: list[str], attempt: int) -> dict[str, Path]:
+        from fbcompress.export.onnx_export import convert_qdq_fp16
+        from fbcompress.quantize import ort_methods as M
 
-    def build(excluded: list[str], attempt: int) -> dict[str, Path]:
+        run = self.run
         folder = run.work / f"attempt-{attempt}"
         folder.mkdir()
         run.say(f"quantizing (static QDQ, attempt {attempt}, {len(excluded)} node(s) returned to FP) ...")
-        trt = M.quantize_trt(run.src, folder / TRT_FP32_QDQ, cache, settings(excluded, False))
+        trt = M.quantize_trt(run.src, folder / TRT_FP32_QDQ, self.cache, self.settings(excluded, False))
         trt["precision"] = convert_qdq_fp16(folder / TRT_FP32_QDQ, folder / INT8_TRT_FILE)
         problem = ort_cpu_problem(folder / INT8_TRT_FILE, run.batches[0])
         if problem:
             run.say(f"  ONNX Runtime (CPU) cannot run the FP16 {INT8_TRT_FILE} ({problem}): scoring its FP32 QDQ "
                     "graph instead")
         trt["accuracy_check"] = _trt_accuracy_check(problem)
-        fp32_qdq[folder / INT8_TRT_FILE] = (folder / TRT_FP32_QDQ, problem)
-        infos[attempt] = {INT8_TRT_FILE: trt}
-        if settled is not None:  # the CPU file is settled: the fall-back serves the TensorRT file alone
+        self.fp32_qdq[folder / INT8_TRT_FILE] = (folder / TRT_FP32_QDQ, problem)
+        self.infos[attempt] = {INT8_TRT_FILE: trt}
+        if self.settled is not None:  # the CPU file is settled: the fall-back serves the TensorRT file alone
             return {INT8_TRT_FILE: folder / INT8_TRT_FILE}
-        infos[attempt][INT8_CPU_FILE] = build_cpu_static(excluded, folder)
+        self.infos[attempt][INT8_CPU_FILE] = self.build_cpu_static(excluded, folder)
         return {INT8_TRT_FILE: folder / INT8_TRT_FILE, INT8_CPU_FILE: folder / INT8_CPU_FILE}
 
-    def scored(files: dict[str, Path]) -> dict[str, Path]:
+    def scored(self, files: dict[str, Path]) -> dict[str, Path]:
         """The graphs ONNX Runtime scores for `files`: each file, or its FP32 QDQ graph where it cannot run it."""
-        return {rel: fp32_qdq[path][0] if path in fp32_qdq and fp32_qdq[path][1] else path
+        return {rel: self.fp32_qdq[path][0] if path in self.fp32_qdq and self.fp32_qdq[path][1] else path
                 for rel, path in files.items()}
 
-    def rank(files: dict[str, Path]) -> list[dict[str, Any]]:
-        run.say("measuring per-node quantization error on the calibration batches ...")
+    def rank(self, files: dict[str, Path]) -> list[dict[str, Any]]:
+        from fbcompress.quantize.sensitivity import node_errors
+
+        self.run.say("measuring per-node quantization error on the calibration batches ...")
         merged: dict[str, dict[str, Any]] = {}
         for rel, path in files.items():
-            qdq = fp32_qdq[path][0] if path in fp32_qdq else path  # the FP32 QDQ graph (see the docstring)
-            for row in node_errors(run.src, G.load(qdq), run.batches, session_factory):
+            qdq = self.fp32_qdq[path][0] if path in self.fp32_qdq else path  # the FP32 QDQ graph (see above)
+            for row in node_errors(self.run.src, G.load(qdq), self.run.batches, session_factory):
                 entry = merged.setdefault(
                     row["name"], {"name": row["name"], "op": row["op"], "rel_error": 0.0, "by_file": {}}
                 )
@@ -315,49 +316,61 @@ def _static(run: _Run) -> dict[str, Any]:
                 entry["rel_error"] = max(entry["rel_error"], row["rel_error"])
         return sorted(merged.values(), key=lambda r: r["rel_error"], reverse=True)
 
-    result = run_fallback(
-        build, lambda files: run.val_check(scored(files)), rank, section.max_fallback_nodes, section.fallback, run.say
-    )
-    if not result.ranking and result.passed:
-        result.ranking = rank(result.files)  # the report lists per-node errors even when nothing was returned
-    attempt = len(result.steps) - 1
-    methods = infos[attempt]
-    for info in methods.values():
-        info["calibration"] = calibration
-    if settled is not None:
-        chosen, cpu_file = settled
-    else:
-        static_cpu = Candidate(STATIC, result.files[INT8_CPU_FILE], methods[INT8_CPU_FILE])
-        static_cpu.val = result.steps[-1]["val"].get(INT8_CPU_FILE)
-        # the probe's dynamic graph has the same FP nodes unless the fall-back returned some: reuse it (and its
-        # val score) rather than quantize and score the same graph again
-        reuse = probe if not result.excluded else None
-        chosen, cpu_file = _choose_cpu_file(run, static_cpu, [*base, *result.excluded], isa, reuse)
-    chosen.settings["isa"] = isa.to_dict()
-    files = {**result.files, INT8_CPU_FILE: chosen.path}
-    methods[INT8_CPU_FILE] = chosen.settings
-    first_files = dict(result.first_files)
-    if chosen.name != STATIC:  # the fall-back's latency cost is a static-file figure: no baseline for this one
-        first_files.pop(INT8_CPU_FILE, None)
-    return {
-        "files": files,
-        "first_files": first_files,
-        # file -> the graph ONNX Runtime scores in its place (it cannot run the file): the guard uses them too
-        "stand_ins": {path: qdq for path, (qdq, problem) in fp32_qdq.items() if problem},
-        "cpu_file": cpu_file,
-        "settings": methods,
-        "fp_by_design": by_design,
-        "fp_by_recipe": list(section.exclude_nodes),
-        "fallback": {
-            "enabled": section.fallback,
-            "max_nodes": section.max_fallback_nodes,
-            "returned_to_fp": result.excluded,
-            "steps": _slim_steps(result.steps),
-            "stopped": result.stopped,
-            "per_node_error": result.ranking,
-            "passed_on_val": result.passed,
-        },
-    }
+    def quantize(self) -> dict[str, Any]:
+        from fbcompress.quantize import ort_methods as M
+        from fbcompress.quantize.fallback import run_fallback
+
+        run, section = self.run, self.section
+        run.say(f"calibrating ({section.calibration_method}, {len(run.batches)} batches) ...")
+        calibration = M.calibrate(run.src, self.reader, self.cache, self.settings([], False))
+        probe = None
+        if section.cpu_file == "auto":
+            self.settled, probe = _dynamic_first(run, self.build_cpu_static, self.base, self.isa)
+        result = run_fallback(self.build, lambda files: run.val_check(self.scored(files)), self.rank,
+                              section.max_fallback_nodes, section.fallback, run.say)
+        if not result.ranking and result.passed:
+            result.ranking = self.rank(result.files)  # the report lists per-node errors even when none returned
+        methods = self.infos[len(result.steps) - 1]
+        for info in methods.values():
+            info["calibration"] = calibration
+        if self.settled is not None:
+            chosen, cpu_file = self.settled
+        else:
+            static_cpu = Candidate(STATIC, result.files[INT8_CPU_FILE], methods[INT8_CPU_FILE])
+            static_cpu.val = result.steps[-1]["val"].get(INT8_CPU_FILE)
+            # the probe's dynamic graph has the same FP nodes unless the fall-back returned some: reuse it (and
+            # its val score) rather than quantize and score the same graph again
+            reuse = probe if not result.excluded else None
+            chosen, cpu_file = _choose_cpu_file(run, static_cpu, [*self.base, *result.excluded], self.isa, reuse)
+        chosen.settings["isa"] = self.isa.to_dict()
+        files = {**result.files, INT8_CPU_FILE: chosen.path}
+        methods[INT8_CPU_FILE] = chosen.settings
+        first_files = dict(result.first_files)
+        if chosen.name != STATIC:  # the fall-back's latency cost is a static-file figure: no baseline for this one
+            first_files.pop(INT8_CPU_FILE, None)
+        return {
+            "files": files,
+            "first_files": first_files,
+            # file -> the graph ONNX Runtime scores in its place (it cannot run the file): the guard uses them too
+            "stand_ins": {path: qdq for path, (qdq, problem) in self.fp32_qdq.items() if problem},
+            "cpu_file": cpu_file,
+            "settings": methods,
+            "fp_by_design": self.by_design,
+            "fp_by_recipe": list(section.exclude_nodes),
+            "fallback": {
+                "enabled": section.fallback,
+                "max_nodes": section.max_fallback_nodes,
+                "returned_to_fp": result.excluded,
+                "steps": _slim_steps(result.steps),
+                "stopped": result.stopped,
+                "per_node_error": result.ranking,
+                "passed_on_val": result.passed,
+            },
+        }
+
+
+def _static(run: _Run) -> dict[str, Any]:
+    return StaticQuantizer(run).quantize()
 
 
 def _dynamic_candidate(run: _Run, keep_fp: list[str], isa, folder_name: str) -> Candidate:

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from fbcompress.core.errors import FbError
-from fbcompress.data import synth
 from fbcompress.data.contact_sheet import make_contact_sheet
 from fbcompress.data.dataset_dir import SPLITS, DatasetDir, EvalSetSizes
 from fbcompress.data.synth import (
@@ -21,6 +20,7 @@ from fbcompress.data.synth import (
     generate_catalogue,
     synthesize_dataset,
 )
+from fbcompress.data.synth import catalogue as catalogue_module
 
 EVAL = EvalSetSizes(queries=10, negatives=4)
 RECORD_KEYS = ("id", "product_id", "text", "title", "description", "category", "subcategory", "attributes",
@@ -176,7 +176,7 @@ def test_bad_arguments_raise_fberror(tmp_path: Path, kwargs: dict, message: str)
 
 
 def test_failure_during_generation_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    real_render = synth.render
+    real_render = catalogue_module.render
     calls = {"n": 0}
 
     def flaky_render(*args, **kwargs):
@@ -185,7 +185,7 @@ def test_failure_during_generation_leaves_nothing(tmp_path: Path, monkeypatch: p
             raise RuntimeError("disk on fire")
         return real_render(*args, **kwargs)
 
-    monkeypatch.setattr(synth, "render", flaky_render)
+    monkeypatch.setattr(catalogue_module, "render", flaky_render)
     with pytest.raises(RuntimeError, match="disk on fire"):
         synthesize_dataset(tmp_path / "cat", products=30, image_size=32, seed=0, val_fraction=0.1,
                            test_fraction=0.1, eval_sizes=EVAL)
