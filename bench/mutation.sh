@@ -23,7 +23,7 @@ CORE=(
   fbcompress/training/adaptive_loss.py fbcompress/training/masking.py fbcompress/training/distributed.py
   fbcompress/training/loop.py fbcompress/data/batching.py fbcompress/release/check.py fbcompress/quantize/measure.py
   fbcompress/quantize/fallback.py fbcompress/bundle/store.py fbcompress/bundle/manifest.py fbcompress/core/errors.py
-  fbcompress/modeling/checkpoint.py
+  fbcompress/modeling/checkpoint.py fbcompress/release/verdict.py
 )
 MODULES=("${@:-${CORE[@]}}")
 if [ ! -x "$MUTMUT" ]; then

@@ -59,7 +59,7 @@ def check_cmd(
     from fbcompress.release.check import check_section, format_verdict, run_check
 
     section, source = check_section(recipe, overrides, [candidate, teacher])
-    result = run_check(
+    verdict = run_check(
         teacher,
         candidate,
         data_dir,
@@ -70,9 +70,10 @@ def check_cmd(
         progress=progress_wanted(),
         teacher_eval=teacher_eval,
     )
-    result["tolerances_from"] = source
+    verdict.tolerances_from = source
+    result = verdict.to_json()
     click.echo(format_verdict(result), err=json_path == "-")
     if json_path:
         write_json_output(json_path, result)
-    if not result["passed"]:
+    if not verdict.passed:
         sys.exit(1)

@@ -276,12 +276,16 @@ def _run_action(action: Callable[[], None]) -> int:
 
 
 def check_latency_ms(check_json: Path) -> float | None:
-    """The candidate's p50 at the recipe's reference shape, as `fbcompress check` measured it."""
+    """The candidate's p50 at the recipe's reference shape, as `fbcompress check` measured it (None when the
+    verdict is missing or unreadable: that student is ranked last)."""
+    from fbcompress.release.verdict import read_verdict
+
     try:
-        report = json.loads(check_json.read_text())
-        return float(report["candidate"]["latency"]["p50_ms"])
-    except (OSError, ValueError, KeyError, TypeError):
+        verdict = read_verdict(check_json)
+    except FbError:
         return None
+    p50 = verdict.candidate.latency.get("p50_ms") if verdict is not None else None
+    return float(p50) if isinstance(p50, (int, float)) and not isinstance(p50, bool) else None
 
 
 class _Runner:

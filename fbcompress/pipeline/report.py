@@ -35,6 +35,18 @@ def _load(path: Path) -> Any:
         return None
 
 
+def _verdict(path: Path):
+    """The release gate's verdict for the report, None when there is none (or it cannot be read: the report
+    still says what else ran)."""
+    from fbcompress.core.errors import FbError
+    from fbcompress.release.verdict import read_verdict
+
+    try:
+        return read_verdict(path)
+    except FbError:
+        return None
+
+
 def _size_mb(path: Path) -> float | None:
     if path.is_dir():
         weights = path / "model.safetensors"
@@ -111,13 +123,10 @@ def student_rows(out: Path, students: list[str], shipped: str | None) -> list[di
     good on AUC, mean Rank@10, latency and size, and better on one)."""
     rows = []
     for name in students:
-        check = _load(out / "eval" / name / "check.json")
-        if not isinstance(check, dict):
+        check = _verdict(out / "eval" / name / "check.json")
+        if check is None:
             continue
-        candidate = check.get("candidate") or {}
-        metrics, latency = candidate.get("eval") or {}, candidate.get("latency") or {}
-        speedup = next((c.get("delta") for c in check.get("checks", []) if str(c.get("metric", "")).startswith(
-            "speed-up")), None)
+        metrics, latency = check.candidate.eval, check.candidate.latency
         rows.append({
             "student": name,
             **_student_width(out / "students" / name),
@@ -125,10 +134,10 @@ def student_rows(out: Path, students: list[str], shipped: str | None) -> list[di
             "itr_r10": (metrics.get("itr") or {}).get("r10"),
             "tir_r10": (metrics.get("tir") or {}).get("r10"),
             "p50_ms": latency.get("p50_ms"),
-            "speedup": speedup,
+            "speedup": check.speedup(),
             "int8_mb": _size_mb(out / "bundles" / name / INT8_CPU_FILE),
-            "verdict": check.get("verdict"),
-            "failed": [str(metric).split(" (")[0] for metric in check.get("failed") or []],
+            "verdict": check.verdict,
+            "failed": [metric.split(" (")[0] for metric in check.failed],
             "shipped": name == shipped,
         })
     keys = (("auc", 1), ("rank10", 1), ("p50_ms", -1), ("int8_mb", -1))  # direction: 1 higher is better
@@ -158,7 +167,7 @@ def build_report(out: Path, bundle: Path, stages: list[dict], machine: dict, stu
     evals = out / "eval"
     bench = _load(out / "bench.json")
     student_evals = evals / shipped if shipped else None
-    check = _load(student_evals / "check.json") if student_evals else None
+    check = _verdict(student_evals / "check.json") if student_evals else None
     rows = []
     for label, key, rel in FORMS:
         if key == "teacher":
@@ -168,8 +177,8 @@ def build_report(out: Path, bundle: Path, stages: list[dict], machine: dict, stu
         else:
             model_path = out / "students" / shipped if key == "student" else bundle / rel
             metrics = _load(student_evals / f"{key}.json") or {}
-        if not metrics and key == "int8" and isinstance(check, dict):
-            metrics = check.get("candidate", {}).get("eval") or {}  # the gate scored the INT8 model: reuse it
+        if not metrics and key == "int8" and check is not None:
+            metrics = check.candidate.eval  # the gate scored the INT8 model: reuse it
         rows.append({
             "form": label,
             "key": key,
@@ -194,7 +203,7 @@ def build_report(out: Path, bundle: Path, stages: list[dict], machine: dict, stu
         "models": rows,
         "shipped_student": shipped,
         "students": student_rows(out, students or [], shipped),
-        "check": check,
+        "check": check.to_json() if check is not None else None,
         "plots": sorted(p.name for p in plots.glob("*.png")) if plots.is_dir() else [],
     }
     atomic_write_json(out / "report.json", report)

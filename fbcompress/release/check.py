@@ -20,8 +20,8 @@ from typing import Any
 
 from fbcompress.core.errors import FbError
 from fbcompress.evaluation.tolerance import within
+from fbcompress.release.verdict import CheckedModel, CheckVerdict
 
-CHECK_SCHEMA = "fbcompress-check/1"
 RANK_K = 10
 
 
@@ -95,7 +95,7 @@ def run_check(
     max_queries: int | None = None,
     progress: bool = False,
     teacher_eval: Path | None = None,
-) -> dict[str, Any]:
+) -> CheckVerdict:
     """Evaluate and time both models; the verdict rows and everything they were computed from.
 
     `teacher_eval`: a saved `fbcompress eval --json` of the teacher on the same data and split, used instead of
@@ -154,21 +154,20 @@ def run_check(
     rows = verdict_rows(evals, latency, section, device)
     failed = [r["metric"] for r in rows if r["passed"] is False]
     cuda = device.startswith("cuda")
-    return {
-        "schema": CHECK_SCHEMA,
-        "passed": not failed,
-        "verdict": "FAIL" if failed else "PASS",
-        "failed": failed,
-        "split": split,
-        "data": str(data_dir),
-        "synthetic_data": bool(evals["teacher"].get("synthetic")),
-        "device": device,
-        "tolerances": section.model_dump(),
-        "checks": rows,
-        "teacher": {"path": str(teacher), "eval": evals["teacher"], "latency": latency["teacher"]},
-        "candidate": {"path": str(candidate), "eval": evals["candidate"], "latency": latency["candidate"]},
-        "machine": machine_info(int(device.partition(":")[2] or 0) if cuda else None),
-    }
+    return CheckVerdict(
+        passed=not failed,
+        verdict="FAIL" if failed else "PASS",
+        failed=failed,
+        split=split,
+        data=str(data_dir),
+        synthetic_data=bool(evals["teacher"].get("synthetic")),
+        device=device,
+        tolerances=section.model_dump(),
+        checks=rows,
+        teacher=CheckedModel(path=str(teacher), eval=evals["teacher"], latency=latency["teacher"]),
+        candidate=CheckedModel(path=str(candidate), eval=evals["candidate"], latency=latency["candidate"]),
+        machine=machine_info(int(device.partition(":")[2] or 0) if cuda else None),
+    )
 
 
 def _cell(value: float, metric: str) -> str:

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from records import verdict_record
 
 from fbcompress.pipeline import quickstart as qs
 from fbcompress.pipeline.report import build_report, plot_task_weights
@@ -306,11 +307,12 @@ def test_report_lists_every_gated_student_with_its_pareto_flag(tmp_path):
         (out / "bundles" / name / "model.int8.onnx").write_bytes(b"x" * size)
         metrics = {"auc": auc, "itr": {"r10": 0.5}, "tir": {"r10": 0.5}}
         failed = ["AUC"] if name == "slow" else []
-        (out / "eval" / name / "check.json").write_text(json.dumps({
-            "verdict": "FAIL" if failed else "PASS", "failed": failed,
-            "checks": [{"metric": "speed-up (p50 ms @ 1x16 cpu)", "delta": 8.0 / p50}],
-            "candidate": {"eval": metrics, "latency": {"p50_ms": p50}},
-        }))
+        record = verdict_record({"p50_ms": p50}, passed=not failed)
+        record["failed"] = failed
+        record["checks"].append({"metric": "speed-up (p50 ms @ 1x16 cpu)", "teacher": 8.0, "candidate": p50,
+                                 "delta": 8.0 / p50, "limit": ">= 1x", "passed": True})
+        record["candidate"]["eval"] = metrics
+        (out / "eval" / name / "check.json").write_text(json.dumps(record))
     report = build_report(out, bundle, [], {"cpu": "Test CPU"}, ["fast", "mid", "slow", "untried"], "fast")
     rows = {row["student"]: row for row in report["students"]}
     assert set(rows) == {"fast", "mid", "slow"}  # a student that never reached its gate has no row

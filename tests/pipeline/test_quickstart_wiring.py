@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from records import verdict_record
 
 from fbcompress.pipeline import quickstart as qs
 
@@ -247,9 +248,7 @@ class Pipeline:
             self._read(flag(args, "--candidate"), "int8 of ")
             self._read(flag(args, "--teacher-eval"), "{")
             latency = {"p50_ms": self.p50[student]} if student in self.p50 else {}
-            report = {"verdict": "PASS", "failed": [], "checks": [],
-                      "teacher": {"latency": {"p50_ms": 100.0}},
-                      "candidate": {"path": flag(args, "--candidate"), "eval": {"auc": 0.9}, "latency": latency}}
+            report = verdict_record(latency, flag(args, "--candidate"))
             self._write(Path(flag(args, "--json")), json.dumps(report))
         elif command == "bench":
             for model in flags(args, "--model"):
@@ -345,13 +344,11 @@ def write_check(path: Path, report) -> Path:
 def test_check_latency_ms_reads_the_candidates_p50(tmp_path):
     """The candidate's p50, not the teacher's, not p99/mean. Breaks caught: report["teacher"] instead of
     ["candidate"]; "p99_ms" or "mean_ms" instead of "p50_ms"; the value rounded or converted to seconds."""
-    path = write_check(tmp_path / "check.json", {
-        "teacher": {"latency": {"p50_ms": 20.0, "p99_ms": 30.0}},
-        "candidate": {"latency": {"p50_ms": 1.375, "p99_ms": 4.5, "mean_ms": 2.0, "p90_ms": 3.0}},
-    })
+    path = write_check(tmp_path / "check.json",
+                       verdict_record({"p50_ms": 1.375, "p99_ms": 4.5, "mean_ms": 2.0, "p90_ms": 3.0}))
     value = qs.check_latency_ms(path)
     assert value == 1.375 and isinstance(value, float)
-    write_check(path, {"candidate": {"latency": {"p50_ms": 3}}})
+    write_check(path, verdict_record({"p50_ms": 3}))
     value = qs.check_latency_ms(path)
     assert value == 3.0 and isinstance(value, float)
 
@@ -360,17 +357,19 @@ def test_check_latency_ms_reads_the_candidates_p50(tmp_path):
     None,  # no file: the gate never ran
     "{not json",
     {},
-    {"candidate": {}},
-    {"candidate": {"latency": {}}},
-    {"candidate": {"latency": {"p50_ms": None}}},
-    {"candidate": {"latency": {"p50_ms": "fast"}}},
-    {"candidate": None},
+    {"candidate": {"latency": {"p50_ms": 3.0}}},  # not a whole verdict
+    verdict_record({}),
+    verdict_record({"p50_ms": None}),
+    verdict_record({"p50_ms": "fast"}),
+    verdict_record({"p50_ms": True}),
+    {**verdict_record({"p50_ms": 3.0}), "candidate": None},
     [],
-], ids=["missing", "bad-json", "empty", "no-latency", "no-p50", "null-p50", "text-p50", "null-candidate", "list"])
+], ids=["missing", "bad-json", "empty", "partial", "no-p50", "null-p50", "text-p50", "bool-p50", "null-candidate",
+        "list"])
 def test_check_latency_ms_is_none_for_an_unreadable_report(tmp_path, content):
     """A report without a readable candidate p50 gives None (so the ladder ranks that student last), never an
-    exception. Break caught: an exception type dropped from the `except` tuple (OSError, ValueError, KeyError or
-    TypeError escaping and crashing the --all-students run)."""
+    exception. Breaks caught: a missing file, bad JSON or a record that is not a verdict escaping as an exception
+    (crashing the --all-students run); a p50 that is not a number (a bool included) taken as one."""
     path = tmp_path / "eval" / "s" / "check.json"
     if content is not None:
         write_check(path, content)

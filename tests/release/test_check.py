@@ -23,7 +23,8 @@ import pytest
 from cli_helpers import assert_one_line_error, run
 
 from fbcompress.recipes import CheckSection, load_recipe
-from fbcompress.release.check import CHECK_SCHEMA, check_section, format_verdict, verdict_rows
+from fbcompress.release.check import check_section, format_verdict, verdict_rows
+from fbcompress.release.verdict import CHECK_SCHEMA
 
 # The teacher recipe for these tests: smoke sizes, trained until it reads colours (see the module doc).
 TEACHER_SETTINGS = (

@@ -140,14 +140,15 @@ def test_run_check_end_to_end(models, tmp_path, monkeypatch):
     from fbcompress.data.dataset_dir import DatasetDir
     from fbcompress.evaluation import latency
     from fbcompress.evaluation.metrics import model_sha256
-    from fbcompress.release.check import CHECK_SCHEMA, run_check
+    from fbcompress.release.check import run_check
+    from fbcompress.release.verdict import CHECK_SCHEMA
 
     teacher, candidate, tiny = models
     data = _synthetic_copy(tiny, tmp_path)
     timed: list[dict] = []
     real = latency.time_interleaved
     monkeypatch.setattr(latency, "time_interleaved", lambda calls, **kw: timed.append(kw) or real(calls, **kw))
-    result = run_check(teacher, candidate, data, FAST, split="val", max_queries=3)
+    result = run_check(teacher, candidate, data, FAST, split="val", max_queries=3).to_json()
     assert [(kw["runs"], kw["warmup"]) for kw in timed] == [(12, 2)]  # the recipe's timing, both models at once
     assert result["schema"] == CHECK_SCHEMA
     assert (result["split"], result["data"], result["device"]) == ("val", str(data), "cpu")
@@ -183,7 +184,7 @@ def test_run_check_fails_on_a_gate_and_names_it(models):
 
     teacher, candidate, data = models
     strict = FAST.model_copy(update={"min_speedup": 1000.0})
-    result = run_check(teacher, candidate, data, strict, max_queries=1)
+    result = run_check(teacher, candidate, data, strict, max_queries=1).to_json()
     assert (result["split"], result["device"], result["candidate"]["eval"]["split"]) == ("test", "cpu", "test")
     assert (result["passed"], result["verdict"]) == (False, "FAIL")
     assert result["failed"] == ["speed-up (p50 ms @ 2x8 cpu)"]
@@ -213,7 +214,7 @@ def test_run_check_reuses_the_saved_teacher_eval(models, tmp_path, monkeypatch):
         return real(scorer, *args, **kwargs)
 
     monkeypatch.setattr(evaluate_module, "evaluate", counting)
-    again = run_check(teacher, candidate, data, FAST, split="val", max_queries=3, teacher_eval=saved)
+    again = run_check(teacher, candidate, data, FAST, split="val", max_queries=3, teacher_eval=saved).to_json()
     assert again["teacher"]["eval"]["marker"] == "saved" and "marker" not in again["candidate"]["eval"]
     assert len(scored) == 1 and scored[0].startswith("onnxruntime")
 
@@ -240,7 +241,7 @@ def test_run_check_refuses_a_text_length_beyond_either_tokenizer(models):
     teacher, candidate, data = models
     longest = open_scorer(candidate).spec.max_text_len
     ok = FAST.model_copy(update={"text_length": longest, "latency_runs": 1})
-    assert run_check(teacher, candidate, data, ok, split="val", max_queries=1)["schema"]
+    assert run_check(teacher, candidate, data, ok, split="val", max_queries=1).to_json()["schema"]
     with pytest.raises(FbError, match=rf"check.text_length {longest + 1}: the teacher's tokenizer emits at most "
                                       rf"{longest} tokens"):
         run_check(teacher, candidate, data, FAST.model_copy(update={"text_length": longest + 1}), split="val")

@@ -1,0 +1,13 @@
+"""Hand-made records in the project's own formats, for tests that feed a reader without running the writer."""
+
+from __future__ import annotations
+
+
+def verdict_record(candidate_latency: dict, candidate: str = "c.int8.onnx", passed: bool = True) -> dict:
+    """A whole `fbcompress check --json` record (release/verdict.py's schema) with this candidate latency."""
+    row = {"metric": "AUC", "teacher": 0.9, "candidate": 0.9, "delta": 0.0, "limit": "<= 0.005", "passed": passed}
+    return {"schema": "fbcompress-check/1", "passed": passed, "verdict": "PASS" if passed else "FAIL",
+            "failed": [] if passed else ["AUC"], "split": "test", "data": "d", "synthetic_data": True,
+            "device": "cpu", "tolerances": {}, "tolerances_from": "recipe smoke", "checks": [row],
+            "teacher": {"path": "t", "eval": {"auc": 0.9}, "latency": {"p50_ms": 100.0, "p99_ms": 120.0}},
+            "candidate": {"path": candidate, "eval": {"auc": 0.9}, "latency": candidate_latency}, "machine": {}}
