@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
+from pydantic import BaseModel, ConfigDict
 
 from fbcompress.modeling.model import PatchSpec
 
@@ -250,24 +251,56 @@ def matmul_gflops(size: int = 1024, seconds: float = 0.3) -> float:
     return round(2 * size**3 * calls / elapsed / 1e9, 1)
 
 
+class GpuRecord(BaseModel):
+    """The GPU a figure was measured on (`gpu_info`)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    gpu: str
+    index: int
+    compute_capability: str
+    memory_gib: float | None = None
+    cuda_runtime: str | None = None
+    cudnn: int | None = None
+    driver: str | None = None
+
+
+class MachineRecord(BaseModel):
+    """What every latency figure is reported with (design.md: always the machine beside the number): the one
+    format of the machine in bench, check, export, quantize and the quickstart report."""
+
+    model_config = ConfigDict(extra="allow")
+
+    cpu: str
+    logical_cores: int | None = None
+    physical_cores: int | None = None
+    sockets: int | None = None
+    usable_cores: int | None = None
+    memory_gib: float | None = None
+    torch_threads: int
+    os: str
+    fp32_matmul_gflops: float
+    gpu: GpuRecord | None = None
+    versions: dict[str, str | None]
+    onnxruntime_providers: list[str]
+
+
 def machine_info(gpu_index: int | None = None) -> dict:
-    """What a latency figure was measured on (design.md: always report the machine beside the number): CPU,
-    cores, torch threads, GPU and driver when one is used or visible, library versions, ORT providers."""
+    """The machine record (`MachineRecord`, as JSON-ready dict): CPU, cores, torch threads, a measured FP32 GEMM
+    speed, the GPU and driver when one is used or visible, library versions, ORT providers."""
     import platform
 
-    info: dict = {**cpu_info(), "torch_threads": torch.get_num_threads(), "os": platform.platform()}
-    info["fp32_matmul_gflops"] = matmul_gflops()
     gpu = gpu_info(gpu_index or 0) if gpu_index is not None or torch.cuda.is_available() else None
-    if gpu is not None:
-        info["gpu"] = gpu
-    info["versions"] = library_versions()
     try:
         import onnxruntime
 
-        info["onnxruntime_providers"] = list(onnxruntime.get_available_providers())
+        providers = list(onnxruntime.get_available_providers())
     except ImportError:
-        info["onnxruntime_providers"] = []
-    return info
+        providers = []
+    record = MachineRecord(**cpu_info(), torch_threads=torch.get_num_threads(), os=platform.platform(),
+                           fp32_matmul_gflops=matmul_gflops(), gpu=gpu, versions=library_versions(),
+                           onnxruntime_providers=providers)
+    return record.model_dump(exclude_none=False, exclude={"gpu"} if gpu is None else set())
 
 
 def machine_line(machine: dict) -> str:

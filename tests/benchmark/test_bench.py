@@ -137,11 +137,13 @@ class FakeRunner:
 
 def test_machine_info_carries_a_measured_gemm_speed():
     """Two VMs of one name can differ 1.6x: every result file says how fast the machine's FP32 GEMM was."""
-    from fbcompress.evaluation.latency import machine_info, matmul_gflops
+    from fbcompress.evaluation.latency import MachineRecord, machine_info, matmul_gflops
 
     assert 0.1 < matmul_gflops(size=128, seconds=0.05) < 1e5
     info = machine_info()
     assert info["fp32_matmul_gflops"] > 0 and info["torch_threads"] >= 1
+    assert MachineRecord.model_validate(info).model_dump(exclude={"gpu"} if "gpu" not in info else set()) == info
+    assert "gpu" not in info or info["gpu"]["compute_capability"]  # no GPU: no key, as every reader expects
 
 
 def test_measure_reports_stats_throughput_and_memory():

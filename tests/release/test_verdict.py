@@ -23,7 +23,8 @@ def test_a_written_verdict_reads_back_the_same(tmp_path):
 
 
 def test_no_file_is_no_verdict_and_a_broken_one_is_one_line(tmp_path):
-    """Breaks caught: a missing verdict raising; a bad file escaping as a traceback or read as a verdict."""
+    """Breaks caught: a missing verdict raising; a bad file escaping as a traceback or read as a verdict; the
+    message not naming the file."""
     assert read_verdict(tmp_path / "none.json") is None
     path = tmp_path / "check.json"
     path.write_text("{not json")
@@ -38,7 +39,8 @@ def test_no_file_is_no_verdict_and_a_broken_one_is_one_line(tmp_path):
         path.write_text(json.dumps({**verdict_record({"p50_ms": 1.0}), **edit}))
         with pytest.raises(FbError) as caught:
             read_verdict(path)
-        assert message in str(caught.value) and "\n" not in str(caught.value), message
+        assert str(caught.value).startswith(f"{path}: ") and message in str(caught.value), message
+        assert "\n" not in str(caught.value)
 
 
 def test_the_gate_rows_of_a_verdict_keep_info_rows_apart():
