@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
+from records import DELETE, mutated
 
 from fbcompress.bundle import store as B
 from fbcompress.bundle.manifest import FORMAT_VERSION, parse_manifest, parse_patch_spec
@@ -30,18 +31,7 @@ VALID = {
 
 
 def _edited(path: tuple, value: object) -> dict:
-    manifest = copy.deepcopy(VALID)
-    node = manifest
-    for key in path[:-1]:
-        node = node[key]
-    if value is _DROP:
-        del node[path[-1]]
-    else:
-        node[path[-1]] = value
-    return manifest
-
-
-_DROP = object()
+    return mutated(VALID, path, value)
 
 
 def test_a_valid_manifest_is_read_with_its_extra_keys_kept():
@@ -57,7 +47,7 @@ def test_a_valid_manifest_is_read_with_its_extra_keys_kept():
 @pytest.mark.parametrize(
     ("path", "value", "message"),
     [
-        (("files",), _DROP, "m.json: files: Field required"),
+        (("files",), DELETE, "m.json: files: Field required"),
         (("files",), [], "m.json: files: Input should be a valid dictionary"),
         (("files", "model.onnx", "sha256"), 7, "files['model.onnx'].sha256: Input should be a valid string (got 7)"),
         (("files", "model.onnx"), {"role": "onnx"}, "m.json: files['model.onnx'].sha256: Field required"),
@@ -70,16 +60,16 @@ def test_a_valid_manifest_is_read_with_its_extra_keys_kept():
                                                                  "should be a valid dictionary (got 'cpu')"),
         (("models", "model.onnx", "latency", "cases", 0, "p50_ms"), True, "latency.cases[0].p50_ms: Input should be"
                                                                           " a valid number (got True)"),
-        (("models", "model.onnx", "latency", "cases", 0, "batch"), _DROP, "latency.cases[0].batch: Field required"),
+        (("models", "model.onnx", "latency", "cases", 0, "batch"), DELETE, "latency.cases[0].batch: Field required"),
         (("max_text_positions",), 0, "m.json: max_text_positions: Input should be greater than or equal to 1 (got 0)"),
         (("max_text_positions",), 4.0, "m.json: max_text_positions: Input should be a valid integer (got 4.0)"),
         (("inputs", 0, "shape"), "batch", "m.json: inputs[0].shape: Input should be a valid list (got 'batch')"),
-        (("inputs", 0, "dtype"), _DROP, "m.json: inputs[0].dtype: Field required"),
+        (("inputs", 0, "dtype"), DELETE, "m.json: inputs[0].dtype: Field required"),
         (("shape_profiles", 0, "batch"), [1, 8], "m.json: shape_profiles[0].batch: List should have at least 3 items"),
         (("shape_profiles", 0, "text"), [1, 2, 3, 4], "shape_profiles[0].text: List should have at most 3 items"),
         (("shape_profiles", 0, "text", 1), 1.5, "shape_profiles[0].text[1]: Input should be a valid integer (got 1.5)"),
-        (("shape_profiles", 0, "name"), _DROP, "shape_profiles[0].name: Field required"),
-        (("triton", "platform"), _DROP, "m.json: triton.platform: Field required"),
+        (("shape_profiles", 0, "name"), DELETE, "shape_profiles[0].name: Field required"),
+        (("triton", "platform"), DELETE, "m.json: triton.platform: Field required"),
         (("triton",), "x", "m.json: triton: Input should be a valid dictionary"),
         (("recipe", "export"), 3, "m.json: recipe.export: Input should be a valid dictionary (got 3)"),
         (("history",), {}, "m.json: history: Input should be a valid list"),

@@ -11,7 +11,6 @@ mix); the expensive inputs (a small export bundle, a tiny dataset dir, a tokeniz
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import os
 import shutil
@@ -28,6 +27,7 @@ from cli_helpers import assert_one_line_error, run
 from conftest import write_tiny_dataset
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from records import DELETE, mutated
 
 from fbcompress.core.errors import FbError
 from fbcompress.recipes import RECIPES_DIR, Recipe, load_recipe, merged_overrides, parse_recipe
@@ -96,20 +96,6 @@ def tree_paths(node: Any, prefix: tuple = ()) -> list[tuple]:
     return paths
 
 
-DELETE = object()
-
-
-def mutated(tree: Any, path: tuple, value: Any) -> Any:
-    """A deep copy of `tree` with the node at `path` replaced by `value` (or removed when `value` is DELETE)."""
-    out = copy.deepcopy(tree)
-    parent = out
-    for part in path[:-1]:
-        parent = parent[part]
-    if value is DELETE:
-        del parent[path[-1]]
-    else:
-        parent[path[-1]] = value
-    return out
 
 
 @st.composite
