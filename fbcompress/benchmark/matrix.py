@@ -24,11 +24,11 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from fbcompress.benchmark.record import BENCH_SCHEMA, BenchRecord, BenchRow
 from fbcompress.benchmark.runners import MEMORY_CPU, MEMORY_CUDA_DEVICE, MEMORY_TORCH_CUDA, Runner, Target, open_runner
 from fbcompress.core.errors import BackendUnavailable, FbError
 from fbcompress.evaluation.latency import example_inputs, machine_info, padded_inputs, throughput, time_interleaved
 
-BENCH_SCHEMA = "fbcompress-bench/1"
 MIN_RUNS = 100  # design.md: p50/p90/p99 over >= 100 timed runs
 MIB = 2**20
 
@@ -268,31 +268,27 @@ def _length_notes(runner: Runner, label: str, lengths: tuple[int, ...], pads: li
     return notes
 
 
-def _add_speedups(rows: list[dict[str, Any]], first_model: int | None = None) -> None:
+def _add_speedups(rows: list[BenchRow], first_model: int | None = None) -> None:
     """speedup_vs_first: the first timed model's p50 / this p50 at the same shape; vsl_speedup on a VSL row: the
     same model's p50 padded to --pad-to / its VSL p50 (what not padding saves). Skipped and failed rows have
     neither, and are no one's reference."""
-    ok = [r for r in rows if _timed(r)]
+    ok = [r for r in rows if r.timed]
     if first_model is None:
-        first_model = min((r["model"] for r in rows), default=0)
-    base = {(r["batch"], r["text"], r["padded_to"]): r for r in ok if r["model"] == first_model}
-    padded = {(r["model"], r["batch"], r["text"]): r for r in ok if r["padded_to"] is not None}
+        first_model = min((r.model for r in rows), default=0)
+    base = {(r.batch, r.text, r.padded_to): r for r in ok if r.model == first_model}
+    padded = {(r.model, r.batch, r.text): r for r in ok if r.padded_to is not None}
     for row in rows:
-        row["speedup_vs_first"] = None
-        if row["padded_to"] is None:
-            row["vsl_speedup"] = None
-        if not _timed(row):
+        row.speedup_vs_first = None
+        if row.padded_to is None:
+            row.vsl_speedup = None
+        if not row.timed:
             continue
-        ref = base.get((row["batch"], row["text"], row["padded_to"]))
-        if ref is not None and row["p50_ms"] > 0:
-            row["speedup_vs_first"] = ref["p50_ms"] / row["p50_ms"]
-        pad = padded.get((row["model"], row["batch"], row["text"])) if row["padded_to"] is None else None
-        if pad is not None and row["p50_ms"] > 0:
-            row["vsl_speedup"] = pad["p50_ms"] / row["p50_ms"]
-
-
-def _timed(row: dict[str, Any]) -> bool:
-    return row.get("error") is None and not row.get("skipped") and row.get("p50_ms") is not None
+        ref = base.get((row.batch, row.text, row.padded_to))
+        if ref is not None and row.p50_ms > 0:
+            row.speedup_vs_first = ref.p50_ms / row.p50_ms
+        pad = padded.get((row.model, row.batch, row.text)) if row.padded_to is None else None
+        if pad is not None and row.p50_ms > 0:
+            row.vsl_speedup = pad.p50_ms / row.p50_ms
 
 
 def run_bench(
@@ -302,7 +298,7 @@ def run_bench(
     progress: bool = False,
     runners: list[Runner] | None = None,
     timer: Callable[[], float] | None = None,
-) -> dict[str, Any]:
+) -> BenchRecord:
     """Open every model first (so bad input fails before any timing), then time the whole matrix.
 
     A model this machine cannot run (`BackendUnavailable`) is a skipped entry, and a shape a model cannot run
@@ -332,20 +328,20 @@ def run_bench(
     cuda_devices = [r.target.device for r in active if r.target.device.startswith("cuda")]
     machine = machine_info(int(cuda_devices[0].partition(":")[2] or 0) if cuda_devices else None)
     models = sorted([_model_entry(i, labels[i], r) for i, r in opened] + skipped_models, key=lambda m: m["id"])
-    rows = _time_matrix(opened, labels, settings, progress, timer)
-    rows.sort(key=lambda row: row["model"])  # stable: per model, in shape order, as the tables read
+    rows = [BenchRow.model_validate(row) for row in _time_matrix(opened, labels, settings, progress, timer)]
+    rows.sort(key=lambda row: row.model)  # stable: per model, in shape order, as the tables read
     _add_speedups(rows, first_model=opened[0][0])
-    return {
+    return BenchRecord.model_validate({
         "schema": BENCH_SCHEMA,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": machine,
         "settings": settings.to_dict(),
         "models": models,
         "results": rows,
-        "failed": sum(1 for r in rows if r.get("error")),
-        "skipped": sum(1 for r in rows if r.get("skipped")),
+        "failed": sum(1 for r in rows if r.error),
+        "skipped": sum(1 for r in rows if r.skipped),
         "notes": notes,
-    }
+    })
 
 
 def _model_entry(index: int, label: str, runner: Runner) -> dict[str, Any]:

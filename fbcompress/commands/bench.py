@@ -146,13 +146,13 @@ def bench_cmd(
     settings = BenchSettings(batches, lengths, runs, warmup, pad_to, seed, threads)
     result = run_bench(targets, settings, clip_lengths=text_lengths is None, progress=progress_wanted())
     to_err = json_path == "-"
-    click.echo(machine_line(result["machine"]), err=to_err)
+    click.echo(machine_line(result.machine.model_dump(mode="json", exclude_unset=True)), err=to_err)
     click.echo(format_table(result), err=to_err)
-    for note in result["notes"]:
+    for note in result.notes:
         click.echo(f"note: {note}", err=True)
     write_outputs(result, json_path, md_path, plot_dir)
-    if result["skipped"]:  # a shape or backend this machine/model cannot run: said, not a failure (exit 0)
-        click.echo(f"{result['skipped']} of {len(result['results'])} cases skipped (see the table)", err=True)
-    if result["failed"]:
-        click.echo(f"{result['failed']} of {len(result['results'])} cases failed (see the table)", err=True)
+    if result.skipped:  # a shape or backend this machine/model cannot run: said, not a failure (exit 0)
+        click.echo(f"{result.skipped} of {len(result.results)} cases skipped (see the table)", err=True)
+    if result.failed:
+        click.echo(f"{result.failed} of {len(result.results)} cases failed (see the table)", err=True)
         sys.exit(1)

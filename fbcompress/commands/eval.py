@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from fbcompress.commands.options import data_option, device_option, json_option, split_option
+from fbcompress.commands.options import data_option, device_option, json_option, progress_wanted, split_option
 from fbcompress.core.errors import FbError
 
 
@@ -39,7 +39,7 @@ def eval_cmd(model_path, data_dir, split, max_queries, device, backend, json_pat
         raise FbError("--max-queries must be at least 1")
     dataset = DatasetDir.open(data_dir)
     scorer = open_scorer_for_eval(model_path, device, backend)
-    result = evaluate_model(scorer, model_path, dataset, split, max_queries)
+    result = evaluate_model(scorer, model_path, dataset, split, max_queries, progress=progress_wanted())
     click.echo(format_table(result), err=json_path == "-")
     if json_path:
         write_json_output(json_path, result)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -21,6 +22,9 @@ from fbcompress.commands.options import (
     split_option,
 )
 from fbcompress.core.errors import FbError
+
+if TYPE_CHECKING:
+    from fbcompress.quantize.record import QuantizationReport
 
 EXIT_REJECTED = 1
 
@@ -125,30 +129,30 @@ def quantize_cmd(
     report = run_quantize(opts)
     click.echo(format_summary(report), err=json_path == "-")
     if json_path:
-        write_json_output(json_path, report)
-    if report["status"] != "accepted":
-        click.echo(f"error: {report['message']}", err=True)
+        write_json_output(json_path, report.to_json())
+    if report.status != "accepted":
+        click.echo(f"error: {report.message}", err=True)
         sys.exit(EXIT_REJECTED)
 
 
-def format_summary(report: dict) -> str:
+def format_summary(report: QuantizationReport) -> str:
     """A few lines for the terminal; the full story is in quantization.md."""
-    rows = [("method", report["method"]), ("status", report["status"])]
-    fp32 = report["accuracy"]["fp32"]
-    for rel, entry in report["files"].items():
-        acc = report["accuracy"]["files"].get(rel, {})
-        text = f"{entry['bytes'] / 1e6:.1f} MB ({entry['size_vs_fp32']:.0%} of FP32)"
+    rows = [("method", report.method), ("status", report.status)]
+    fp32 = report.accuracy.fp32
+    for rel, entry in report.files.items():
+        acc = report.accuracy.files.get(rel)
+        text = f"{entry.bytes / 1e6:.1f} MB ({entry.size_vs_fp32:.0%} of FP32)"
         if acc:
-            d = acc["deltas"]
-            text += f", AUC {acc['int8']['auc']:.4f} ({d['auc']:+.4f} vs FP32 {fp32['auc']:.4f})"
+            d = acc.deltas
+            text += f", AUC {acc.int8['auc']:.4f} ({d['auc']:+.4f} vs FP32 {fp32['auc']:.4f})"
             if "itr_r10" in d:
                 text += f", R@10 ITR {d['itr_r10']:+.3f} TIR {d.get('tir_r10', 0.0):+.3f}"
         rows.append((rel, text))
-    for name, cases in report["latency"]["models"].items():
-        rows.append((f"p50 {name}", ", ".join(f"{c['p50_ms']:.2f} ms @ text {c['text']}" for c in cases)))
-    kept = report["kept_fp"]["by_fallback"]
+    for name, cases in report.latency.models.items():
+        rows.append((f"p50 {name}", ", ".join(f"{c.p50_ms:.2f} ms @ text {c.text}" for c in cases)))
+    kept = report.kept_fp.by_fallback
     rows.append(("returned to FP", ", ".join(kept) if kept else "none"))
-    if report.get("written"):
-        rows.append(("written", ", ".join(report["written"])))
+    if report.written:
+        rows.append(("written", ", ".join(report.written)))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)

@@ -124,14 +124,15 @@ def evaluate(
 
 
 def evaluate_model(scorer: Scorer, model_path: Path, dataset: DatasetDir, split: str = "test",
-                   max_queries: int | None = None) -> dict:
-    """`fbcompress eval`: the design.md metrics of `scorer` on a dataset dir's fixed eval sets, stamped with the
-    model's weights and the data's fingerprint (so `check` and `quantize` can reuse the result), and the parity
-    against PyTorch of a checkpoint scored in ONNX Runtime."""
+                   max_queries: int | None = None, progress: bool = False) -> dict:
+    """`fbcompress eval` and each model of `fbcompress check`: the design.md metrics of `scorer` on a dataset dir's
+    fixed eval sets, stamped with the model's weights and the data's fingerprint (so `check` and `quantize` can
+    reuse the result), and the parity against PyTorch of a checkpoint scored in ONNX Runtime."""
     from fbcompress.modeling.backbone import load_tokenizer
 
     data = SplitData(dataset, split, load_tokenizer(scorer.tokenizer_dir), scorer.spec)
-    result = stamp(evaluate(scorer, dataset, data, split, max_queries=max_queries), model_path, dataset)
+    result = stamp(evaluate(scorer, dataset, data, split, max_queries=max_queries, progress=progress), model_path,
+                   dataset)
     parity = getattr(scorer, "parity", None)
     if parity is not None:
         result["parity_vs_pytorch"] = {k: parity[k] for k in ("max_abs_diff", "tolerance")}

@@ -9,10 +9,13 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fbcompress.bundle.names import INT8_CPU_FILE, ONNX_FILE
 from fbcompress.core.artifacts import atomic_write_bytes, atomic_write_json
+
+if TYPE_CHECKING:
+    from fbcompress.benchmark.record import BenchRecord
 
 # (label, eval JSON name, where the model is) for each form in the table: the teacher, and the shipped student
 # as checkpoint (its run dir), ONNX and INT8 (the bundle).
@@ -54,17 +57,30 @@ def _size_mb(path: Path) -> float | None:
     return path.stat().st_size / 1e6 if path.is_file() else None
 
 
-def _p50(bench: dict | None, model_path: Path, batch: int, text: int, padded_to: int | None = None) -> float | None:
-    """The p50 of `model_path` at one shape from a bench JSON (VSL, i.e. unpadded, unless `padded_to`), or None."""
-    if not bench:
+def _bench(path: Path) -> BenchRecord | None:
+    """The bench record of the run, None when there is none or it does not read as one (the report still says what
+    else ran)."""
+    from pydantic import ValidationError
+
+    from fbcompress.benchmark.record import BenchRecord
+
+    try:
+        return BenchRecord.model_validate_json(path.read_bytes())
+    except (FileNotFoundError, ValidationError):
         return None
-    names = {m.get("id"): m for m in bench.get("models", []) if isinstance(m, dict)}
-    for row in bench.get("results", []):
-        model = names.get(row.get("model"), {})
-        same_model = Path(str(model.get("path", ""))).resolve() == model_path.resolve()
-        if (same_model and row.get("batch") == batch and row.get("text") == text and row.get("padded_to") == padded_to
-                and row.get("error") is None):
-            return float(row["p50_ms"])
+
+
+def _p50(bench: BenchRecord | None, model_path: Path, batch: int, text: int,
+         padded_to: int | None = None) -> float | None:
+    """The p50 of `model_path` at one shape from the bench record (VSL, i.e. unpadded, unless `padded_to`), or None
+    when that case was not timed."""
+    if bench is None:
+        return None
+    paths = {m.id: Path(m.path).resolve() for m in bench.models}
+    for row in bench.results:
+        if (paths.get(row.model) == model_path.resolve() and (row.batch, row.text, row.padded_to) ==
+                (batch, text, padded_to) and row.timed):
+            return row.p50_ms
     return None
 
 
@@ -165,7 +181,7 @@ def build_report(out: Path, bundle: Path, stages: list[dict], machine: dict, stu
     `students` is the ladder (fastest first) and `shipped` the one whose bundle was shipped; the model table shows
     the shipped student, the student table every one that reached its release gate."""
     evals = out / "eval"
-    bench = _load(out / "bench.json")
+    bench = _bench(out / "bench.json")
     student_evals = evals / shipped if shipped else None
     check = _verdict(student_evals / "check.json") if student_evals else None
     rows = []

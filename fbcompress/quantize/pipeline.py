@@ -33,6 +33,21 @@ from fbcompress.core.errors import FbError
 from fbcompress.quantize import METHODS, ROLE_REPORT, measure
 from fbcompress.quantize import graph as G
 from fbcompress.quantize.cpu_choice import DYNAMIC, STATIC, Candidate, choose
+from fbcompress.quantize.record import (
+    AccuracySection,
+    Calibration,
+    Comparison,
+    Fallback,
+    KeptFp,
+    LatencySection,
+    PrecisionPolicy,
+    QuantizationMachine,
+    QuantizationReport,
+    QuantizedFile,
+    RecipeUsed,
+    SourceFile,
+    Tolerance,
+)
 
 TRT_FP32_QDQ = "model.int8.trt.fp32-qdq.onnx"  # work directory only: the TensorRT file before its FP16 conversion
 FP32_QDQ_LABEL = f"{INT8_TRT_FILE} before its FP16 conversion (FP32 QDQ graph, same Q/DQ placement and scales)"
@@ -516,6 +531,7 @@ def _is_dynamic(settings: dict[str, Any]) -> bool:
 
 
 def _file_entry(rel: str, path: Path, settings: dict[str, Any], fp32_bytes: int) -> dict[str, Any]:
+    """The measured part of the file's report entry (`record.QuantizedFile` less role, purpose and runtime)."""
     model = G.load(path)
     dynamic = _is_dynamic(settings)
     graph = G.describe_dynamic(model) if dynamic else G.describe_qdq(model)
@@ -537,19 +553,19 @@ def _file_entry(rel: str, path: Path, settings: dict[str, Any], fp32_bytes: int)
     return entry
 
 
-def precision_policy(settings: dict[str, Any]) -> dict[str, Any]:
+def precision_policy(settings: dict[str, Any]) -> PrecisionPolicy:
     """The TensorRT file's mixed precision, as the manifest and the report state it."""
     precision = settings["precision"]
-    return {
-        "quantized": "int8 (Q/DQ on MatMul/Gemm inputs)",
-        "high_precision": precision["high_precision"],
-        "fp32_ops": precision["fp32_ops"],
-        "fp32_nodes": precision["fp32_nodes"],
-        "io_dtypes": precision["io_dtypes"],
-        "opset": precision["opset"],
-        "same_as": "model.fp16.onnx (convert_fp16's policy)",
-        "accuracy_scored_on": settings.get("accuracy_check", {}).get("scored_file", INT8_TRT_FILE),
-    }
+    return PrecisionPolicy(
+        quantized="int8 (Q/DQ on MatMul/Gemm inputs)",
+        high_precision=precision["high_precision"],
+        fp32_ops=precision["fp32_ops"],
+        fp32_nodes=precision["fp32_nodes"],
+        io_dtypes=precision["io_dtypes"],
+        opset=precision["opset"],
+        same_as="model.fp16.onnx (convert_fp16's policy)",
+        accuracy_scored_on=settings.get("accuracy_check", {}).get("scored_file", INT8_TRT_FILE),
+    )
 
 
 def _purpose(rel: str, settings: dict[str, Any], cpu_file: dict[str, Any] | None) -> dict[str, str]:
@@ -580,7 +596,7 @@ def _purpose(rel: str, settings: dict[str, Any], cpu_file: dict[str, Any] | None
     }
 
 
-def run_quantize(opts: QuantizeOptions) -> dict[str, Any]:
+def run_quantize(opts: QuantizeOptions) -> QuantizationReport:
     """Quantize, guard, and (if accepted) write into the bundle. Returns the report (status accepted|rejected)."""
     from fbcompress.data.dataset_dir import DatasetDir
     from fbcompress.evaluation.latency import machine_info
@@ -627,7 +643,7 @@ def run_quantize(opts: QuantizeOptions) -> dict[str, Any]:
         files: dict[str, Path] = produced["files"]
         # ---- the guard, on --split with every query
         reference = run.reference(opts.split)
-        accuracy: dict[str, Any] = {}
+        accuracy: dict[str, Comparison] = {}
         breaks: list[str] = []
         if produced["fallback"].get("passed_on_val") is False:
             last = produced["fallback"]["steps"][-1]["val"]
@@ -638,17 +654,15 @@ def run_quantize(opts: QuantizeOptions) -> dict[str, Any]:
             stand_in = stand_ins.get(path)
             run.say(f"guard: scoring {rel_q} on {opts.split}"
                     + (f" (ONNX Runtime cannot run it: {FP32_QDQ_LABEL})" if stand_in else "") + " ...")
-            comparison = measure.compare(
+            comparison = Comparison(**measure.compare(
                 reference,
                 run.score(stand_in or path, rel_q, opts.split),
                 section.max_auc_drop,
                 section.max_rank10_drop,
-            )
-            if stand_in:
-                comparison["scored_file"] = FP32_QDQ_LABEL
+            ), scored_file=FP32_QDQ_LABEL if stand_in else None)
             accuracy[rel_q] = comparison
-            if comparison["breaks"]:
-                breaks.append(measure.describe_breaks(rel_q, comparison["breaks"]))
+            if comparison.breaks:
+                breaks.append(measure.describe_breaks(rel_q, [b.model_dump() for b in comparison.breaks]))
         # ---- latency and size
         fp32_bytes = run.src.stat().st_size
         latency: dict[str, Any] = {}
@@ -668,18 +682,18 @@ def run_quantize(opts: QuantizeOptions) -> dict[str, Any]:
         report = _report(
             run, method, produced, files, reference, accuracy, breaks, latency, fp32_bytes, source_sha, machine_info()
         )
-        report["size"] = {name: path.stat().st_size for name, path in timed.items()}
-        report["seconds"] = round(time.perf_counter() - started, 1)
+        report.size = {name: path.stat().st_size for name, path in timed.items()}
+        report.seconds = round(time.perf_counter() - started, 1)
         if breaks:
-            report["status"] = "rejected"
-            report["message"] = (
+            report.status = "rejected"
+            report.message = (
                 "quantize guard: " + "; ".join(breaks) + f"; nothing was written to {root} "
                 "(the FP32 bundle is unchanged)"
             )
             return report
-        report["status"] = "accepted"
+        report.status = "accepted"
         _write_bundle(run, root, files, report)
-        report["written"] = sorted([*files, QUANTIZATION_JSON, QUANTIZATION_MD])
+        report.written = sorted([*files, QUANTIZATION_JSON, QUANTIZATION_MD])
         return report
 
 
@@ -689,13 +703,13 @@ def _report(
     produced: dict[str, Any],
     files: dict[str, Path],
     reference: dict[str, Any],
-    accuracy: dict[str, Any],
+    accuracy: dict[str, Comparison],
     breaks: list[str],
     latency: dict[str, Any],
     fp32_bytes: int,
     source_sha: str,
     machine: dict[str, Any],
-) -> dict[str, Any]:
+) -> QuantizationReport:
     from fbcompress.quantize.calibration import describe_batches
     from fbcompress.quantize.cpu import detect_isa
 
@@ -703,10 +717,10 @@ def _report(
     entries = {}
     for rel_q, path in files.items():
         settings = produced["settings"].get(rel_q, {})
-        entries[rel_q] = {
+        entries[rel_q] = QuantizedFile(
             **_purpose(rel_q, settings, produced.get("cpu_file")),
             **_file_entry(rel_q, path, settings, fp32_bytes),
-        }
+        )
     fallback = dict(produced["fallback"])
     cost = {}
     for rel_q in files if fallback.get("returned_to_fp") else []:
@@ -724,56 +738,56 @@ def _report(
     calibration = {"split": "train", "method": section.calibration_method, **describe_batches(run.batches)}
     if section.calibration_method == "Percentile":
         calibration["percentile"] = section.percentile
-    return {
-        "status": "pending",
-        "method": method,
-        "bundle": str(run.bundle.root),
-        "source": {
-            "file": ONNX_FILE,
-            "sha256": source_sha,
-            "bytes": fp32_bytes,
-            "weights_sha256": run.bundle.manifest.get("source", {}).get("weights_sha256"),
-        },
-        "recipe": {"source": run.opts.recipe_source, "quantize": section.model_dump(mode="json")},
-        "machine": {**machine, "int8": detect_isa().to_dict()},
-        "calibration": calibration,
-        "files": entries,
-        "kept_fp": {
-            "by_design": produced["fp_by_design"],
-            "by_recipe": produced["fp_by_recipe"],
-            "by_fallback": fallback.get("returned_to_fp", []),
-        },
-        "fallback": fallback,
-        "cpu_file": produced.get("cpu_file"),
-        "accuracy": {
-            "split": run.opts.split,
-            "fp32": measure.headline(reference),
-            "tolerance": {"max_auc_drop": section.max_auc_drop, "max_rank10_drop": section.max_rank10_drop},
-            "files": {rel_q: {k: v for k, v in c.items() if k != "split"} for rel_q, c in accuracy.items()},
-            "data": str(run.dataset.root),
-            "synthetic": bool(run.dataset.meta.get("synthetic", False)),
-            "note": _accuracy_note(
+    return QuantizationReport(
+        status="pending",
+        method=method,
+        bundle=str(run.bundle.root),
+        source=SourceFile(
+            file=ONNX_FILE,
+            sha256=source_sha,
+            bytes=fp32_bytes,
+            weights_sha256=run.bundle.manifest.get("source", {}).get("weights_sha256"),
+        ),
+        recipe=RecipeUsed(source=run.opts.recipe_source, quantize=section.model_dump(mode="json")),
+        machine=QuantizationMachine(**machine, int8=detect_isa().to_dict()),
+        calibration=Calibration(**calibration),
+        files=entries,
+        kept_fp=KeptFp(
+            by_design=produced["fp_by_design"],
+            by_recipe=produced["fp_by_recipe"],
+            by_fallback=fallback.get("returned_to_fp", []),
+        ),
+        fallback=Fallback(**fallback),
+        cpu_file=produced.get("cpu_file"),
+        accuracy=AccuracySection(
+            split=run.opts.split,
+            fp32=measure.headline(reference),
+            tolerance=Tolerance(max_auc_drop=section.max_auc_drop, max_rank10_drop=section.max_rank10_drop),
+            files={rel_q: c.model_copy(update={"split": None}) for rel_q, c in accuracy.items()},
+            data=str(run.dataset.root),
+            synthetic=bool(run.dataset.meta.get("synthetic", False)),
+            note=_accuracy_note(
                 produced["settings"].get(INT8_TRT_FILE, {}), files.get(INT8_TRT_FILE) in produced.get("stand_ins", {})
             ),
-        },
-        "latency": {
-            "runtime": "onnxruntime CPUExecutionProvider, ORT_ENABLE_ALL, default threads; all files timed in "
+        ),
+        latency=LatencySection(
+            runtime="onnxruntime CPUExecutionProvider, ORT_ENABLE_ALL, default threads; all files timed in "
             "alternating blocks of 10 runs",
-            "batch": 1,
-            "runs": run.opts.latency_runs,
-            "warmup": 10,
-            "models": latency,
-            "not_timed": {
+            batch=1,
+            runs=run.opts.latency_runs,
+            warmup=10,
+            models=latency,
+            not_timed={
                 rel_q: "ONNX Runtime's CPU provider cannot run it: "
                 + produced["settings"][rel_q].get("accuracy_check", {}).get("error", "?")
                 for rel_q, path in files.items()
                 if path in produced.get("stand_ins", {})
             },
-        },
-        "size": {ONNX_FILE: fp32_bytes, **{rel_q: e["bytes"] for rel_q, e in entries.items()}},
-        "comparisons": {"modelopt": {"ran": False, "reason": MODELOPT_NOT_RUN}},
-        "breaks": breaks,
-    }
+        ),
+        size={ONNX_FILE: fp32_bytes, **{rel_q: e.bytes for rel_q, e in entries.items()}},
+        comparisons={"modelopt": {"ran": False, "reason": MODELOPT_NOT_RUN}},
+        breaks=breaks,
+    )
 
 
 def _accuracy_note(trt: dict[str, Any], stand_in: bool) -> str:
@@ -787,70 +801,69 @@ def _accuracy_note(trt: dict[str, Any], stand_in: bool) -> str:
     )
 
 
-def _manifest_entry(rel: str, report: dict[str, Any], sha: str) -> dict[str, Any]:
-    entry = report["files"][rel]
-    acc = report["accuracy"]["files"][rel]
-    fp32 = acc["fp32"]
+def _manifest_entry(rel: str, report: QuantizationReport, sha: str) -> dict[str, Any]:
+    entry = report.files[rel]
+    acc = report.accuracy.files[rel]
     cases = [
         {
-            "batch": c["batch"],
-            "text": c["text"],
-            "p50_ms": c["p50_ms"],
-            "p90_ms": c["p90_ms"],
-            "p99_ms": c["p99_ms"],
-            "pairs_per_s": c["pairs_per_s"],
+            "batch": c.batch,
+            "text": c.text,
+            "p50_ms": c.p50_ms,
+            "p90_ms": c.p90_ms,
+            "p99_ms": c.p99_ms,
+            "pairs_per_s": c.pairs_per_s,
         }
-        for c in report["latency"]["models"].get(rel, [])
+        for c in report.latency.models.get(rel, [])
     ]
     out: dict[str, Any] = {
-        "role": entry["role"],
+        "role": entry.role,
         "format": "onnx",
         "precision": "int8",
         "derived_from": ONNX_FILE,
-        "purpose": entry["purpose"],
-        "runtime": entry["runtime"],
-        "method": report["method"],
-        "source_weights_sha256": report["source"]["weights_sha256"],
-        "source_sha256": report["source"]["sha256"],
+        "purpose": entry.purpose,
+        "runtime": entry.runtime,
+        "method": report.method,
+        "source_weights_sha256": report.source.weights_sha256,
+        "source_sha256": report.source.sha256,
         "quantization": {
-            "settings": entry["settings"],
-            "quantized_nodes": len(entry["graph"]["quantized_nodes"]),
-            "kept_fp": report["kept_fp"],
+            "settings": entry.settings,
+            "quantized_nodes": len(entry.graph["quantized_nodes"]),
+            "kept_fp": report.kept_fp.model_dump(mode="json"),
             "report": QUANTIZATION_JSON,
         },
         "accuracy": {
-            "split": report["accuracy"]["split"],
-            "auc": acc["int8"]["auc"],
-            "accuracy": acc["int8"]["accuracy"],
-            "fp32_auc": fp32["auc"],
-            "auc_drop": -acc["deltas"]["auc"],
-            "deltas": acc["deltas"],
-            "tolerance": report["accuracy"]["tolerance"],
-            "passed": acc["passed"],
+            "split": report.accuracy.split,
+            "auc": acc.int8["auc"],
+            "accuracy": acc.int8["accuracy"],
+            "fp32_auc": acc.fp32["auc"],
+            "auc_drop": -acc.deltas["auc"],
+            "deltas": acc.deltas,
+            "tolerance": report.accuracy.tolerance.model_dump(mode="json"),
+            "passed": acc.passed,
         },
-        "size_vs_fp32": entry["size_vs_fp32"],
+        "size_vs_fp32": entry.size_vs_fp32,
         "sha256_at_quantize": sha,
     }
-    if "precision_policy" in entry:
-        out["high_precision"] = entry["precision_policy"]["high_precision"]
-        out["precision_policy"] = entry["precision_policy"]
-        check = entry["settings"].get("accuracy_check", {})
-        out["accuracy"]["scored_file"] = acc.get("scored_file", rel)
+    if entry.precision_policy is not None:
+        out["high_precision"] = entry.precision_policy.high_precision
+        out["precision_policy"] = entry.precision_policy.model_dump(mode="json")
+        check = entry.settings.get("accuracy_check", {})
+        out["accuracy"]["scored_file"] = acc.scored_file or rel
         out["accuracy"]["onnxruntime_cpu"] = check.get("onnxruntime_cpu")
         if check.get("error"):
             out["accuracy"]["onnxruntime_cpu_error"] = check["error"]
     if cases:
         out["latency"] = {
             "device": "cpu (onnxruntime CPUExecutionProvider)",
-            "runs": report["latency"]["runs"],
+            "runs": report.latency.runs,
             "warmup": 10,
-            "machine": report["machine"],
+            "machine": report.machine.model_dump(mode="json"),
             "cases": cases,
         }
     return out
 
 
-def _write_bundle(run: _Run, root: Path, files: dict[str, Path], report: dict[str, Any]) -> None:
+def _write_bundle(run: _Run, root: Path, files: dict[str, Path], report: QuantizationReport) -> None:
     from fbcompress.core.artifacts import sha256_file
     from fbcompress.export.readme import render_readme
     from fbcompress.quantize.report import render_markdown
@@ -862,15 +875,15 @@ def _write_bundle(run: _Run, root: Path, files: dict[str, Path], report: dict[st
                 f"{root / run.rel} changed while quantizing (another export?): nothing written; run quantize again"
             )
         for rel_q, path in files.items():
-            shutil.copyfile(path, writer.path(rel_q, report["files"][rel_q]["role"]))
+            shutil.copyfile(path, writer.path(rel_q, report.files[rel_q].role))
             writer.add_model(rel_q, _manifest_entry(rel_q, report, sha256_file(path)))
-        writer.path(QUANTIZATION_JSON, ROLE_REPORT).write_text(json.dumps(report, indent=2, default=str) + "\n")
+        writer.path(QUANTIZATION_JSON, ROLE_REPORT).write_text(json.dumps(report.to_json(), indent=2) + "\n")
         writer.path(QUANTIZATION_MD, ROLE_REPORT).write_text(render_markdown(report))
         writer.manifest["quantization"] = {
             "at": B.now_iso(),
-            "method": report["method"],
+            "method": report.method,
             "fp32_source": ONNX_FILE,
-            "files": {rel_q: report["files"][rel_q]["purpose"] for rel_q in files},
+            "files": {rel_q: report.files[rel_q].purpose for rel_q in files},
             "fp32_files_kept": [r for r in (ONNX_FILE, ORT_FILE) if r in writer.manifest.get("models", {})],
             "report": {"json": QUANTIZATION_JSON, "markdown": QUANTIZATION_MD},
         }
@@ -878,7 +891,7 @@ def _write_bundle(run: _Run, root: Path, files: dict[str, Path], report: dict[st
             *writer.manifest.get("history", []),
             {
                 "at": B.now_iso(),
-                "command": f"fbcompress quantize --method {report['method']}",
+                "command": f"fbcompress quantize --method {report.method}",
                 "written": sorted([*files, QUANTIZATION_JSON, QUANTIZATION_MD]),
             },
         ][-50:]

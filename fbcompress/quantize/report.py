@@ -1,11 +1,14 @@
-"""The quantization report as Markdown (`quantization.md` in the bundle), rendered from the JSON report so the two
-never disagree. It answers a serving team's questions in order: what each file is for, what it costs in accuracy,
-what it buys in size and latency, which nodes stayed FP and why, and what the ranges were calibrated on.
+"""The quantization report as Markdown (`quantization.md` in the bundle), rendered from the typed report
+(`record.QuantizationReport`, also written as quantization.json) so the two never disagree. It answers a serving
+team's questions in order: what each file is for, what it costs in accuracy, what it buys in size and latency, which
+nodes stayed FP and why, and what the ranges were calibrated on.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from fbcompress.quantize.record import QuantizationReport, QuantizedFile
 
 METRIC_LABELS = (
     ("accuracy", "ACC"),
@@ -23,85 +26,87 @@ def _mb(n: int | float) -> str:
     return f"{n / 1e6:.2f} MB"
 
 
-def _accuracy_rows(report: dict[str, Any]) -> list[str]:
-    acc = report["accuracy"]
-    files = acc["files"]
+def _accuracy_rows(report: QuantizationReport) -> list[str]:
+    acc = report.accuracy
+    files = acc.files
     columns = list(files)
     rows = [
         "| metric | FP32 `model.onnx` | " + " | ".join(f"`{c}`" for c in columns) + " |",
         "|---|---|" + "---|" * len(columns),
     ]
     for key, label in METRIC_LABELS:
-        if key not in acc["fp32"]:
+        if key not in acc.fp32:
             continue
         cells = []
         for column in columns:
             got = files[column]
-            value, delta = got["int8"].get(key), got["deltas"].get(key)
+            value, delta = got.int8.get(key), got.deltas.get(key)
             cells.append("-" if value is None else f"{value:.4f} ({delta:+.4f})")
-        rows.append(f"| {label} | {acc['fp32'][key]:.4f} | " + " | ".join(cells) + " |")
-    tol = acc["tolerance"]
+        rows.append(f"| {label} | {acc.fp32[key]:.4f} | " + " | ".join(cells) + " |")
+    tol = acc.tolerance
     rows += [
         "",
-        f"Split `{acc['split']}` of `{acc['data']}`{' (synthetic catalogue)' if acc.get('synthetic') else ''}"
-        f"; tolerance: AUC drop <= {tol['max_auc_drop']:g}, ITR/TIR Rank@10 drop <= "
-        f"{tol['max_rank10_drop']:g}. {acc['note']}.",
+        f"Split `{acc.split}` of `{acc.data}`{' (synthetic catalogue)' if acc.synthetic else ''}"
+        f"; tolerance: AUC drop <= {tol.max_auc_drop:g}, ITR/TIR Rank@10 drop <= "
+        f"{tol.max_rank10_drop:g}. {acc.note}.",
     ]
     for column in columns:
-        if files[column].get("scored_file", column) != column:
-            check = report["files"].get(column, {}).get("settings", {}).get("accuracy_check", {})
+        scored = files[column].scored_file
+        if scored not in (None, column):
+            entry = report.files.get(column)
+            check = entry.settings.get("accuracy_check", {}) if entry else {}
             rows += ["", f"**`{column}` was not scored itself: ONNX Runtime's CPU provider cannot run it "
-                         f"({check.get('error', '?')}); its column is {files[column]['scored_file']}.**"]
+                         f"({check.get('error', '?')}); its column is {scored}.**"]
     return rows
 
 
-def _latency_rows(report: dict[str, Any]) -> list[str]:
-    lat = report["latency"]
-    if not lat["models"]:
+def _latency_rows(report: QuantizationReport) -> list[str]:
+    from fbcompress.evaluation.latency import machine_line
+
+    lat = report.latency
+    if not lat.models:
         return ["Latency not measured (--latency-runs 0)."]
-    texts = sorted({c["text"] for cases in lat["models"].values() for c in cases})
+    texts = sorted({c.text for cases in lat.models.values() for c in cases})
     rows = [
         "| model | size | " + " | ".join(f"p50 / p99 ms, text {t}" for t in texts) + " |",
         "|---|---|" + "---|" * len(texts),
     ]
-    sizes = report["size"]
-    for name, cases in lat["models"].items():
-        by_text = {c["text"]: c for c in cases}
-        size = sizes.get(name)
-        cells = [f"{by_text[t]['p50_ms']:.2f} / {by_text[t]['p99_ms']:.2f}" if t in by_text else "-" for t in texts]
+    for name, cases in lat.models.items():
+        by_text = {c.text: c for c in cases}
+        size = report.size.get(name)
+        cells = [f"{by_text[t].p50_ms:.2f} / {by_text[t].p99_ms:.2f}" if t in by_text else "-" for t in texts]
         rows.append(f"| `{name}` | {_mb(size) if size else '-'} | " + " | ".join(cells) + " |")
-    from fbcompress.evaluation.latency import machine_line
-
-    machine = report["machine"]
-    isa = machine.get("int8", {})
+    machine = report.machine
+    isa = machine.int8
     rows += [
         "",
-        f"Batch 1, {lat['runs']} timed runs after {lat['warmup']} warm-up, {lat['runtime']}. Machine: "
-        f"{machine_line(machine)}; INT8 ISA {isa.get('isa', '?')} ({isa.get('scheme', '?')}).",
+        f"Batch 1, {lat.runs} timed runs after {lat.warmup} warm-up, {lat.runtime}. Machine: "
+        f"{machine_line(machine.model_dump(mode='json'))}; INT8 ISA {isa.get('isa', '?')} "
+        f"({isa.get('scheme', '?')}).",
     ]
-    rows += [f"Not timed: `{name}` ({why})." for name, why in lat.get("not_timed", {}).items()]
+    rows += [f"Not timed: `{name}` ({why})." for name, why in lat.not_timed.items()]
     return rows
 
 
-def _file_section(rel: str, entry: dict[str, Any]) -> list[str]:
-    graph = entry["graph"]
-    settings = entry.get("settings", {})
+def _file_section(rel: str, entry: QuantizedFile) -> list[str]:
+    graph = entry.graph
+    settings = entry.settings
     lines = [
         f"### `{rel}`",
         "",
-        f"- for: {entry['purpose']}",
-        f"- runtime: {entry['runtime']}",
-        f"- size: {_mb(entry['bytes'])} ({entry['size_vs_fp32']:.1%} of FP32)",
+        f"- for: {entry.purpose}",
+        f"- runtime: {entry.runtime}",
+        f"- size: {_mb(entry.bytes)} ({entry.size_vs_fp32:.1%} of FP32)",
     ]
     for key in ("tool", "format", "activations", "weights", "embeddings"):
         if settings.get(key):
             lines.append(f"- {key}: {settings[key]}")
-    policy = entry.get("precision_policy")
+    policy = entry.precision_policy
     if policy:
-        kept = ", ".join([*policy["fp32_ops"], *(f"`{n}`" for n in policy["fp32_nodes"])])
+        kept = ", ".join([*policy.fp32_ops, *(f"`{n}`" for n in policy.fp32_nodes)])
         lines.append(
-            f"- precision outside the quantized GEMMs: {policy['high_precision'].upper()}, except {kept} (FP32); "
-            f"inputs/outputs {policy['io_dtypes']}; opset {policy['opset']}; same policy as {policy['same_as']}"
+            f"- precision outside the quantized GEMMs: {policy.high_precision.upper()}, except {kept} (FP32); "
+            f"inputs/outputs {policy.io_dtypes}; opset {policy.opset}; same policy as {policy.same_as}"
         )
     check = settings.get("accuracy_check")
     if check:
@@ -117,7 +122,7 @@ def _file_section(rel: str, entry: dict[str, Any]) -> list[str]:
     if "dq_feeding_layernorm_or_softmax" in graph:
         bad = graph["dq_feeding_layernorm_or_softmax"]
         lines.append(f"- Q/DQ feeding LayerNorm or Softmax: {'none' if not bad else ', '.join(bad)}")
-    ranges = entry.get("activation_ranges", {})
+    ranges = entry.activation_ranges
     if ranges.get("tensors"):
         widest = ", ".join(f"`{r['tensor']}` [{r['min']:.3g}, {r['max']:.3g}]" for r in ranges["widest"][:3])
         lines.append(
@@ -127,30 +132,30 @@ def _file_section(rel: str, entry: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
-def _fallback_rows(report: dict[str, Any]) -> list[str]:
-    fb = report["fallback"]
-    kept = report["kept_fp"]
+def _fallback_rows(report: QuantizationReport) -> list[str]:
+    fb = report.fallback
+    kept = report.kept_fp
     lines = [
-        "- by design: " + (", ".join(f"`{n}` ({why})" for n, why in kept["by_design"].items()) or "none"),
-        "- by the recipe (quantize.exclude_nodes): " + (", ".join(f"`{n}`" for n in kept["by_recipe"]) or "none"),
-        "- by the accuracy fall-back: " + (", ".join(f"`{n}`" for n in kept["by_fallback"]) or "none"),
-        f"- fall-back: {fb.get('stopped', '')}",
+        "- by design: " + (", ".join(f"`{n}` ({why})" for n, why in kept.by_design.items()) or "none"),
+        "- by the recipe (quantize.exclude_nodes): " + (", ".join(f"`{n}`" for n in kept.by_recipe) or "none"),
+        "- by the accuracy fall-back: " + (", ".join(f"`{n}`" for n in kept.by_fallback) or "none"),
+        f"- fall-back: {fb.stopped}",
     ]
-    for rel, cases in fb.get("latency_cost", {}).items():
+    for rel, cases in fb.latency_cost.items():
         lines.append(
             f"- latency cost in `{rel}`: "
             + "; ".join(
-                f"{text}: {c['p50_ms_before']:.2f} -> {c['p50_ms_after']:.2f} ms ({c['added_ms']:+.2f})"
+                f"{text}: {c.p50_ms_before:.2f} -> {c.p50_ms_after:.2f} ms ({c.added_ms:+.2f})"
                 for text, c in cases.items()
             )
         )
-    for step in fb.get("steps", []):
+    for step in fb.steps:
         vals = ", ".join(f"{rel} AUC {v['auc']:.4f}" for rel, v in step["val"].items())
         lines.append(
             f"  - attempt {step['attempt']}: FP nodes added {step['returned_to_fp'] or '-'}; val {vals}; "
             f"{'passed' if step['passed'] else 'broken'}"
         )
-    errors = fb.get("per_node_error", [])
+    errors = fb.per_node_error
     if errors:
         lines += [
             "",
@@ -168,25 +173,25 @@ def _within(val: dict[str, Any]) -> str:
     return "not scored" if not val else "yes" if val.get("passed") else "no"
 
 
-def _cpu_file_rows(report: dict[str, Any]) -> list[str]:
-    choice = report.get("cpu_file")
+def _cpu_file_rows(report: QuantizationReport) -> list[str]:
+    choice = report.cpu_file
     if not choice:
         return []
     lines = [
         "## Which graph is the CPU file",
         "",
-        f"`quantize.cpu_file: {choice['mode']}` -> **{choice['chosen']}**: {choice['reason']}.",
+        f"`quantize.cpu_file: {choice.mode}` -> **{choice.chosen}**: {choice.reason}.",
         "",
     ]
-    if len(choice["candidates"]) < 2:
+    if len(choice.candidates) < 2:
         return lines
-    texts = sorted({c["text"] for cand in choice["candidates"].values() for c in cand["latency"]})
+    texts = sorted({c["text"] for cand in choice.candidates.values() for c in cand["latency"]})
     lines += [
         "| candidate | format | val AUC (FP32) | within tolerance | "
         + " | ".join(f"p50 ms, text {t}" for t in texts) + " |",
         "|---|---|---|---|" + "---|" * len(texts),
     ]
-    for name, cand in choice["candidates"].items():
+    for name, cand in choice.candidates.items():
         val = cand.get("val") or {}
         by_text = {c["text"]: c["p50_ms"] for c in cand["latency"]}
         auc = f"{val['auc']:.4f} ({val['fp32_auc']:.4f})" if "auc" in val else "-"
@@ -198,26 +203,25 @@ def _cpu_file_rows(report: dict[str, Any]) -> list[str]:
     return [*lines, "", "Timed at batch 1 in alternating blocks of 10 runs, both sessions loaded side by side.", ""]
 
 
-def _modelopt_rows(report: dict[str, Any]) -> list[str]:
-    mo = report.get("comparisons", {}).get("modelopt", {})
+def _modelopt_rows(report: QuantizationReport) -> list[str]:
+    mo = report.comparisons.get("modelopt", {})
     return [f"Not run: {mo.get('reason', 'n/a')}."]
 
 
-def render_markdown(report: dict[str, Any]) -> str:
-    status = report.get("status", "?")
-    cal = report["calibration"]
+def render_markdown(report: QuantizationReport) -> str:
+    cal = report.calibration
+    source = report.source
     lines = [
-        f"# Quantization report: {report['method']} ({status})",
+        f"# Quantization report: {report.method} ({report.status})",
         "",
-        f"Bundle `{report['bundle']}`, source `{report['source']['file']}` (sha256 "
-        f"{report['source']['sha256'][:12]}..., {_mb(report['source']['bytes'])}); recipe: "
-        f"{report['recipe']['source']}.",
+        f"Bundle `{report.bundle}`, source `{source.file}` (sha256 {source.sha256[:12]}..., {_mb(source.bytes)}); "
+        f"recipe: {report.recipe.source}.",
         "",
     ]
-    if report.get("message"):
-        lines += [f"**{report['message']}**", ""]
+    if report.message:
+        lines += [f"**{report.message}**", ""]
     lines += ["## Files", ""]
-    for rel, entry in report["files"].items():
+    for rel, entry in report.files.items():
         lines += _file_section(rel, entry)
     lines += [
         "## Accuracy",
@@ -235,9 +239,9 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         "## Calibration",
         "",
-        f"{cal['batches']} batches, {cal['pairs']} training pairs (half matched, half mismatched), text lengths "
-        f"{cal['text_lengths']} (each batch padded only to its own longest text; padding "
-        f"{cal['padding_share']:.1%}), {cal['method']} ranges.",
+        f"{cal.batches} batches, {cal.pairs} training pairs (half matched, half mismatched), text lengths "
+        f"{cal.text_lengths} (each batch padded only to its own longest text; padding "
+        f"{cal.padding_share:.1%}), {cal.method} ranges.",
         "",
         "## NVIDIA ModelOpt ONNX PTQ (comparison)",
         "",

@@ -104,10 +104,8 @@ def run_check(
     """
     from fbcompress.benchmark.runners import Target, open_runner
     from fbcompress.data.dataset_dir import DatasetDir
-    from fbcompress.data.loader import SplitData
     from fbcompress.evaluation.latency import example_inputs, machine_info, throughput, time_interleaved
-    from fbcompress.evaluation.metrics import evaluate, reusable_eval, stamp
-    from fbcompress.modeling.backbone import load_tokenizer
+    from fbcompress.evaluation.metrics import evaluate_model, reusable_eval
 
     dataset = DatasetDir.open(data_dir)
     roles = {"teacher": Path(teacher), "candidate": Path(candidate)}
@@ -124,12 +122,8 @@ def run_check(
     if teacher_eval is not None:
         evals["teacher"] = reusable_eval(teacher_eval, roles["teacher"], dataset, split, max_queries)
     for role, runner in runners.items():
-        if role in evals:
-            continue
-        scorer = runner.scorer
-        data = SplitData(dataset, split, load_tokenizer(scorer.tokenizer_dir), scorer.spec)
-        result = evaluate(scorer, dataset, data, split, max_queries=max_queries, progress=progress)
-        evals[role] = stamp(result, roles[role], dataset)
+        if role not in evals:
+            evals[role] = evaluate_model(runner.scorer, roles[role], dataset, split, max_queries, progress)
     import torch
 
     with torch.inference_mode():

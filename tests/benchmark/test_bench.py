@@ -18,6 +18,7 @@ import torch
 from cli_helpers import assert_one_line_error, run, stdout_json
 
 from fbcompress.benchmark.matrix import BENCH_SCHEMA, BenchSettings, measure_shape, run_bench
+from fbcompress.benchmark.record import BenchRecord
 from fbcompress.benchmark.report import LATENCY_PLOT, SPEEDUP_PLOT, format_table, write_plots
 from fbcompress.benchmark.runners import MEMORY_CPU, Target
 from fbcompress.evaluation.latency import LatencyStats, throughput, time_callable, time_interleaved
@@ -162,7 +163,8 @@ def test_run_bench_speedups_vsl_savings_and_schema():
     clock = FakeClock()
     teacher, student = FakeRunner("teacher", 0.02, clock), FakeRunner("student", 0.005, clock)
     settings = BenchSettings(batch_sizes=(1, 4), text_lengths=(8, 16), runs=3, warmup=1, pad_to=32)
-    result = run_bench([], settings, runners=[teacher, student], timer=clock)
+    result_record = run_bench([], settings, runners=[teacher, student], timer=clock)
+    result = result_record.to_json()
     assert result["schema"] == BENCH_SCHEMA and result["failed"] == 0
     assert [m["label"] for m in result["models"]] == ["teacher", "student"]
     assert any("below design.md" in note for note in result["notes"])  # 3 runs < 100
@@ -176,7 +178,7 @@ def test_run_bench_speedups_vsl_savings_and_schema():
         assert row["speedup_vs_first"] == pytest.approx(expected)
         if row["padded_to"] is None:  # VSL saves (32 + 64) / (T + 64)
             assert row["vsl_speedup"] == pytest.approx((32 + 64) / (row["text"] + 64))
-    table = format_table(result)
+    table = format_table(result_record)
     assert "8→32 (pad)" in table and "4.00×" in table
     json.dumps(result)  # serialisable as is
 
@@ -196,7 +198,8 @@ def test_models_of_one_shape_are_timed_in_alternating_blocks():
             return logged
 
     runners = [Logged("a", 0.01, clock), Logged("b", 0.02, clock)]
-    result = run_bench([], BenchSettings((1,), (8,), runs=25, warmup=2), runners=runners, timer=clock)
+    result_record = run_bench([], BenchSettings((1,), (8,), runs=25, warmup=2), runners=runners, timer=clock)
+    result = result_record.to_json()
     assert order[:4] == ["a", "a", "b", "b"]  # each warmed up alone first
     timed = order[4:]
     assert timed == ["a"] * 10 + ["b"] * 10 + ["a"] * 10 + ["b"] * 10 + ["a"] * 5 + ["b"] * 5
@@ -212,7 +215,8 @@ def test_run_bench_skips_lengths_a_model_cannot_run_or_clips_defaults():
 
     clock = FakeClock()
     short = FakeRunner("short", 0.01, clock, max_text_len=8, max_positions=16)
-    chosen = run_bench([], BenchSettings((1,), (8, 32), runs=1, warmup=0), runners=[short], timer=clock)
+    chosen_record = run_bench([], BenchSettings((1,), (8, 32), runs=1, warmup=0), runners=[short], timer=clock)
+    chosen = chosen_record.to_json()
     assert chosen["failed"] == 0 and chosen["skipped"] == 1 and chosen["settings"]["text_lengths"] == [8, 32]
     ok, skipped = chosen["results"]
     assert ok["text"] == 8 and ok["skipped"] is None and ok["p50_ms"] > 0
@@ -220,13 +224,15 @@ def test_run_bench_skips_lengths_a_model_cannot_run_or_clips_defaults():
     assert skipped["skipped"] == "32 text tokens: this model runs at most 16 text tokens"
     assert skipped["speedup_vs_first"] is None and skipped["vsl_speedup"] is None
     assert any("short: text lengths [32] skipped: it runs at most 16" in note for note in chosen["notes"])
-    assert "| short | fake | cpu | fp32 | 1 | 32 | skipped: 32 text tokens" in format_table(chosen)
-    clipped = run_bench(
+    assert "| short | fake | cpu | fp32 | 1 | 32 | skipped: 32 text tokens" in format_table(chosen_record)
+    clipped_record = run_bench(
         [], BenchSettings((1,), (8, 32), runs=1, warmup=0), clip_lengths=True, runners=[short], timer=clock
     )
+    clipped = clipped_record.to_json()
     assert clipped["settings"]["text_lengths"] == [8] and clipped["skipped"] == 0
     assert any("[32] skipped" in note for note in clipped["notes"])
-    padded = run_bench([], BenchSettings((1,), (8,), runs=1, warmup=0, pad_to=64), runners=[short], timer=clock)
+    padded_record = run_bench([], BenchSettings((1,), (8,), runs=1, warmup=0, pad_to=64), runners=[short], timer=clock)
+    padded = padded_record.to_json()
     vsl, pad = padded["results"]
     assert padded["failed"] == 0 and vsl["p50_ms"] > 0 and vsl["vsl_speedup"] is None
     assert pad["padded_to"] == 64 and pad["skipped"] == "padded to 64 tokens: this model runs at most 16 text tokens"
@@ -237,7 +243,8 @@ def test_run_bench_skips_lengths_a_model_cannot_run_or_clips_defaults():
     with pytest.raises(FbError, match="no model to benchmark"):
         run_bench([], BenchSettings((1,), (8,), runs=1, warmup=0), timer=clock)
     # longer than the tokenizer emits but within the positions: timed, with a note saying no request is that long
-    beyond = run_bench([], BenchSettings((1,), (8, 16), runs=1, warmup=0), runners=[short], timer=clock)
+    beyond_record = run_bench([], BenchSettings((1,), (8, 16), runs=1, warmup=0), runners=[short], timer=clock)
+    beyond = beyond_record.to_json()
     assert beyond["failed"] == 0 and any("lengths [16] are timed as shapes only" in n for n in beyond["notes"])
 
 
@@ -249,7 +256,8 @@ def test_lengths_beyond_one_model_are_skipped_for_that_model_only():
     short = FakeRunner("short", 0.005, clock, max_text_len=8, max_positions=16)
     long = FakeRunner("long", 0.02, clock, max_text_len=32, max_positions=64)
     settings = BenchSettings((1,), (8, 32), runs=3, warmup=1, pad_to=48)
-    result = run_bench([], settings, runners=[short, long], timer=clock)
+    result_record = run_bench([], settings, runners=[short, long], timer=clock)
+    result = result_record.to_json()
     assert result["failed"] == 0 and result["skipped"] == 3
     rows = {(r["label"], r["text"], r["padded_to"]): r for r in result["results"]}
     for key in (("long", 8, None), ("long", 8, 48), ("long", 32, None), ("long", 32, 48), ("short", 8, None)):
@@ -263,7 +271,7 @@ def test_lengths_beyond_one_model_are_skipped_for_that_model_only():
     assert rows[("long", 8, None)]["vsl_speedup"] == pytest.approx((48 + 64) / (8 + 64))
     assert rows[("short", 8, None)]["vsl_speedup"] is None  # its padded row was skipped
     assert any("short: text lengths [32], --pad-to 48 skipped: it runs at most 16" in n for n in result["notes"])
-    table = format_table(result)
+    table = format_table(result_record)
     assert "| short | fake | cpu | fp32 | 1 | 32 | skipped: 32 text tokens: this model runs at most 16" in table
     assert "| short | fake | cpu | fp32 | 1 | 8→48 (pad) | skipped: padded to 48 tokens" in table
     json.dumps(result)
@@ -289,7 +297,8 @@ def test_a_model_whose_backend_does_not_load_is_skipped_and_the_rest_is_timed(mo
 
     monkeypatch.setattr(matrix, "open_runner", opener)
     targets = [Target(Path("a.onnx"), label="ort"), Target(Path("m.plan"), "tensorrt", "cuda", label="trt")]
-    result = run_bench(targets, BenchSettings((1,), (8,), runs=2, warmup=0), timer=clock)
+    result_record = run_bench(targets, BenchSettings((1,), (8,), runs=2, warmup=0), timer=clock)
+    result = result_record.to_json()
     assert result["failed"] == 0 and [r["label"] for r in result["results"]] == ["ort"]
     ort, trt = result["models"]
     assert ort["skipped"] is None and ort["id"] == 0
@@ -298,8 +307,9 @@ def test_a_model_whose_backend_does_not_load_is_skipped_and_the_rest_is_timed(mo
         "precision": "fp32", "skipped": "TensorRT is not installed (pip install tensorrt)",
     }
     assert "skipped trt: TensorRT is not installed (pip install tensorrt)" in result["notes"]
-    assert "| trt | tensorrt | cuda | fp32 | all | all | skipped: TensorRT is not installed" in format_table(result)
-    assert "**trt**: `m.plan` — tensorrt, cuda; skipped: TensorRT is not installed" in format_report(result)
+    table = format_table(result_record)
+    assert "| trt | tensorrt | cuda | fp32 | all | all | skipped: TensorRT is not installed" in table
+    assert "**trt**: `m.plan` — tensorrt, cuda; skipped: TensorRT is not installed" in format_report(result_record)
     json.dumps(result)
     with pytest.raises(FbError, match="no model can run on this machine"):
         run_bench(targets[1:], BenchSettings((1,), (8,), runs=1, warmup=0), timer=clock)
@@ -319,32 +329,33 @@ def test_a_failing_case_is_recorded_and_the_matrix_goes_on():
                 raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore detail")
             return super().prepare(inputs)
 
-    result = run_bench(
+    result_record = run_bench(
         [], BenchSettings((1, 2), (8,), runs=2, warmup=0), runners=[Broken("broken", 0.01, clock)], timer=clock
     )
+    result = result_record.to_json()
     ok, bad = result["results"]
     assert ok["error"] is None and result["failed"] == 1
     assert bad["error"] == "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB"
-    assert "error: RuntimeError" in format_table(result)
+    assert "error: RuntimeError" in format_table(result_record)
 
 
 @pytest.mark.slow
 def test_plots_are_pngs(tmp_path):
     clock = FakeClock()
-    result = run_bench(
+    result_record = run_bench(
         [],
         BenchSettings((1, 4), (8, 16), runs=2, warmup=0, pad_to=32),
         runners=[FakeRunner("a", 0.02, clock), FakeRunner("b", 0.01, clock)],
         timer=clock,
     )
-    written = write_plots(result, tmp_path / "plots")
+    written = write_plots(result_record, tmp_path / "plots")
     assert [p.name for p in written] == [LATENCY_PLOT, SPEEDUP_PLOT]
     for path in written:
         assert path.read_bytes()[:8] == PNG_MAGIC
-    single = run_bench(
+    single_record = run_bench(
         [], BenchSettings((1,), (8,), runs=1, warmup=0), runners=[FakeRunner("a", 0.02, clock)], timer=clock
     )
-    assert [p.name for p in write_plots(single, tmp_path / "one")] == [LATENCY_PLOT]  # no baseline to compare
+    assert [p.name for p in write_plots(single_record, tmp_path / "one")] == [LATENCY_PLOT]  # no baseline to compare
 
 
 # ------------------------------------------------------------------------------------------- CLI, real models
@@ -389,6 +400,7 @@ def test_bench_cli_json_markdown_and_plots(trained_smoke, smoke_onnx, tmp_path):
     assert result.exit_code == 0, result.output
     payload = json.loads(out_json.read_text())
     assert payload["schema"] == BENCH_SCHEMA
+    assert BenchRecord.model_validate(payload).to_json() == payload  # the file reads back as the typed record
     assert set(payload) >= {"created", "machine", "settings", "models", "results", "failed", "notes", "plots"}
     machine = payload["machine"]
     assert machine["cpu"] and machine["logical_cores"] >= 1 and machine["versions"]["torch"]
@@ -521,12 +533,13 @@ def test_an_ort_provider_that_falls_back_is_skipped_not_timed(smoke_onnx, monkey
         Target(smoke_onnx, "onnxruntime", "cpu", threads=1, label="cpu"),
         Target(smoke_onnx, "onnxruntime-tensorrt", "cuda", dtype="fp16", label="trt"),
     ]
-    result = run_bench(targets, BenchSettings((1,), (8,), runs=2, warmup=0))
+    result_record = run_bench(targets, BenchSettings((1,), (8,), runs=2, warmup=0))
+    result = result_record.to_json()
     assert result["failed"] == 0 and [r["label"] for r in result["results"]] == ["cpu"]
     reason = result["models"][1]["skipped"]
     assert reason.startswith("ONNX Runtime could not start TensorrtExecutionProvider")
     assert reason.endswith("(it fell back to CPUExecutionProvider)")
-    assert f"skipped: {reason}" in format_table(result) and f"skipped: {reason}" in format_report(result)
+    assert f"skipped: {reason}" in format_table(result_record) and f"skipped: {reason}" in format_report(result_record)
 
 
 def test_ort_tensorrt_provider_options_from_the_bundle_manifest(tmp_path):

@@ -194,11 +194,22 @@ def test_report_reads_the_stage_outputs(tmp_path):
         json.dumps({"step": s, "losses": {"ita": 0.7 - s / 100, "mlm": 3.0}, "weights": {"ita": 0.4, "mlm": 0.6}})
         for s in range(1, 11)
     ))
+    def case(text: int, padded_to: int | None, p50_ms: float | None, skipped: str | None = None) -> dict:
+        timed = {"p50_ms": p50_ms, "p90_ms": p50_ms, "p99_ms": p50_ms} if p50_ms is not None else {}
+        return {"model": 0, "label": "teacher", "batch": 1, "text": text, "padded_to": padded_to,
+                "seq_len": (padded_to or text) + 64, "skipped": skipped, "runs": 0 if skipped else 100, **timed}
+
+    machine = {"cpu": "Test CPU", "torch_threads": 2, "os": "Linux", "fp32_matmul_gflops": 50.0,
+               "versions": {"torch": "2.13.0"}, "onnxruntime_providers": []}
     (out / "bench.json").write_text(json.dumps({
-        "models": [{"id": 0, "path": str(out / "teacher")}],
-        "results": [{"model": 0, "batch": 1, "text": 16, "padded_to": None, "p50_ms": 17.25},
-                    {"model": 0, "batch": 1, "text": 8, "padded_to": None, "p50_ms": 10.0},
-                    {"model": 0, "batch": 1, "text": 8, "padded_to": 64, "p50_ms": 25.0}],
+        "schema": "fbcompress-bench/1", "created": "2026-12-02T00:00:00+00:00", "machine": machine,
+        "settings": {"batch_sizes": [1], "text_lengths": [8, 16, 64], "runs": 100, "warmup": 10, "pad_to": 64,
+                     "seed": 0, "threads": None},
+        "models": [{"id": 0, "label": "teacher", "path": str(out / "teacher"), "backend": "pytorch",
+                    "mode": "eager", "device": "cpu", "precision": "fp32"}],
+        "results": [case(16, None, 17.25), case(8, None, 10.0), case(8, 64, 25.0),
+                    case(64, None, None, skipped="64 text tokens: this model runs at most 32 text tokens")],
+        "failed": 0, "skipped": 1, "notes": [],
     }))
     report = build_report(out, bundle, [{"name": "teacher", "status": "ran", "seconds": 3.0}],
                           {"cpu": "Test CPU", "usable_cores": 2}, ["student"], shipped="student")

@@ -160,8 +160,12 @@ def test_cpu_graph_follows_the_isa_and_quantizes_embeddings(quantized):
 
 
 def test_report_has_nodes_ranges_sizes_accuracy_and_latency(quantized):
+    from fbcompress.quantize.record import QuantizationReport
+
     root, report, _ = quantized
-    assert json.loads((root / "quantization.json").read_text())["status"] == "accepted"
+    written = QuantizationReport.model_validate_json((root / "quantization.json").read_text())  # the typed record
+    # the bundle's copy is the --json report less the list of files written, which is known only after the write
+    assert written.status == "accepted" and written.to_json() == {**report, "written": []}
     files = report["files"]
     trt = files["model.int8.trt.onnx"]
     assert len(trt["graph"]["quantized_nodes"]) == 18 and trt["graph"]["dq_feeding_layernorm_or_softmax"] == []
