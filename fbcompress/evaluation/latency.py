@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -17,8 +16,11 @@ from pydantic import BaseModel, ConfigDict
 from fbcompress.modeling.model import PatchSpec
 
 
-@dataclass(frozen=True)
-class LatencyStats:
+class LatencyStats(BaseModel):
+    """One timed case: the percentiles design.md reports, over `runs` timed calls (also a field of typed reports)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
     runs: int
     p50_ms: float
     p90_ms: float
@@ -27,13 +29,14 @@ class LatencyStats:
     min_ms: float
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return self.model_dump()
 
 
 def summarise(durations_s: list[float]) -> LatencyStats:
     ms = np.asarray(durations_s, dtype=np.float64) * 1000.0
     p50, p90, p99 = np.percentile(ms, [50, 90, 99])
-    return LatencyStats(len(ms), float(p50), float(p90), float(p99), float(ms.mean()), float(ms.min()))
+    return LatencyStats(runs=len(ms), p50_ms=float(p50), p90_ms=float(p90), p99_ms=float(p99),
+                        mean_ms=float(ms.mean()), min_ms=float(ms.min()))
 
 
 def time_interleaved(

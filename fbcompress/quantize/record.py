@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from fbcompress.evaluation.latency import MachineRecord
+from fbcompress.evaluation.latency import LatencyStats, MachineRecord
 
 Metrics = dict[str, float]  # accuracy, auc, itr_r1 .. tir_r10 (`measure.headline`)
 
@@ -59,15 +59,9 @@ class AccuracySection(_Record):
     note: str
 
 
-class LatencyCase(_Record):
+class LatencyCase(LatencyStats):
     batch: int
     text: int
-    runs: int
-    p50_ms: float
-    p90_ms: float
-    p99_ms: float
-    mean_ms: float
-    min_ms: float
     pairs_per_s: float | None = None
 
 

@@ -79,7 +79,7 @@ def test_synchronize_is_inside_the_timed_window():
 def test_throughput_is_batch_over_median_latency():
     stats = LatencyStats(runs=100, p50_ms=4.0, p90_ms=5.0, p99_ms=9.0, mean_ms=4.2, min_ms=3.0)
     assert throughput(stats, 8) == pytest.approx(2000.0)
-    assert throughput(LatencyStats(1, 0.0, 0.0, 0.0, 0.0, 0.0), 8) is None
+    assert throughput(LatencyStats(runs=1, p50_ms=0.0, p90_ms=0.0, p99_ms=0.0, mean_ms=0.0, min_ms=0.0), 8) is None
 
 
 def test_time_interleaved_alternates_blocks_and_keeps_exact_stats():

@@ -275,17 +275,19 @@ def test_accuracy_counts_a_tied_pair_as_a_mismatch_like_argmax():
     assert classification_metrics(np.array([1, 1]), tied)["accuracy"] == 0.0
 
 
-def test_evaluate_model_stamps_the_test_split_and_a_checked_parity(trained_smoke, tiny_data):
-    """`fbcompress eval`'s library call: the test split unless told, the result stamped with the weights, and for
-    a scorer that carries a parity check (a checkpoint exported to ONNX Runtime on the fly) its figure and
-    tolerance, nothing else of it. Breaks caught: the default split changed, the parity dropped or renamed, its
-    keys renamed."""
+def test_evaluate_model_stamps_the_test_split_and_a_checked_parity(trained_smoke, tiny_data, capsys):
+    """`fbcompress eval`'s library call: the test split unless told, no progress bars unless asked, the result
+    stamped with the weights, and for a scorer that carries a parity check (a checkpoint exported to ONNX Runtime on
+    the fly) its figure and tolerance, nothing else of it. Breaks caught: the default split changed, bars by
+    default, the parity dropped or renamed, its keys renamed."""
     from fbcompress.evaluation.metrics import evaluate_model
     from fbcompress.runtime.scoring import open_scorer
 
     scorer = open_scorer(trained_smoke)
     dataset = DatasetDir.open(tiny_data)
+    capsys.readouterr()
     plain = evaluate_model(scorer, trained_smoke, dataset, max_queries=1)
+    assert "pairs:" not in capsys.readouterr().err
     assert plain["split"] == "test" and "parity_vs_pytorch" not in plain
     assert plain["model_sha256"] == sha256_file(trained_smoke / "model.safetensors")
     assert plain["data_fingerprint"] == dataset.fingerprint
