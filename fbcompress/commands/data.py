@@ -1,4 +1,4 @@
-"""`fbcompress data synth` and `fbcompress data fashiongen`: make a dataset dir."""
+"""`fbcompress data synth`, `data fashiongen` and `data import`: make a dataset dir."""
 
 from __future__ import annotations
 
@@ -7,18 +7,25 @@ from pathlib import Path
 import click
 
 from fbcompress.commands.group import FbGroup
-from fbcompress.commands.options import out_option, recipe_option, set_option
+from fbcompress.commands.options import echo_log, out_option, progress_wanted, recipe_option, set_option
 
 
 @click.group("data", cls=FbGroup)
 def data_group() -> None:
-    """Make a dataset dir (manifests + images + fixed eval sets) from synthetic or Fashion-Gen data."""
+    """Make a dataset dir (manifests + images + fixed eval sets) from synthetic data, Fashion-Gen or your catalogue."""
 
 
-def _eval_sizes(recipe):
+def _split_settings(recipe, seed: int | None) -> dict:
+    """What every producer takes from the recipe's data section: the seed (unless --seed), the split fractions and
+    the eval set sizes."""
     from fbcompress.data.dataset_dir import EvalSetSizes
 
-    return EvalSetSizes(queries=recipe.data.eval_queries, negatives=recipe.data.eval_negatives)
+    return {
+        "seed": seed if seed is not None else recipe.data.seed,
+        "val_fraction": recipe.data.val_fraction,
+        "test_fraction": recipe.data.test_fraction,
+        "eval_sizes": EvalSetSizes(queries=recipe.data.eval_queries, negatives=recipe.data.eval_negatives),
+    }
 
 
 @data_group.command("synth")
@@ -45,10 +52,7 @@ def data_synth(out: Path, recipe, products, image_size, seed, poses, overrides) 
         out,
         products=products if products is not None else r.data.products,
         image_size=image_size if image_size is not None else r.data.image_size,
-        seed=seed if seed is not None else r.data.seed,
-        val_fraction=r.data.val_fraction,
-        test_fraction=r.data.test_fraction,
-        eval_sizes=_eval_sizes(r),
+        **_split_settings(r, seed),
         poses=poses,
     )
     click.echo(f"wrote {path}")
@@ -78,11 +82,64 @@ def data_fashiongen(h5_files, out: Path, recipe, image_size, limit, seed, overri
     path = convert_fashiongen(
         list(h5_files),
         out,
-        seed=seed if seed is not None else r.data.seed,
-        val_fraction=r.data.val_fraction,
-        test_fraction=r.data.test_fraction,
-        eval_sizes=_eval_sizes(r),
+        **_split_settings(r, seed),
         image_size=image_size,
         limit=limit,
     )
     click.echo(f"wrote {path}")
+
+
+@data_group.command("import")
+@click.option("--products", required=True, type=click.Path(path_type=Path),
+              help="product table: .jsonl, .csv or .parquet, one row per product image")
+@click.option("--images-root", required=True, type=click.Path(path_type=Path),
+              help="folder the table's image paths are relative to")
+@out_option("dataset dir to write")
+@click.option("--map", "mapping", multiple=True, metavar="COL=FIELD",
+              help="read field FIELD (id, title, description, category, subcategory, image, group) from column COL")
+@recipe_option()
+@click.option("--image-size", type=int, help="resize images to this side (default: recipe data.image_size)")
+@click.option("--seed", type=int, help="split/eval-set seed (default: recipe data.seed)")
+@click.option("--max-reject-rate", type=float, default=0.05, show_default=True,
+              help="fail (writing nothing) when more than this share of rows cannot be used")
+@click.option("--queries", type=click.Path(path_type=Path),
+              help="search log (.jsonl, .csv, .parquet): query text, product id, weight (clicks, purchases)")
+@click.option("--query-map", "query_mapping", multiple=True, metavar="COL=FIELD",
+              help="read FIELD (query, product, weight) of the search log from column COL")
+@click.option("--workers", type=int, help="image decoding processes (default: one per usable core)")
+@set_option()
+def data_import(products: Path, images_root: Path, out: Path, mapping, recipe, image_size, seed, max_reject_rate,
+                queries, query_mapping, workers, overrides) -> None:
+    """Import your own product table and its images: splits by product (or --map COL=group), fixed eval sets.
+
+    Rows that cannot be used (duplicate id, empty text, missing or undecodable image, text that is not UTF-8) are
+    listed with the reason in OUT/rejects.jsonl and the import goes on. A killed import, run again with the same
+    arguments, resumes from its last complete shard. With --queries, each search-log row goes to its product's
+    split (OUT/queries-{train,val,test}.jsonl).
+
+    \b
+    Example:
+      fbcompress data import --products shop.csv --images-root shop/images --out data/shop \\
+          --map sku=id --map name=title --map cat=category --map subcat=subcategory --map photo=image
+      fbcompress data import --products shop.parquet --images-root shop/images --out data/shop \\
+          --queries clicks.csv --query-map q=query --query-map sku=product --query-map clicks=weight
+    """
+    from fbcompress.data.importing.importer import ImportOptions, import_catalogue
+    from fbcompress.recipes import load_recipe_or_defaults
+
+    r = load_recipe_or_defaults(recipe, overrides)
+    summary = import_catalogue(ImportOptions(
+        products=products,
+        images_root=images_root,
+        out=out,
+        mapping=list(mapping),
+        image_size=image_size if image_size is not None else r.data.image_size,
+        **_split_settings(r, seed),
+        max_reject_rate=max_reject_rate,
+        queries=queries,
+        query_mapping=list(query_mapping),
+        workers=workers,
+        progress=progress_wanted(),
+        log=echo_log,
+    ))
+    click.echo(summary.line())

@@ -1,1 +1,2 @@
-"""Datasets: the dataset-dir format, its producers (synthetic catalogue, Fashion-Gen) and the training loader."""
+"""Datasets: the dataset-dir format, its producers (synthetic catalogue, Fashion-Gen, a user's own catalogue through
+`data import`) and the training loader."""

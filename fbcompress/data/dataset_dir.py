@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
+import shutil
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +48,13 @@ class EvalSetSizes:
     negatives: int = 100
 
 
+def record_text(title: str, description: str) -> str:
+    """The text the model reads: title and description joined into one sentence sequence (no "name.. text")."""
+    if title and description:
+        return f"{title} {description}" if title[-1] in ".!?" else f"{title}. {description}"
+    return title or description
+
+
 @dataclass
 class DatasetWriter:
     """Collects records and images in a temporary dir; `dataset_writer` finalises splits and eval sets."""
@@ -57,6 +66,25 @@ class DatasetWriter:
 
     def add(self, record: dict, image: np.ndarray | Image.Image, split: str | None = None) -> None:
         """Add one record and its RGB image; `split` pins its product to a split (else assigned by seed)."""
+        rid = self._check(record, split)
+        pil = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image, dtype=np.uint8))
+        rel = f"images/{rid}.png"
+        pil.convert("RGB").save(self.root / rel, optimize=False, compress_level=1)
+        self._keep(record, rid, rel)
+
+    def add_written(self, record: dict, png: Path, name: str) -> None:
+        """Add one record whose image is already a PNG of the right size (written by an import worker), linked in
+        as images/<name>.png (copied across file systems): the import's own copy stays until the dataset is
+        complete, so a kill while writing loses nothing."""
+        rid = self._check(record, None)
+        rel = f"images/{name}.png"
+        try:
+            os.link(png, self.root / rel)
+        except OSError:
+            shutil.copyfile(png, self.root / rel)
+        self._keep(record, rid, rel)
+
+    def _check(self, record: dict, split: str | None) -> str:
         missing = [k for k in REQUIRED_KEYS if k not in record and k != "image"]
         if missing:
             raise FbError(f"record {record.get('id', '?')} lacks {', '.join(missing)}")
@@ -69,9 +97,9 @@ class DatasetWriter:
             if split not in SPLITS:
                 raise FbError(f"unknown split {split!r}")
             self.preset_split[str(record["product_id"])] = split
-        pil = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image, dtype=np.uint8))
-        rel = f"images/{rid}.png"
-        pil.convert("RGB").save(self.root / rel, optimize=False, compress_level=1)
+        return rid
+
+    def _keep(self, record: dict, rid: str, rel: str) -> None:
         self._ids.add(rid)
         self.records.append({**record, "id": rid, "product_id": str(record["product_id"]), "image": rel})
 
@@ -86,8 +114,10 @@ def dataset_writer(
     test_fraction: float,
     eval_sizes: EvalSetSizes,
     extra_meta: dict[str, Any] | None = None,
+    on_splits: Callable[[Path, dict[str, list[dict]]], None] | None = None,
 ) -> Iterator[DatasetWriter]:
-    """Write a dataset dir atomically: nothing appears at `out` unless every file was written."""
+    """Write a dataset dir atomically: nothing appears at `out` unless every file was written. `on_splits(dir,
+    splits)` writes files that depend on the split (an import's search queries) before the fingerprint is taken."""
     with atomic_dir(out) as tmp:
         (tmp / "images").mkdir()
         writer = DatasetWriter(tmp)
@@ -109,6 +139,8 @@ def dataset_writer(
         _write_jsonl(tmp / "eval-pairs.jsonl", pairs)
         _write_jsonl(tmp / "eval-itr.jsonl", itr)
         _write_jsonl(tmp / "eval-tir.jsonl", tir)
+        if on_splits is not None:
+            on_splits(tmp, splits)
         meta = {
             "format_version": FORMAT_VERSION,
             "source": source,
@@ -151,17 +183,28 @@ def _by_product(records: list[dict]) -> dict[str, list[dict]]:
     return grouped
 
 
+LARGE_POOL = 2000  # above this many products a pool is sampled, not shuffled whole (see pick_negative_products)
+
+
 def pick_negative_products(
-    query_pid: str, products: dict[str, dict], by_sub: dict, by_cat: dict, n: int, rng: random.Random
+    query_pid: str, products: dict[str, dict], by_sub: dict, by_cat: dict, n: int, rng: random.Random,
+    everyone: list[str] | None = None,
 ) -> list[str]:
-    """N other products: same subcategory first, then same category, then anywhere (the FashionBERT protocol)."""
+    """N other products: same subcategory first, then same category, then anywhere (the FashionBERT protocol).
+
+    A pool of up to LARGE_POOL products is shuffled whole; a larger one (an imported catalogue's subcategory of
+    tens of thousands of products) is sampled, index by index, so that drawing the eval sets of a million-row
+    catalogue costs O(n) per query rather than O(pool). `everyone` is the sorted list of all products (computed
+    once by the caller; sorted here otherwise)."""
     query = products[query_pid]
     chosen: list[str] = []
     seen = {query_pid}
-    for pool in (by_sub[query["subcategory"]], by_cat[query["category"]], sorted(products)):
-        candidates = [p for p in pool if p not in seen]
-        rng.shuffle(candidates)
-        take = candidates[: n - len(chosen)]
+    pools = (lambda: by_sub[query["subcategory"]], lambda: by_cat[query["category"]],
+             lambda: everyone if everyone is not None else sorted(products))
+    for pool_of in pools:
+        pool = pool_of()
+        take = (_sample_new(pool, seen, n - len(chosen), rng) if len(pool) > LARGE_POOL
+                else _shuffle_new(pool, seen, n - len(chosen), rng))
         chosen += take
         seen.update(take)
         if len(chosen) >= n:
@@ -169,24 +212,46 @@ def pick_negative_products(
     return chosen
 
 
-def _indexes(records: list[dict]) -> tuple[dict[str, list[dict]], dict[str, dict], dict, dict]:
+def _shuffle_new(pool: list[str], seen: set[str], n: int, rng: random.Random) -> list[str]:
+    candidates = [p for p in pool if p not in seen]
+    rng.shuffle(candidates)
+    return candidates[:n]
+
+
+def _sample_new(pool: list[str], seen: set[str], n: int, rng: random.Random) -> list[str]:
+    """Up to n distinct products of `pool` not in `seen`, drawn at random (the pool is much larger than n + seen,
+    so a few redraws suffice; after 4(n + |seen|) + 16 draws the rest is taken by a shuffle of what is left)."""
+    taken: list[str] = []
+    skip = set(seen)
+    for _ in range(4 * (n + len(seen)) + 16):
+        if len(taken) >= n:
+            return taken
+        product = pool[rng.randrange(len(pool))]
+        if product not in skip:
+            taken.append(product)
+            skip.add(product)
+    return taken + _shuffle_new(pool, skip, n - len(taken), rng)
+
+
+def _indexes(records: list[dict]) -> tuple[dict[str, list[dict]], dict[str, dict], dict, dict, list[str]]:
     grouped = _by_product(records)
     heads = {pid: recs[0] for pid, recs in grouped.items()}
+    everyone = sorted(heads)
     by_sub: dict[str, list[str]] = defaultdict(list)
     by_cat: dict[str, list[str]] = defaultdict(list)
-    for pid in sorted(heads):
+    for pid in everyone:
         by_sub[heads[pid]["subcategory"]].append(pid)
         by_cat[heads[pid]["category"]].append(pid)
-    return grouped, heads, by_sub, by_cat
+    return grouped, heads, by_sub, by_cat, everyone
 
 
 def build_pair_set(records: list[dict], split: str, rng: random.Random) -> list[dict]:
     """Every record matched with its own text, plus one same-subcategory mismatched text (ACC/AUC)."""
-    grouped, heads, by_sub, by_cat = _indexes(records)
+    grouped, heads, by_sub, by_cat, everyone = _indexes(records)
     pairs = []
     for record in records:
         pairs.append({"split": split, "image": record["id"], "text": record["id"], "label": 1})
-        neg = pick_negative_products(record["product_id"], heads, by_sub, by_cat, 1, rng)
+        neg = pick_negative_products(record["product_id"], heads, by_sub, by_cat, 1, rng, everyone)
         if neg:
             other = rng.choice(grouped[neg[0]])
             pairs.append({"split": split, "image": record["id"], "text": other["id"], "label": 0})
@@ -197,7 +262,7 @@ def build_rank_sets(
     records: list[dict], split: str, sizes: EvalSetSizes, rng: random.Random
 ) -> tuple[list[dict], list[dict]]:
     """ITR (image query → texts) and TIR (text query → images): 1 positive + N negatives per query."""
-    grouped, heads, by_sub, by_cat = _indexes(records)
+    grouped, heads, by_sub, by_cat, everyone = _indexes(records)
     pids = sorted(grouped)
     rng.shuffle(pids)
     n_neg = min(sizes.negatives, len(pids) - 1)
@@ -205,10 +270,10 @@ def build_rank_sets(
     for pid in pids[: sizes.queries]:
         query = rng.choice(grouped[pid])
         negatives = [rng.choice(grouped[p])["id"] for p in pick_negative_products(pid, heads, by_sub, by_cat,
-                                                                                   n_neg, rng)]
+                                                                                   n_neg, rng, everyone)]
         itr.append({"split": split, "query": query["id"], "positive": query["id"], "negatives": negatives})
         negatives = [rng.choice(grouped[p])["id"] for p in pick_negative_products(pid, heads, by_sub, by_cat,
-                                                                                   n_neg, rng)]
+                                                                                   n_neg, rng, everyone)]
         tir.append({"split": split, "query": query["id"], "positive": query["id"], "negatives": negatives})
     return itr, tir
 

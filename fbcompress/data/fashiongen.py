@@ -27,7 +27,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from fbcompress.core.errors import FbError
-from fbcompress.data.dataset_dir import EvalSetSizes, dataset_writer
+from fbcompress.data.dataset_dir import EvalSetSizes, dataset_writer, record_text
 
 SOURCE = "fashiongen"
 IMAGE_KEY = "input_image"
@@ -270,11 +270,7 @@ def _record(file_index: int, row: int, values: dict[str, Any], optional: tuple[s
     description = _text(values["input_description"])
     if not name and not description:
         return None
-    if name and description:
-        # Avoid "name.. description" when the name already ends a sentence.
-        text = f"{name} {description}" if name[-1] in ".!?" else f"{name}. {description}"
-    else:
-        text = name or description
+    text = record_text(name, description)
     attributes = {
         key.removeprefix("input_"): (_text(values[key]) if isinstance(values[key], str) else values[key])
         for key in optional
