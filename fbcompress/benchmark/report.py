@@ -73,12 +73,11 @@ def _backend_cell(model: BenchModel) -> str:
 def format_report(result: BenchRecord, plots: list[str] | None = None, title: str = "fbcompress bench") -> str:
     """A complete Markdown document: machine, settings, table, notes, plots (paths relative to the .md file)."""
     settings = result.settings
-    machine = result.machine.model_dump(mode="json", exclude_unset=True)
     lines = [
         f"# {title}",
         "",
         f"- created: {result.created}",
-        f"- machine: {machine_line(machine)}",
+        f"- machine: {machine_line(result.machine)}",
         f"- OS: {result.machine.os}",
         f"- runs per case: {settings.runs} timed after {settings.warmup} warm-up; latency = wall time of "
         "one call (GPU: synchronised), the models of one shape timed in alternating blocks of 10; "
@@ -164,7 +163,7 @@ def write_plots(result: BenchRecord, plot_dir: str | Path) -> list[Path]:
     if not batches:
         return []
     labels = {m.id: m.label for m in result.models if not m.skipped}
-    caption = machine_line(result.machine.model_dump(mode="json", exclude_unset=True))
+    caption = machine_line(result.machine)
     written = []
 
     fig = Figure(figsize=(5.0 * len(batches), 4.2), layout="constrained")

@@ -146,7 +146,7 @@ def bench_cmd(
     settings = BenchSettings(batches, lengths, runs, warmup, pad_to, seed, threads)
     result = run_bench(targets, settings, clip_lengths=text_lengths is None, progress=progress_wanted())
     to_err = json_path == "-"
-    click.echo(machine_line(result.machine.model_dump(mode="json", exclude_unset=True)), err=to_err)
+    click.echo(machine_line(result.machine), err=to_err)
     click.echo(format_table(result), err=to_err)
     for note in result.notes:
         click.echo(f"note: {note}", err=True)

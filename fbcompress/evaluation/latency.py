@@ -306,8 +306,10 @@ def machine_info(gpu_index: int | None = None) -> dict:
     return record.model_dump(exclude_none=False, exclude={"gpu"} if gpu is None else set())
 
 
-def machine_line(machine: dict) -> str:
-    """One line naming the machine beside every figure (design.md)."""
+def machine_line(machine: dict | MachineRecord) -> str:
+    """One line naming the machine beside every figure (design.md); the record, or its JSON as a report holds it."""
+    if isinstance(machine, MachineRecord):
+        machine = machine.model_dump(mode="json")
     cores = machine.get("usable_cores") or machine.get("logical_cores")
     gemm = f", FP32 GEMM {machine['fp32_matmul_gflops']:.0f} GFLOPS" if machine.get("fp32_matmul_gflops") else ""
     threads = machine.get("torch_threads")

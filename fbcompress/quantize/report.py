@@ -81,7 +81,7 @@ def _latency_rows(report: QuantizationReport) -> list[str]:
     rows += [
         "",
         f"Batch 1, {lat.runs} timed runs after {lat.warmup} warm-up, {lat.runtime}. Machine: "
-        f"{machine_line(machine.model_dump(mode='json'))}; INT8 ISA {isa.get('isa', '?')} "
+        f"{machine_line(machine)}; INT8 ISA {isa.get('isa', '?')} "
         f"({isa.get('scheme', '?')}).",
     ]
     rows += [f"Not timed: `{name}` ({why})." for name, why in lat.not_timed.items()]

@@ -9,6 +9,7 @@ record's attributes.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -96,3 +97,8 @@ def _text(value: Any) -> str:
 
 def _scalar(value: Any) -> bool:
     return value is None or isinstance(value, (str, int, float, bool))
+
+
+def reason_counts(rejects: list[dict]) -> dict[str, int]:
+    """Reject reasons without their details (`image undecodable (OSError: ...)` counts as `image undecodable`)."""
+    return dict(Counter(str(r["reason"]).split(" (")[0] for r in rejects))

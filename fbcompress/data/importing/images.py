@@ -15,9 +15,9 @@ from PIL import Image, UnidentifiedImageError
 Image.MAX_IMAGE_PIXELS = 10_000 * 10_000  # a product photo above this is a decompression bomb, not a photo
 
 
-def image_source(images_root: Path, name: str) -> Path | None:
-    """The file `name` names under `images_root`, or None when it would leave the root (`../`, an absolute path)."""
-    root = images_root.resolve()
+def image_source(root: Path, name: str) -> Path | None:
+    """The file `name` names under the (resolved) images root, or None when it would leave it (`../`, an absolute
+    path, a link out)."""
     path = (root / name).resolve()
     return path if path.is_relative_to(root) else None
 

@@ -17,7 +17,6 @@ import json
 import os
 import re
 import shutil
-from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Executor, ProcessPoolExecutor
 from contextlib import nullcontext
@@ -30,7 +29,7 @@ from tqdm import tqdm
 from fbcompress.core.artifacts import atomic_write_bytes
 from fbcompress.core.errors import FbError
 from fbcompress.data.dataset_dir import EvalSetSizes, dataset_writer
-from fbcompress.data.importing.fields import FieldMap
+from fbcompress.data.importing.fields import FieldMap, reason_counts
 from fbcompress.data.importing.images import image_source, prepare_images
 from fbcompress.data.importing.queries import QuerySummary, query_columns, write_query_splits
 from fbcompress.data.importing.table import Table, open_table
@@ -117,9 +116,9 @@ def import_catalogue(opts: ImportOptions) -> ImportSummary:
         except FbError:  # bad input (a malformed table): nothing to resume; a kill keeps the work for the next run
             shutil.rmtree(work, ignore_errors=True)
             raise
-        total = shards.count()
+        total = len(shards.complete())
     records, rejects = shards.read_all(total)
-    summary = ImportSummary(out, len(records) + len(rejects), len(records), len(rejects), _reason_counts(rejects),
+    summary = ImportSummary(out, len(records) + len(rejects), len(records), len(rejects), reason_counts(rejects),
                             resumed)
     if summary.rows == 0:
         shutil.rmtree(work, ignore_errors=True)
@@ -207,9 +206,6 @@ class _Shards:
             done.append(len(done))
         return done
 
-    def count(self) -> int:
-        return len(self.complete())
-
     def write(self, index: int, records: list[dict], rejects: list[dict]) -> None:
         atomic_write_bytes(self._path(index, "rejects"), _jsonl(rejects))
         atomic_write_bytes(self._path(index, "records"), _jsonl(records))
@@ -259,19 +255,20 @@ def _shard(
     kept: list[dict] = []
     rejects: list[dict] = []
     jobs: list[tuple[str, str, int]] = []
+    root = Path(opts.images_root).resolve()
     for offset, row in enumerate(rows):
         number = first_row + offset
         record, why = fields.record(row)
         if record is not None and record["id"] in seen:
             record, why = None, f"duplicate id (first at row {seen[record['id']]})"
-        if record is not None and image_source(opts.images_root, record["source_image"]) is None:
+        source = image_source(root, record.pop("source_image")) if record is not None else None
+        if record is not None and source is None:
             record, why = None, f"image path leaves --images-root ({row.get(fields.columns['image'])})"
         if record is None:
             rejects.append({"row": number, "id": _row_id(row, fields), "reason": why})
             continue
         seen[record["id"]] = number
         name = image_name(record["id"])
-        source = image_source(opts.images_root, record.pop("source_image"))
         jobs.append((str(source), str(work / "images" / f"{name}.png"), opts.image_size))
         kept.append({"row": number, "image_name": name, **record})
     records = []
@@ -287,11 +284,6 @@ def _shard(
 def _row_id(row: dict, fields: FieldMap) -> Any:
     value = row.get(fields.columns["id"])
     return value if isinstance(value, (str, int, float)) else None
-
-
-def _reason_counts(rejects: list[dict]) -> dict[str, int]:
-    """Reasons without their details (`image undecodable (OSError: ...)` counts as `image undecodable`)."""
-    return dict(Counter(str(r["reason"]).split(" (")[0] for r in rejects))
 
 
 @dataclass

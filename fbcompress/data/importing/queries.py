@@ -13,13 +13,13 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from fbcompress.core.errors import FbError
 from fbcompress.data.dataset_dir import SPLITS
+from fbcompress.data.importing.fields import reason_counts
 from fbcompress.data.importing.table import BadText, Table
 
 QUERY_FIELDS = ("query", "product", "weight")
@@ -74,8 +74,7 @@ def write_query_splits(table: Table, columns: dict[str, str], split_of: dict[str
                 split = split_of[entry["id"]]
                 handles[split].write(json.dumps(entry, ensure_ascii=False) + "\n")
                 used[split] += 1
-    reasons = dict(Counter(r["reason"].split(" (")[0] for r in rejects))
-    return QuerySummary(rows, used, len(rejects), reasons), rejects
+    return QuerySummary(rows, used, len(rejects), reason_counts(rejects)), rejects
 
 
 def _entry(row: dict[str, Any], columns: dict[str, str], split_of: dict[str, str],
