@@ -17,17 +17,18 @@ same candidates.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import random
 import shutil
-from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 from PIL import Image
@@ -55,14 +56,27 @@ def record_text(title: str, description: str) -> str:
     return title or description
 
 
+SPILL_FILE = "records.spill"  # the writer's records until the split is known (not .jsonl: never fingerprinted)
+KEY_FIELDS = ("id", "product_id", "category", "subcategory")  # what the eval-set draw reads of a record
+
+
 @dataclass
 class DatasetWriter:
-    """Collects records and images in a temporary dir; `dataset_writer` finalises splits and eval sets."""
+    """Streams records to a spill file in a temporary dir; `dataset_writer` finalises splits and eval sets.
+
+    Memory holds each record's id and product id (to refuse duplicates and to split by product), not the records:
+    an imported catalogue of millions of rows is written in one pass over its shards and read back once."""
 
     root: Path
-    records: list[dict] = field(default_factory=list)
     preset_split: dict[str, str] = field(default_factory=dict)
     _ids: set[str] = field(default_factory=set)
+    _products: set[str] = field(default_factory=set)
+    _spill: IO[str] | None = None
+
+    @property
+    def count(self) -> int:
+        """How many records were added."""
+        return len(self._ids)
 
     def add(self, record: dict, image: np.ndarray | Image.Image, split: str | None = None) -> None:
         """Add one record and its RGB image; `split` pins its product to a split (else assigned by seed)."""
@@ -100,8 +114,50 @@ class DatasetWriter:
         return rid
 
     def _keep(self, record: dict, rid: str, rel: str) -> None:
+        pid = str(record["product_id"])
         self._ids.add(rid)
-        self.records.append({**record, "id": rid, "product_id": str(record["product_id"]), "image": rel})
+        self._products.add(pid)
+        if self._spill is None:
+            self._spill = open(self.root / SPILL_FILE, "w", encoding="utf-8")  # noqa: SIM115 (closed by _close)
+        row = {**record, "id": rid, "product_id": pid, "image": rel}
+        self._spill.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+    def _close(self) -> None:
+        if self._spill is not None:
+            self._spill.close()
+            self._spill = None
+
+    def _write_manifests(self, where: dict[str, str], keep_split_of: bool) -> _Manifests:
+        """Write manifest-{split}.jsonl from the spill, in the order records were added, and delete the spill.
+        Keeps what the rest of the dataset needs: see `_Manifests`."""
+        self._close()
+        done = _Manifests(counts=dict.fromkeys(SPLITS, 0), keys={"val": [], "test": []},
+                          split_of={} if keep_split_of else None)
+        shared: dict[Any, Any] = {}  # one object per distinct category/subcategory value
+        spill = self.root / SPILL_FILE
+        with contextlib.ExitStack() as stack:
+            manifests = {s: stack.enter_context(open(self.root / f"manifest-{s}.jsonl", "w", encoding="utf-8"))
+                         for s in SPLITS}
+            for line in stack.enter_context(open(spill, encoding="utf-8")):
+                row = json.loads(line)
+                split = where[row["product_id"]]
+                manifests[split].write(line)
+                done.counts[split] += 1
+                if split in done.keys:
+                    done.keys[split].append({k: shared.setdefault(row[k], row[k]) for k in KEY_FIELDS})
+                if done.split_of is not None:
+                    done.split_of[row["id"]] = split
+        spill.unlink()
+        return done
+
+
+@dataclass
+class _Manifests:
+    """What finishing a dataset needs of the records once the manifests are written."""
+
+    counts: dict[str, int]  # records per split
+    keys: dict[str, list[dict]]  # the eval-set keys (KEY_FIELDS) of the val and test records, in manifest order
+    split_of: dict[str, str] | None  # record id -> split, when an on_splits hook needs it
 
 
 @contextmanager
@@ -114,39 +170,44 @@ def dataset_writer(
     test_fraction: float,
     eval_sizes: EvalSetSizes,
     extra_meta: dict[str, Any] | None = None,
-    on_splits: Callable[[Path, dict[str, list[dict]]], None] | None = None,
+    on_splits: Callable[[Path, dict[str, str]], None] | None = None,
 ) -> Iterator[DatasetWriter]:
     """Write a dataset dir atomically: nothing appears at `out` unless every file was written. `on_splits(dir,
-    splits)` writes files that depend on the split (an import's search queries) before the fingerprint is taken."""
+    split_of)` (record id -> split) writes files that depend on the split (an import's search queries) before the
+    fingerprint is taken."""
     with atomic_dir(out) as tmp:
         (tmp / "images").mkdir()
         writer = DatasetWriter(tmp)
-        yield writer
-        if not writer.records:
+        try:
+            yield writer
+        finally:
+            writer._close()
+        if not writer.count:
             raise FbError("no records were produced; nothing to write")
-        splits = assign_splits(writer.records, writer.preset_split, seed, val_fraction, test_fraction)
+        where = assign_splits(writer._products, writer.preset_split, seed, val_fraction, test_fraction)
+        products = Counter(where.values())
         for name in SPLITS:
-            if not splits[name]:
+            if not products[name]:
                 raise FbError(f"split '{name}' would be empty; give more products or other split fractions")
-            _write_jsonl(tmp / f"manifest-{name}.jsonl", splits[name])
+        written = writer._write_manifests(where, keep_split_of=on_splits is not None)
         rng = random.Random(seed + 1)
         pairs, itr, tir = [], [], []
         for name in ("val", "test"):
-            pairs += build_pair_set(splits[name], name, rng)
-            q_itr, q_tir = build_rank_sets(splits[name], name, eval_sizes, rng)
+            pairs += build_pair_set(written.keys[name], name, rng)
+            q_itr, q_tir = build_rank_sets(written.keys[name], name, eval_sizes, rng)
             itr += q_itr
             tir += q_tir
         _write_jsonl(tmp / "eval-pairs.jsonl", pairs)
         _write_jsonl(tmp / "eval-itr.jsonl", itr)
         _write_jsonl(tmp / "eval-tir.jsonl", tir)
-        if on_splits is not None:
-            on_splits(tmp, splits)
+        if on_splits is not None and written.split_of is not None:
+            on_splits(tmp, written.split_of)
         meta = {
             "format_version": FORMAT_VERSION,
             "source": source,
             "seed": seed,
-            "counts": {name: len(splits[name]) for name in SPLITS},
-            "products": {name: len({r["product_id"] for r in splits[name]}) for name in SPLITS},
+            "counts": written.counts,
+            "products": {name: products[name] for name in SPLITS},
             "eval": {"queries": eval_sizes.queries, "negatives": eval_sizes.negatives},
             **(extra_meta or {}),
         }
@@ -155,11 +216,11 @@ def dataset_writer(
 
 
 def assign_splits(
-    records: list[dict], preset: dict[str, str], seed: int, val_fraction: float, test_fraction: float
-) -> dict[str, list[dict]]:
-    """Split by product: preset products keep their split, the rest are shuffled with the seed."""
-    products = sorted({r["product_id"] for r in records})
-    free = [p for p in products if p not in preset]
+    products: Iterable[str], preset: dict[str, str], seed: int, val_fraction: float, test_fraction: float
+) -> dict[str, str]:
+    """Split by product (product id -> split): preset products keep their split, the rest are shuffled with the
+    seed."""
+    free = [p for p in sorted(products) if p not in preset]
     random.Random(seed).shuffle(free)
     n_test = round(len(free) * test_fraction) if "test" not in preset.values() else 0
     n_val = round(len(free) * val_fraction) if "val" not in preset.values() else 0
@@ -170,10 +231,7 @@ def assign_splits(
     where = dict(preset)
     for i, pid in enumerate(free):
         where[pid] = "test" if i < n_test else "val" if i < n_test + n_val else "train"
-    out: dict[str, list[dict]] = {name: [] for name in SPLITS}
-    for record in records:
-        out[where[record["product_id"]]].append(record)
-    return out
+    return where
 
 
 def _by_product(records: list[dict]) -> dict[str, list[dict]]:
@@ -188,49 +246,44 @@ LARGE_POOL = 2000  # above this many products a pool is sampled, not shuffled wh
 
 def pick_negative_products(
     query_pid: str, products: dict[str, dict], by_sub: dict, by_cat: dict, n: int, rng: random.Random,
-    everyone: list[str] | None = None,
+    everyone: list[str],
 ) -> list[str]:
     """N other products: same subcategory first, then same category, then anywhere (the FashionBERT protocol).
-
-    A pool of up to LARGE_POOL products is shuffled whole; a larger one (an imported catalogue's subcategory of
-    tens of thousands of products) is sampled, index by index, so that drawing the eval sets of a million-row
-    catalogue costs O(n) per query rather than O(pool). `everyone` is the sorted list of all products (computed
-    once by the caller; sorted here otherwise)."""
+    `everyone` is the sorted list of all products (computed once by the caller). A pool is only looked at while
+    fewer than n products are chosen."""
     query = products[query_pid]
     chosen: list[str] = []
     seen = {query_pid}
-    pools = (lambda: by_sub[query["subcategory"]], lambda: by_cat[query["category"]],
-             lambda: everyone if everyone is not None else sorted(products))
+    pools = (lambda: by_sub[query["subcategory"]], lambda: by_cat[query["category"]], lambda: everyone)
     for pool_of in pools:
-        pool = pool_of()
-        take = (_sample_new(pool, seen, n - len(chosen), rng) if len(pool) > LARGE_POOL
-                else _shuffle_new(pool, seen, n - len(chosen), rng))
-        chosen += take
-        seen.update(take)
         if len(chosen) >= n:
             break
+        take = _draw_new(pool_of(), seen, n - len(chosen), rng)
+        chosen += take
+        seen.update(take)
     return chosen
 
 
-def _shuffle_new(pool: list[str], seen: set[str], n: int, rng: random.Random) -> list[str]:
-    candidates = [p for p in pool if p not in seen]
-    rng.shuffle(candidates)
-    return candidates[:n]
+def _draw_new(pool: list[str], seen: set[str], n: int, rng: random.Random) -> list[str]:
+    """Up to n distinct products of `pool` not in `seen`, uniformly at random.
 
-
-def _sample_new(pool: list[str], seen: set[str], n: int, rng: random.Random) -> list[str]:
-    """Up to n distinct products of `pool` not in `seen`, drawn at random (the pool is much larger than n + seen,
-    so a few redraws suffice; after 4(n + |seen|) + 16 draws the rest is taken by a shuffle of what is left)."""
+    A pool of up to LARGE_POOL products is shuffled whole (the eval sets drawn before the sampler existed stay as
+    they were). A larger one (an imported catalogue's subcategory of tens of thousands of products) is sampled
+    index by index, so that drawing the eval sets of a million-row catalogue costs O(n) per query, not O(pool):
+    while the pool holds at least twice n + |seen| products, each draw is new with probability above 1/2, so the
+    loop ends after about 2n draws. A pool below that is shuffled too."""
+    if len(pool) <= LARGE_POOL or len(pool) < 2 * (n + len(seen)):
+        candidates = [p for p in pool if p not in seen]
+        rng.shuffle(candidates)
+        return candidates[:n]
     taken: list[str] = []
     skip = set(seen)
-    for _ in range(4 * (n + len(seen)) + 16):
-        if len(taken) >= n:
-            return taken
+    while len(taken) < n:
         product = pool[rng.randrange(len(pool))]
         if product not in skip:
             taken.append(product)
             skip.add(product)
-    return taken + _shuffle_new(pool, skip, n - len(taken), rng)
+    return taken
 
 
 def _indexes(records: list[dict]) -> tuple[dict[str, list[dict]], dict[str, dict], dict, dict, list[str]]:

@@ -130,7 +130,7 @@ def convert_fashiongen(
                         continue
                     image = pixels if final_size == pixels.shape[0] else _resize(pixels, final_size)
                     writer.add(record, image, split=split)
-            if not writer.records:  # say which files, rather than the writer's generic "no records"
+            if not writer.count:  # say which files, rather than the writer's generic "no records"
                 names = ", ".join(s.path.name for s in sources)
                 raise FbError(f"no row of {names} has a name or a description; nothing to write")
             # extra_meta is written on exit of the writer, so the final count can still go in.

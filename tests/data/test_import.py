@@ -117,6 +117,13 @@ def test_import_writes_a_valid_dataset_dir_and_lists_the_rejects(tmp_path, suffi
     meta = json.loads((out / "dataset.json").read_text())
     assert meta["source"] == "import" and meta["rows"] == 60 and meta["rejected"] == 5
     assert meta["fields"] == {field: col for col, field in USER_COLUMNS.items()}
+    assert meta["counts"] == {name: len(recs) for name, recs in splits.items()}
+    assert meta["products"] == {name: len(pids) for name, pids in groups.items()}
+    for recs in splits.values():  # each manifest keeps the table's order (the ids count up with the rows)
+        assert [r["id"] for r in recs] == sorted(r["id"] for r in recs)
+    assert sorted(p.name for p in out.iterdir()) == [  # the writer's spill is gone
+        "dataset.json", "eval-itr.jsonl", "eval-pairs.jsonl", "eval-tir.jsonl", "images", "manifest-test.jsonl",
+        "manifest-train.jsonl", "manifest-val.jsonl", "rejects.jsonl"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".data.")]  # work folder gone
 
 
@@ -284,29 +291,29 @@ def test_search_logs_go_to_the_split_of_their_product(tmp_path):
     assert_one_line_error(missing, "no column for product", "--query-map COL=product", "its columns: q, sku, clicks")
 
 
-def test_eval_sets_of_a_large_catalogue_are_sampled_not_shuffled_whole(monkeypatch):
+def test_eval_sets_of_a_large_catalogue_are_sampled_not_shuffled_whole():
     """A subcategory of more than LARGE_POOL products (an imported catalogue) is sampled: the negatives are still
     distinct, never the query's product, same subcategory first, and the same seed draws the same sets; a pool just
-    above the limit, where redraws collide, fills up too. Breaks caught: the pool shuffled whole (O(pool) per query:
-    a million-row catalogue's eval sets took hours), a sampled negative that repeats or is the query."""
+    above the limit, where redraws would collide, is shuffled and fills up too. Breaks caught: the pool shuffled
+    whole (O(pool) per query: a million-row catalogue's eval sets took hours), a sampled negative that repeats or
+    is the query."""
     import random
 
-    from fbcompress.data import dataset_dir
     from fbcompress.data.dataset_dir import LARGE_POOL, EvalSetSizes, build_pair_set, build_rank_sets
 
     shuffled: list[int] = []
-    real = dataset_dir._shuffle_new
 
-    def spy(pool, seen, n, rng):
-        shuffled.append(len(pool))
-        return real(pool, seen, n, rng)
+    class Spy(random.Random):  # the same draws as random.Random, and the length of every list it shuffles
+        def shuffle(self, x):
+            shuffled.append(len(x))
+            super().shuffle(x)
 
-    monkeypatch.setattr(dataset_dir, "_shuffle_new", spy)
     records = [{"id": f"r{i}", "product_id": f"p{i}", "category": "c", "subcategory": "big" if i % 10 else "small"}
                for i in range(3 * LARGE_POOL)]
-    itr, tir = build_rank_sets(records, "test", EvalSetSizes(queries=200, negatives=50), random.Random(1))
-    pairs = build_pair_set(records[:1000], "test", random.Random(1))
-    assert shuffled and max(shuffled) <= LARGE_POOL  # the 5400-product pool was never shuffled whole
+    itr, tir = build_rank_sets(records, "test", EvalSetSizes(queries=200, negatives=50), Spy(1))
+    pairs = build_pair_set(records[:1000], "test", Spy(1))
+    assert shuffled[0] == 3 * LARGE_POOL  # the query order: the one shuffle of the whole split
+    assert shuffled[1:] and max(shuffled[1:]) <= LARGE_POOL  # the 5400-product pool was never shuffled whole
     sub = {r["id"]: r["subcategory"] for r in records}
     for row in itr + tir:
         assert len(row["negatives"]) == 50 == len(set(row["negatives"])) and row["query"] not in row["negatives"]

@@ -98,12 +98,17 @@ def test_image_names_are_the_id_when_safe_else_a_hash():
 def test_a_search_log_row_becomes_an_entry_or_a_reason():
     columns = {"query": "q", "product": "sku", "weight": "clicks"}
     split_of = {"12": "train", "P1": "test"}
-    assert _entry({"q": " red  dress ", "sku": 12.0, "clicks": "3"}, columns, split_of, set()) == (
-        {"query": "red dress", "id": "12", "weight": 3}, None)
+    entry, why = _entry({"q": " red  dress ", "sku": 12.0, "clicks": "3"}, columns, split_of, set())
+    assert why is None and entry == {"query": "red dress", "id": "12", "weight": 3}
+    assert type(entry["weight"]) is int  # written as 3, not 3.0
     assert _entry({"q": "d", "sku": " P1 ", "clicks": 2.5}, columns, split_of, set())[0]["weight"] == 2.5
+    # no weight is one event: no weight column, a missing key (JSONL), null (Parquet), an empty cell (CSV)
     assert _entry({"q": "d", "sku": "P1"}, {"query": "q", "product": "sku"}, split_of, set())[0]["weight"] == 1
-    assert _entry({"q": "d", "sku": "P1", "clicks": None}, columns, split_of, set()) == (
-        None, "weight is not a number (None)")
+    for no_weight in ({}, {"clicks": None}, {"clicks": " "}):
+        entry, why = _entry({"q": "d", "sku": "P1", **no_weight}, columns, split_of, set())
+        assert why is None and entry["weight"] == 1 and type(entry["weight"]) is int, no_weight
+    assert _entry({"q": "d", "sku": "P1", "clicks": "two"}, columns, split_of, set()) == (
+        None, "weight is not a number (two)")
     for bad, shown in ((0, "0.0"), (-1, "-1.0"), (float("inf"), "inf"), (float("nan"), "nan")):
         assert _entry({"q": "d", "sku": "P1", "clicks": bad}, columns, split_of, set()) == (
             None, f"weight is not a positive number ({shown})")
@@ -127,8 +132,6 @@ def test_negatives_come_from_the_subcategory_then_the_category_then_anywhere():
         assert len(got) == len(set(got)) == n and "p0" not in got
         assert set(got[:2]) == {"p1", "p2"}  # the subcategory first
         assert set(got[2:5]) <= {"p3", "p4", "p5"}  # then the category
-    assert pick_negative_products("p0", products, by_sub, by_cat, 9, random.Random(0)) == pick_negative_products(
-        "p0", products, by_sub, by_cat, 9, random.Random(0), everyone)  # `everyone` is only a cache of sorted()
     assert len(pick_negative_products("p0", products, by_sub, by_cat, 20, random.Random(0), everyone)) == 9
     # a pool of exactly LARGE_POOL products is shuffled (draws as before the sampler existed); one more is sampled
     pool = [f"q{i}" for i in range(LARGE_POOL + 1)]
@@ -139,3 +142,47 @@ def test_negatives_come_from_the_subcategory_then_the_category_then_anywhere():
     assert pick_negative_products("q0", big, {"s": exact}, {"c": exact}, 5, random.Random(3), exact) == shuffled[:5]
     sampled = pick_negative_products("q0", big, {"s": pool}, {"c": pool}, 5, random.Random(3), pool)
     assert sampled != shuffled[:5] and len(set(sampled)) == 5 and "q0" not in sampled
+
+
+class _NoScan(list):
+    """A pool that may be indexed but not scanned: what the sampler promises for a large subcategory."""
+
+    def __iter__(self):
+        raise AssertionError("a large pool was scanned")
+
+
+def test_negatives_are_exactly_n_and_a_full_pool_stops_the_draw():
+    # a 2-product subcategory, then a category larger than the rest of n: exactly n come back, both when the
+    # category is shuffled (small) and when it is sampled (large)
+    for size in (12, LARGE_POOL + 10):
+        cat = [f"p{i}" for i in range(size)]
+        products = {p: {"subcategory": "s" if i < 3 else "t", "category": "c"} for i, p in enumerate(cat)}
+        got = pick_negative_products("p0", products, {"s": cat[:3]}, {"c": cat}, 6, random.Random(1), cat)
+        assert len(got) == len(set(got)) == 6 and "p0" not in got and set(got[:2]) == {"p1", "p2"}, size
+    # a subcategory that fills n never looks at the category pool, nor at everyone
+    products = {f"p{i}": {"subcategory": "s", "category": "c"} for i in range(5)}
+    got = pick_negative_products("p0", products, {"s": sorted(products)}, {}, 4, random.Random(0), None)
+    assert sorted(got) == ["p1", "p2", "p3", "p4"]
+
+
+def test_a_large_pool_is_sampled_without_a_scan():
+    pool = _NoScan(f"q{i}" for i in range(LARGE_POOL * 5))
+    products = dict.fromkeys(list.__iter__(pool), {"subcategory": "s", "category": "c"})
+    got = pick_negative_products("q0", products, {"s": pool}, {"c": pool}, 50, random.Random(7), pool)
+    assert len(got) == len(set(got)) == 50 and "q0" not in got
+    # a large pool with too few products left beyond those already seen is shuffled: all of it comes back
+    small_rest = [f"q{i}" for i in range(LARGE_POOL + 2)]
+    got = pick_negative_products("q0", products, {"s": small_rest}, {"c": []}, LARGE_POOL + 5, random.Random(7),
+                                 [])
+    assert sorted(got) == sorted(small_rest[1:])
+
+
+def test_a_large_pool_mostly_drawn_already_is_emptied_not_looped_on():
+    # the subcategory gives 1989 negatives; its category of 2010 (above LARGE_POOL) has only 20 left beyond them,
+    # fewer than the 61 still wanted: the draw must take those 20 and go on to everyone, not redraw forever
+    cat = [f"p{i:04d}" for i in range(2010)]
+    products = {p: {"subcategory": "s" if i < 1990 else "t", "category": "c"} for i, p in enumerate(cat)}
+    everyone = [*cat, "z1", "z2"]
+    got = pick_negative_products("p0000", products, {"s": cat[:1990]}, {"c": cat}, 2050, random.Random(2), everyone)
+    assert len(got) == len(set(got)) == 2011 and sorted(got) == sorted(everyone[1:])
+    assert set(got[:1989]) == set(cat[1:1990]) and set(got[1989:2009]) == set(cat[1990:])

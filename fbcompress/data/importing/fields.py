@@ -68,7 +68,8 @@ class FieldMap:
         for field in ("id", "category", "subcategory", "image"):
             if not values[field]:
                 return None, f"empty {field} (column {self.columns[field]})"
-        text = record_text(values["title"], values.get("description", ""))
+        description = values.get("description", "")  # the column is optional
+        text = record_text(values["title"], description)
         if not text:
             return None, "empty text (no title or description)"
         mapped = set(self.columns.values())
@@ -78,7 +79,7 @@ class FieldMap:
             "product_id": values.get("group") or values["id"],
             "text": text,
             "title": values["title"],
-            "description": values.get("description", ""),
+            "description": description,
             "category": values["category"],
             "subcategory": values["subcategory"],
             "attributes": attributes,
@@ -99,6 +100,11 @@ def _scalar(value: Any) -> bool:
     return value is None or isinstance(value, (str, int, float, bool))
 
 
+def reason_kind(reason: str) -> str:
+    """A reject reason without its details: `image undecodable (OSError: ...)` is of kind `image undecodable`."""
+    return str(reason).split(" (")[0]
+
+
 def reason_counts(rejects: list[dict]) -> dict[str, int]:
-    """Reject reasons without their details (`image undecodable (OSError: ...)` counts as `image undecodable`)."""
-    return dict(Counter(str(r["reason"]).split(" (")[0] for r in rejects))
+    """How many rejects of each kind of reason."""
+    return dict(Counter(reason_kind(r["reason"]) for r in rejects))

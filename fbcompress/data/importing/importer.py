@@ -17,7 +17,8 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -29,8 +30,9 @@ from tqdm import tqdm
 from fbcompress.core.artifacts import atomic_write_bytes
 from fbcompress.core.errors import FbError
 from fbcompress.data.dataset_dir import EvalSetSizes, dataset_writer
-from fbcompress.data.importing.fields import FieldMap, reason_counts
+from fbcompress.data.importing.fields import FieldMap, reason_kind
 from fbcompress.data.importing.images import image_source, prepare_images
+from fbcompress.data.importing.queries import REJECTS_FILE as QUERY_REJECTS_FILE
 from fbcompress.data.importing.queries import QuerySummary, query_columns, write_query_splits
 from fbcompress.data.importing.table import Table, open_table
 
@@ -38,7 +40,6 @@ SOURCE = "import"
 SHARD_ROWS = 10_000
 WORK_VERSION = 1
 REJECTS_FILE = "rejects.jsonl"
-QUERY_REJECTS_FILE = "query-rejects.jsonl"
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,119}")
 
 
@@ -99,27 +100,15 @@ def import_catalogue(opts: ImportOptions) -> ImportSummary:
     log_columns = query_columns(log_table, opts.query_mapping) if log_table is not None else None
     out = Path(opts.out)
     work = out.parent / f".{out.name}.import"
-    state = _work_state(opts, fields)
-    resumed = _open_work(work, state, opts.log)
+    resumed = _open_work(work, _work_state(opts, fields), opts.log)
     shards = _Shards(work)
-    done = shards.complete()
-    workers = opts.workers or len(os.sched_getaffinity(0))
-    pool_context = ProcessPoolExecutor(workers) if workers > 1 else nullcontext(None)
-    with pool_context as pool, tqdm(unit="row", desc="import", disable=not opts.progress, mininterval=1.0) as bar:
-        seen = shards.seen_ids(done)
-        bar.update(sum(shards.rows(k) for k in done))
-        start = len(done) * opts.shard_rows
-        try:
-            for index, rows in enumerate(table.batches(opts.shard_rows, start=start), start=len(done)):
-                shards.write(index, *_shard(rows, index * opts.shard_rows, fields, opts, work, seen, pool))
-                bar.update(len(rows))
-        except FbError:  # bad input (a malformed table): nothing to resume; a kill keeps the work for the next run
-            shutil.rmtree(work, ignore_errors=True)
-            raise
-        total = len(shards.complete())
-    records, rejects = shards.read_all(total)
-    summary = ImportSummary(out, len(records) + len(rejects), len(records), len(rejects), reason_counts(rejects),
-                            resumed)
+    try:
+        total = _import_shards(table, fields, opts, shards)
+    except FbError:  # bad input (a malformed table): nothing to resume; a kill keeps the work for the next run
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    tally = shards.tally(total, keep_ids=log_table is not None)
+    summary = ImportSummary(out, tally.used + tally.rejected, tally.used, tally.rejected, tally.reasons, resumed)
     if summary.rows == 0:
         shutil.rmtree(work, ignore_errors=True)
         raise FbError(f"{opts.products} has no rows; nothing to write")
@@ -129,11 +118,26 @@ def import_catalogue(opts: ImportOptions) -> ImportSummary:
             f"{summary.rejected} of {summary.rows} rows rejected ({summary.rejected / summary.rows:.1%} > "
             f"--max-reject-rate {opts.max_reject_rate:.1%}): {summary.reasons_text()}; nothing written"
         )
-    queries = _QueryStage(log_table, log_columns, {str(r["id"]) for r in rejects if r["id"] is not None},
-                          opts.max_reject_rate, work) if log_table is not None else None
-    _write_dataset(opts, fields, work, records, rejects, summary, queries)
+    queries = (_QueryStage(log_table, log_columns, tally.rejected_ids, opts.max_reject_rate, work)
+               if log_table is not None and log_columns is not None else None)
+    _write_dataset(opts, fields, shards, total, summary, queries)
     shutil.rmtree(work, ignore_errors=True)
     return summary
+
+
+def _import_shards(table: Table, fields: FieldMap, opts: ImportOptions, shards: _Shards) -> int:
+    """Import every shard not yet complete; returns how many shards the table made."""
+    done = shards.complete()
+    workers = opts.workers or len(os.sched_getaffinity(0))
+    pool_context = ProcessPoolExecutor(workers) if workers > 1 else nullcontext(None)
+    with pool_context as pool, tqdm(unit="row", desc="import", disable=not opts.progress, mininterval=1.0) as bar:
+        seen = shards.seen_ids(len(done))
+        bar.update(sum(shards.rows(k) for k in done))
+        start = len(done) * opts.shard_rows
+        for index, rows in enumerate(table.batches(opts.shard_rows, start=start), start=len(done)):
+            shards.write(index, *_shard(rows, index * opts.shard_rows, fields, opts, shards.work, seen, pool))
+            bar.update(len(rows))
+    return len(shards.complete())
 
 
 def _check_options(opts: ImportOptions) -> None:
@@ -191,7 +195,8 @@ def _open_work(work: Path, state: dict[str, Any], log: Callable[[str], None] | N
 
 
 class _Shards:
-    """The shard files of one import: shard-NNNNNN.rejects.jsonl, then shard-NNNNNN.records.jsonl (the marker)."""
+    """The shard files of one import: shard-NNNNNN.rejects.jsonl, then shard-NNNNNN.records.jsonl (the marker).
+    They are read one shard at a time, so that memory holds one shard's rows, not the import's."""
 
     def __init__(self, work: Path):
         self.work = work
@@ -214,21 +219,43 @@ class _Shards:
         with open(self._path(index, kind), encoding="utf-8") as handle:
             return [json.loads(line) for line in handle if line.strip()]
 
+    def each(self, count: int, kind: str) -> Iterator[dict]:
+        """The rows of one kind ("records" or "rejects") of shards 0..count-1, in table order."""
+        for index in range(count):
+            yield from self._read(index, kind)
+
     def rows(self, index: int) -> int:
         return len(self._read(index, "records")) + len(self._read(index, "rejects"))
 
-    def seen_ids(self, shards: list[int]) -> dict[str, int]:
-        """id -> the first row that claimed it, over the given shards: kept rows and rows whose image failed (an id
-        is taken by its first row with a usable record, image or not), so a resumed import refuses the same
-        duplicates as an uninterrupted one."""
-        claimed = [r for k in shards for kind in ("records", "rejects") for r in self._read(k, kind)
-                   if kind == "records" or r.get("claims_id")]
-        return {r["id"]: r["row"] for r in sorted(claimed, key=lambda r: r["row"])}
+    def seen_ids(self, count: int) -> dict[str, int]:
+        """id -> the row that claimed it, over shards 0..count-1: kept rows and rows whose image failed (an id is
+        taken by its first row with a usable record, image or not; later rows with it are duplicates, which claim
+        nothing), so a resumed import refuses the same duplicates as an uninterrupted one."""
+        seen: dict[str, int] = {}
+        for kind in ("records", "rejects"):
+            for row in self.each(count, kind):
+                if kind == "records" or row.get("claims_id"):
+                    seen[row["id"]] = row["row"]
+        return seen
 
-    def read_all(self, count: int) -> tuple[list[dict], list[dict]]:
-        records = [r for k in range(count) for r in self._read(k, "records")]
-        rejects = [r for k in range(count) for r in self._read(k, "rejects")]
-        return records, rejects
+    def tally(self, count: int, keep_ids: bool) -> _Tally:
+        """Counts over shards 0..count-1 (and the rejected ids, for the search log's reasons, when asked)."""
+        used = sum(1 for _ in self.each(count, "records"))
+        rejected, reasons, ids = 0, Counter[str](), set[str]()
+        for reject in self.each(count, "rejects"):
+            rejected += 1
+            reasons[reason_kind(reject["reason"])] += 1
+            if keep_ids and reject["id"] is not None:
+                ids.add(str(reject["id"]))
+        return _Tally(used, rejected, dict(reasons), ids)
+
+
+@dataclass
+class _Tally:
+    used: int
+    rejected: int
+    reasons: dict[str, int]
+    rejected_ids: set[str]
 
 
 def _jsonl(rows: list[dict]) -> bytes:
@@ -296,9 +323,8 @@ class _QueryStage:
     max_reject_rate: float
     work: Path  # the product import's work folder, kept when the log fails so that a rerun reuses it
 
-    def write(self, root: Path, splits: dict[str, list[dict]], summary: ImportSummary, meta: dict) -> None:
-        split_of = {r["id"]: name for name, recs in splits.items() for r in recs}
-        result, rejects = write_query_splits(self.table, self.columns, split_of, self.rejected_ids, root)
+    def write(self, root: Path, split_of: dict[str, str], summary: ImportSummary, meta: dict) -> None:
+        result = write_query_splits(self.table, self.columns, split_of, self.rejected_ids, root)
         kept = f"nothing written (the imported products are kept in {self.work}: a rerun reuses them)"
         if result.rows == 0:
             raise FbError(f"{self.table.path} has no rows; {kept}")
@@ -307,14 +333,13 @@ class _QueryStage:
                 f"{result.rejected} of {result.rows} query log rows rejected ({result.rejected / result.rows:.1%} > "
                 f"--max-reject-rate {self.max_reject_rate:.1%}): {_reasons_text(result.reasons)}; {kept}"
             )
-        (root / QUERY_REJECTS_FILE).write_bytes(_jsonl(rejects))
         summary.queries = result
         meta["queries"] = {"file": self.table.path.name, "fields": self.columns, "rows": result.rows,
                            "used": result.used, "rejected": result.rejected, "reject_reasons": result.reasons}
 
 
-def _write_dataset(opts: ImportOptions, fields: FieldMap, work: Path, records: list[dict], rejects: list[dict],
-                   summary: ImportSummary, queries: _QueryStage | None) -> None:
+def _write_dataset(opts: ImportOptions, fields: FieldMap, shards: _Shards, count: int, summary: ImportSummary,
+                   queries: _QueryStage | None) -> None:
     meta = {
         "products_file": Path(opts.products).name,
         "fields": fields.columns,
@@ -323,13 +348,15 @@ def _write_dataset(opts: ImportOptions, fields: FieldMap, work: Path, records: l
         "rejected": summary.rejected,
         "reject_reasons": summary.reasons,
     }
-    on_splits = (lambda root, splits: queries.write(root, splits, summary, meta)) if queries is not None else None
+    on_splits = (lambda root, split_of: queries.write(root, split_of, summary, meta)) if queries is not None else None
     with dataset_writer(opts.out, source=SOURCE, seed=opts.seed, val_fraction=opts.val_fraction,
                         test_fraction=opts.test_fraction, eval_sizes=opts.eval_sizes, extra_meta=meta,
                         on_splits=on_splits) as writer:
-        for record in records:
+        for record in shards.each(count, "records"):
             name = record.pop("image_name")
             record.pop("row")
-            writer.add_written(record, work / "images" / f"{name}.png", name)
-        (writer.root / REJECTS_FILE).write_bytes(_jsonl([{k: v for k, v in r.items() if k != "claims_id"}
-                                                         for r in rejects]))
+            writer.add_written(record, shards.work / "images" / f"{name}.png", name)
+        with open(writer.root / REJECTS_FILE, "w", encoding="utf-8") as handle:
+            for reject in shards.each(count, "rejects"):
+                reject.pop("claims_id", None)
+                handle.write(json.dumps(reject, ensure_ascii=False) + "\n")
