@@ -105,6 +105,9 @@ class PatchSpecEntry(BaseModel):
     image_size: PositiveInt
     grid: PositiveInt
     max_text_len: PositiveInt
+    feature_encoder: str | None = Field(None, pattern="^[0-9a-f]{64}$")  # the image encoder's sha256 (features)
+    feature_mode: Literal["grid", "crop"] | None = None
+    feature_input_size: PositiveInt | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> PatchSpecEntry:

@@ -13,6 +13,7 @@ ONNX_FILE = "model.onnx"  # portable FP32 graph, standard ONNX ops only: ORT, Te
 ORT_FILE = "model.ort.onnx"  # ORT transformer fusions: what ONNX Runtime serves
 FP16_FILE = "model.fp16.onnx"  # mixed precision graph, the TensorRT FP16 engine's source
 INT8_TRT_FILE = "model.int8.trt.onnx"  # QDQ graph from `fbcompress quantize`, the TensorRT INT8 engine's source
+IMAGE_ENCODER_FILE = "image_encoder.onnx"  # images -> patch features, for models that read features (offline)
 INT8_CPU_FILE = "model.int8.onnx"  # ORT-quantized graph from `fbcompress quantize` (CPU / ONNX Runtime)
 QUANTIZATION_JSON = "quantization.json"
 QUANTIZATION_MD = "quantization.md"

@@ -37,7 +37,7 @@ from typing import Any
 
 from fbcompress import __version__
 from fbcompress.bundle.manifest import FORMAT, FORMAT_VERSION, BundleManifest, parse_manifest, parse_patch_spec
-from fbcompress.bundle.names import MANIFEST, README, TOKENIZER_DIR
+from fbcompress.bundle.names import IMAGE_ENCODER_FILE, MANIFEST, README, TOKENIZER_DIR
 from fbcompress.core.artifacts import atomic_dir, atomic_write_bytes, sha256_file
 from fbcompress.core.errors import FbError
 from fbcompress.modeling.model import PatchSpec
@@ -59,6 +59,7 @@ ROLE_ONNX_ORT = "onnx-ort-optimized"  # ORT transformer fusions (com.microsoft o
 ROLE_ONNX_FP16 = "onnx-fp16"  # mixed precision graph, the TensorRT fp16 engine's source
 ROLE_ONNX_INT8 = "onnx-int8"  # ORT-quantized graph from `fbcompress quantize` (CPU / ONNX Runtime)
 ROLE_ONNX_INT8_QDQ = "onnx-int8-qdq"  # QDQ graph from `fbcompress quantize`, the TensorRT int8 engine's source
+ROLE_IMAGE_ENCODER = "onnx-image-encoder"  # images -> patch features (export/image_encoder_export.py)
 ROLE_ENGINE = "tensorrt-engine"
 ROLE_TIMING_CACHE = "tensorrt-timing-cache"
 ROLE_BUILD_LOG = "tensorrt-build-log"
@@ -101,7 +102,9 @@ def preprocessing(spec: PatchSpec) -> dict[str, Any]:
                      f".reshape({spec.num_patches}, {patch * patch * 3})",
         })
     else:
-        image.update({"features": f"{spec.num_patches} x {spec.patch_dim} float32 per image (.npy), as trained"})
+        made = (f"the output of {IMAGE_ENCODER_FILE} (preprocessing.image_encoder), computed offline per catalogue "
+                "image" if spec.feature_encoder else "precomputed, as in training")
+        image.update({"features": f"{spec.num_patches} x {spec.patch_dim} float32 per image: {made}"})
     return {
         "image": image,
         "text": {

@@ -33,6 +33,9 @@ from fbcompress.core.errors import FbError
               help="tensorrt: the one engine to build (default: recipe export.precisions); triton: which engine")
 @data_option("dataset dir: measure AUC of the exported model vs the checkpoint and record it", required=False)
 @split_option()
+@click.option("--image-encoder", type=click.Path(path_type=Path),
+              help="models that read patch features: the encoder dir `data features` used, exported as "
+                   "image_encoder.onnx (default: the dir recorded in --data's dataset.json)")
 @click.option("--exporter", default="torchscript", show_default=True, type=click.Choice(["torchscript", "dynamo"]),
               help="torch.onnx exporter (torchscript: the attention subgraph ONNX Runtime fuses)")
 @click.option("--timing-cache", type=click.Path(path_type=Path),
@@ -49,7 +52,8 @@ from fbcompress.core.errors import FbError
 @click.option("--force", is_flag=True, help="replace a bundle exported from another checkpoint")
 @json_option()
 def export_cmd(model_dir: Path, target: str, out: Path, recipe: str | None, overrides: tuple[str, ...],
-               opset: int | None, precision: str | None, data_dir: Path | None, split: str, exporter: str,
+               opset: int | None, precision: str | None, data_dir: Path | None, split: str,
+               image_encoder: Path | None, exporter: str,
                timing_cache: Path | None, triton_name: str, triton_kind: str, device: str, engines: str,
                latency_runs: int, force: bool, json_path: str | None) -> None:
     """Export a checkpoint into a serving bundle: ONNX, TensorRT engines, Triton repository + manifest + README.
@@ -82,7 +86,8 @@ def export_cmd(model_dir: Path, target: str, out: Path, recipe: str | None, over
     section, source = resolve_section("export", recipe, overrides, [model_dir])
     opts = ExportOptions(
         model_dir=model_dir, out=out, target=target, export=section, recipe_source=source, opset=opset,
-        precision=precision, exporter=exporter, data_dir=data_dir, split=split, force=force,
+        precision=precision, exporter=exporter, data_dir=data_dir, image_encoder=image_encoder, split=split,
+        force=force,
         timing_cache=timing_cache, triton_name=triton_name, triton_kind=triton_kind, device=device,
         engines=engines, latency_runs=latency_runs, progress=progress_wanted(), log=echo_log,
     )

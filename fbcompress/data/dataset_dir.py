@@ -211,7 +211,7 @@ def dataset_writer(
             "eval": {"queries": eval_sizes.queries, "negatives": eval_sizes.negatives},
             **(extra_meta or {}),
         }
-        meta["fingerprint"] = _fingerprint(tmp)
+        meta["fingerprint"] = fingerprint(tmp)
         (tmp / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
@@ -337,12 +337,16 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
-def _fingerprint(root: Path) -> str:
-    """Hash of the manifests and eval sets: identifies the data a checkpoint was trained on."""
+def fingerprint(root: Path, features_index: Path | None = None) -> str:
+    """Hash of the manifests and eval sets (and of the feature index, which names the encoder and every shard's
+    sha256, where the dataset has features): identifies the data a checkpoint was trained on."""
     digest = hashlib.sha256()
     for name in sorted(p.name for p in root.glob("*.jsonl")):
         digest.update(name.encode())
         digest.update((root / name).read_bytes())
+    if features_index is not None:
+        digest.update(features_index.relative_to(root).as_posix().encode())
+        digest.update(features_index.read_bytes())
     return digest.hexdigest()[:16]
 
 

@@ -16,6 +16,7 @@ from transformers import PreTrainedTokenizerBase
 
 from fbcompress.core.errors import FbError
 from fbcompress.data.dataset_dir import DatasetDir
+from fbcompress.data.features.store import FeatureShards, features_meta
 from fbcompress.data.patches import image_to_patches, load_features, load_rgb
 from fbcompress.modeling.model import PatchSpec
 
@@ -67,6 +68,7 @@ class SplitData:
         self.products = [str(record["product_id"]) for record in self.records]
         self._cache: dict[int, np.ndarray] = {}
         self._cache_images = cache_images
+        self._features = _feature_store(dataset, spec)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -84,7 +86,10 @@ class SplitData:
         if self.spec.patch_encoder == "features":
             if "features" not in record:
                 raise FbError(f"record {record['id']} has no 'features' file but the model uses features")
-            out = load_features(self.dataset.root / record["features"], self.spec.num_patches, self.spec.patch_dim)
+            if self._features is not None:
+                out = self._features.row(record)
+            else:  # one .npy per record (docs/formats.md)
+                out = load_features(self.dataset.root / record["features"], self.spec.num_patches, self.spec.patch_dim)
         else:
             image = load_rgb(self.dataset.root / record["image"], self.spec.image_size)
             out = image_to_patches(image, self.spec.grid)
@@ -102,3 +107,28 @@ class SplitData:
             "token_type_ids": text.token_type_ids,
             "patches": patches,
         }
+
+
+def _feature_store(dataset: DatasetDir, spec: PatchSpec) -> FeatureShards | None:
+    """The dataset's feature store for a model that reads features, after checking that they are the ones the model
+    was trained on (same encoder, same size); None for a pixel model or legacy one-file-per-record features."""
+    if spec.patch_encoder != "features":
+        return None
+    entry = features_meta(dataset.meta)
+    if entry is None:
+        if spec.feature_encoder is not None:
+            raise FbError(f"{dataset.root} has no patch features; the model reads features of encoder "
+                          f"{spec.feature_encoder[:12]} (make them with `fbcompress data features --data "
+                          f"{dataset.root} --encoder DIR`)")
+        return None
+    encoder = entry.get("encoder") or {}
+    if spec.feature_encoder is not None and not spec.encoder_matches(encoder):
+        raise FbError(f"the features of {dataset.root} come from encoder {encoder.get('name')} "
+                      f"({str(encoder.get('sha256'))[:12]}, {encoder.get('mode')} mode, {encoder.get('input_size')} "
+                      f"px), the model was trained on features of encoder {spec.feature_encoder[:12]} "
+                      f"({spec.feature_mode} mode, {spec.feature_input_size} px): make them again with that one")
+    shape = (entry.get("num_patches"), entry.get("feature_dim"))
+    if shape != (spec.num_patches, spec.patch_dim):
+        raise FbError(f"the features of {dataset.root} are {shape[0]} x {shape[1]} per image, the model reads "
+                      f"{spec.num_patches} x {spec.patch_dim}")
+    return FeatureShards(dataset.root, entry, spec.num_patches, spec.patch_dim)

@@ -13,7 +13,7 @@ import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from fbcompress.bundle.names import TIMING_CACHE
+from fbcompress.bundle.names import IMAGE_ENCODER_FILE, TIMING_CACHE
 from fbcompress.bundle.shapes import Profile, format_command, trtexec_command
 from fbcompress.modeling.model import PatchSpec
 
@@ -32,7 +32,30 @@ class EngineBuild:
         return trtexec_command(self.onnx, self.plan, profiles, spec, TIMING_CACHE, workspace_mib)
 
 
-def render_script(builds: Sequence[EngineBuild], profiles: Sequence[Profile], spec: PatchSpec,
+@dataclass(frozen=True)
+class ImageEncoderBuild:
+    """The FP16 engine of `image_encoder.onnx` (features models): images in, patch features out, for the offline
+    encoding of the catalogue. `rows_per_image` is grid*grid in crop mode (the graph takes every image's crops)."""
+
+    input_size: int
+    batch: tuple[int, int, int]  # images: min, opt, max
+    rows_per_image: int = 1
+    precision: str = "image_encoder"  # the script's selector (`bash build_engines.sh image_encoder`)
+    onnx: str = IMAGE_ENCODER_FILE
+    plan: str = "image_encoder.fp16.plan"
+
+    def command(self, profiles: Sequence[Profile], spec: PatchSpec, workspace_mib: int | None) -> list[str]:
+        del profiles, spec  # the scorer's shapes; the encoder has its own
+        side = self.input_size
+        shapes = [f"images:{n * self.rows_per_image}x{side}x{side}x3" for n in self.batch]
+        cmd = ["trtexec", f"--onnx={self.onnx}", f"--saveEngine={self.plan}", f"--minShapes={shapes[0]}",
+               f"--optShapes={shapes[1]}", f"--maxShapes={shapes[2]}", "--fp16", f"--timingCacheFile={TIMING_CACHE}"]
+        if workspace_mib:
+            cmd.append(f"--memPoolSize=workspace:{workspace_mib}M")
+        return cmd
+
+
+def render_script(builds: Sequence[EngineBuild | ImageEncoderBuild], profiles: Sequence[Profile], spec: PatchSpec,
                   workspace_mib: int | None) -> str:
     """A bash script that builds every engine of the kit from inside the bundle, stopping at the first failure.
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from fbcompress.bundle import store as B
-from fbcompress.bundle.names import FP16_FILE, INT8_TRT_FILE, ONNX_FILE, ORT_FILE, TIMING_CACHE
+from fbcompress.bundle.names import FP16_FILE, IMAGE_ENCODER_FILE, INT8_TRT_FILE, ONNX_FILE, ORT_FILE, TIMING_CACHE
 from fbcompress.bundle.shapes import Profile, input_specs, output_specs, resolve_profiles
 from fbcompress.core.errors import FbError
 from fbcompress.runtime.tensorrt import device_index
@@ -44,6 +44,7 @@ class ExportOptions:
     precision: str | None = None
     exporter: str = "torchscript"
     data_dir: Path | None = None
+    image_encoder: Path | None = None  # features models: the encoder dir (default: the one `data features` recorded)
     split: str = "test"
     force: bool = False
     timing_cache: Path | None = None
@@ -70,6 +71,7 @@ class _Ctx:
         self.writer: B.BundleWriter | None = None
         self.eval_data = None  # (dataset, split data) when --data
         self.reference: dict[str, Any] | None = None  # the checkpoint's own AUC on --data
+        self.image_encoder = None  # ImageEncoder for a model that reads features (image_encoder.onnx)
         self.summary: dict[str, Any] = {"files_written": []}
 
     def say(self, text: str) -> None:
@@ -244,6 +246,41 @@ def _onnx_step(ctx: _Ctx) -> None:
     ctx.summary["fusion_notes"] = fusions["notes"]
 
 
+def _image_encoder_step(ctx: _Ctx) -> None:
+    """image_encoder.onnx beside the scorer (kept when the bundle's copy is intact and of the same encoder),
+    parity-gated like the scorer, and its preprocessing in the manifest."""
+    from fbcompress.export.image_encoder_export import (
+        export_image_encoder,
+        image_encoder_parity,
+        image_preprocessing,
+    )
+
+    w, encoder = ctx.w, ctx.image_encoder
+    identity = encoder.identity.to_dict()
+    w.manifest["preprocessing"]["image_encoder"] = image_preprocessing(encoder)
+    old = w.manifest.get("models", {}).get(IMAGE_ENCODER_FILE, {})
+    if w.has_verified(IMAGE_ENCODER_FILE) and old.get("encoder") == identity:
+        ctx.say(f"reusing the bundle's verified {IMAGE_ENCODER_FILE}")
+        return
+    opset = ctx.opts.opset or ctx.opts.export.opset
+    ctx.say(f"exporting {IMAGE_ENCODER_FILE} ({identity['name']}, {identity['mode']} mode, "
+            f"{identity['input_size']} px) ...")
+    path = w.path(IMAGE_ENCODER_FILE, B.ROLE_IMAGE_ENCODER)
+    info = export_image_encoder(encoder, path, opset)
+    tolerance = float(ctx.opts.export.parity_tolerance)
+    parity = image_encoder_parity(encoder, path, tolerance)
+    if not parity["passed"]:
+        raise FbError(f"{IMAGE_ENCODER_FILE}: max relative feature diff vs PyTorch {parity['max_relative_diff']:.3g} > "
+                      f"tolerance {tolerance:g}; export refused")
+    w.add_model(IMAGE_ENCODER_FILE, {
+        "role": B.ROLE_IMAGE_ENCODER, "format": "onnx", "precision": "fp32", "opset": info["opset"],
+        "runtime": "any ONNX runtime (standard ops only); offline, per catalogue image", "encoder": identity,
+        "export": info, "io": info["io"], "parity": parity,
+    })
+    ctx.summary.setdefault("parity", {})[IMAGE_ENCODER_FILE] = parity
+    ctx.summary["files_written"].append(IMAGE_ENCODER_FILE)
+
+
 def _ort_version() -> str:
     import onnxruntime
 
@@ -354,10 +391,15 @@ def _engine_sources(ctx: _Ctx, precisions: list[str]) -> None:
 def _build_kit_step(ctx: _Ctx, precisions: list[str], not_built: str | None) -> None:
     """build_engines.sh (one trtexec line per precision) and the kit's manifest section; see `build_kit`."""
     from fbcompress.bundle.names import BUILD_SCRIPT
-    from fbcompress.export.build_kit import ROLE_BUILD_SCRIPT, EngineBuild, render_script
+    from fbcompress.export.build_kit import ROLE_BUILD_SCRIPT, EngineBuild, ImageEncoderBuild, render_script
 
     w = ctx.w
-    builds = [EngineBuild(p, engine_source(p), engine_file(p)) for p in precisions]
+    builds: list[EngineBuild | ImageEncoderBuild] = [EngineBuild(p, engine_source(p), engine_file(p))
+                                                     for p in precisions]
+    if ctx.image_encoder is not None:  # FP16 only: INT8 of the encoder is not guarded end to end (yet)
+        identity = ctx.image_encoder.identity
+        builds.append(ImageEncoderBuild(identity.input_size, tuple(ctx.opts.export.image_encoder_batch),
+                                        identity.grid**2 if identity.mode == "crop" else 1))
     workspace = int(ctx.opts.export.workspace_mib)
     script = w.path(BUILD_SCRIPT, ROLE_BUILD_SCRIPT)
     script.write_text(render_script(builds, ctx.profiles, ctx.spec, workspace))
@@ -530,6 +572,7 @@ def describe_bundle(writer: B.BundleWriter, ckpt_dir: Path, spec, max_positions:
 
 def run_export(opts: ExportOptions) -> dict[str, Any]:
     """Run one export target into the bundle `opts.out`; returns the summary (also what --json writes)."""
+    from fbcompress.export.image_encoder_export import resolve_image_encoder
     from fbcompress.export.readme import render_readme
     from fbcompress.modeling.checkpoint import load_model
 
@@ -545,6 +588,7 @@ def run_export(opts: ExportOptions) -> dict[str, Any]:
 
         dataset = DatasetDir.open(opts.data_dir)
         ctx.eval_data = (dataset, SplitData(dataset, opts.split, load_tokenizer(ckpt.directory), ctx.spec))
+    ctx.image_encoder = resolve_image_encoder(ctx.spec, opts.image_encoder, ctx.eval_data[0] if ctx.eval_data else None)
 
     with B.update_bundle(opts.out, _source(ckpt), replace=opts.force) as writer:
         ctx.writer = writer
@@ -554,6 +598,8 @@ def run_export(opts: ExportOptions) -> dict[str, Any]:
             _onnx_step(ctx)
         else:
             _ensure_onnx(ctx)
+        if ctx.image_encoder is not None:
+            _image_encoder_step(ctx)
         if opts.target == "tensorrt":
             _engine_sources(ctx, precisions)
             if gpu is not None:

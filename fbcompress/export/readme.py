@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fbcompress.bundle.manifest import parse_patch_spec
-from fbcompress.bundle.names import ONNX_FILE
+from fbcompress.bundle.names import IMAGE_ENCODER_FILE, ONNX_FILE
 from fbcompress.bundle.shapes import Profile, format_command, trtexec_command
 from fbcompress.bundle.store import (
     MANIFEST,
@@ -92,6 +92,8 @@ def image_patches(path: str) -> np.ndarray:
     x = x.reshape({spec.grid}, {p}, {spec.grid}, {p}, 3).transpose(0, 2, 1, 3, 4)  # grid row, grid col, py, px, c
     return x.reshape({spec.num_patches}, {spec.patch_dim})
 '''
+    elif IMAGE_ENCODER_FILE in manifest.get("models", {}):
+        image = _image_encoder_snippet(manifest)
     else:
         image = f'''
 
@@ -111,6 +113,64 @@ if __name__ == "__main__":
     feed = {**text_inputs(texts), "patches": np.stack([image_patches("jacket.png")])}
 ```'''
     return head + image + tail
+
+
+def _image_encoder_snippet(manifest: dict) -> str:
+    """image_patches() for a features model: the bundle's image_encoder.onnx, as `data features` ran it."""
+    encoder = manifest["models"][IMAGE_ENCODER_FILE]["encoder"]
+    size, grid = encoder["input_size"], encoder["grid"]
+    if encoder["mode"] == "grid":
+        prepare = (f'np.asarray(Image.open(path).convert("RGB").resize(({size}, {size}), Image.BICUBIC), '
+                   'np.float32)[None]')
+    else:
+        prepare = (f"np.stack([np.asarray(Image.fromarray(cell).resize(({size}, {size}), Image.BICUBIC), np.float32) "
+                   f"for cell in grid_cells(np.asarray(Image.open(path).convert(\"RGB\")), {grid})])")
+    cells = "" if encoder["mode"] == "grid" else '''
+
+def grid_cells(img: np.ndarray, grid: int) -> list[np.ndarray]:
+    """The grid's cells in row-major order; edges at round(k * side / grid)."""
+    rows = np.linspace(0, img.shape[0], grid + 1).round().astype(int)
+    cols = np.linspace(0, img.shape[1], grid + 1).round().astype(int)
+    return [img[rows[r]:rows[r + 1], cols[c]:cols[c + 1]] for r in range(grid) for c in range(grid)]
+'''
+    return f'''
+
+import onnxruntime as ort
+
+image_encoder = ort.InferenceSession(f"{{BUNDLE}}/{IMAGE_ENCODER_FILE}", providers=["CPUExecutionProvider"]){cells}
+
+
+def image_patches(path: str) -> np.ndarray:
+    """Patch features float32 [{grid * grid}, {encoder["feature_dim"]}]: offline, once per catalogue image."""
+    images = {prepare}
+    return image_encoder.run(["patch_features"], {{"images": images}})[0][0]
+'''
+
+
+def _image_encoder_section(manifest: dict) -> list[str]:
+    if IMAGE_ENCODER_FILE not in manifest.get("models", {}):
+        return []
+    entry = manifest["models"][IMAGE_ENCODER_FILE]
+    encoder, pre = entry["encoder"], manifest.get("preprocessing", {}).get("image_encoder", {})
+    parity = entry.get("parity", {})
+    return [
+        "## Images: features offline, scoring online",
+        "",
+        f"This model reads patch features of the image encoder `{encoder['name']}` ({encoder['model_type']}, "
+        f"{encoder['mode']} mode, sha256 `{encoder['sha256'][:12]}`), not pixels. Product images are known ahead of "
+        f"time, so the work splits in two:",
+        "",
+        f"* **Offline, per catalogue image** (batch, GPU): `{IMAGE_ENCODER_FILE}` turns images into "
+        f"[B, {encoder['grid'] ** 2}, {encoder['feature_dim']}] patch features; store them with the product "
+        "(float16 is enough: training read float16). Input: " + str(pre.get("input", "")) + "; "
+        + str(pre.get("channels", "")) + "; resize: " + str(pre.get("resize", "")) + ".",
+        "* **Online, per request**: the scorer takes the text and the product's stored features as `patches`.",
+        "",
+        f"Parity of `{IMAGE_ENCODER_FILE}` (ONNX Runtime CPU) vs PyTorch: max relative difference "
+        f"{parity.get('max_relative_diff', float('nan')):.2g} (tolerance {parity.get('tolerance', float('nan')):g}). "
+        "Features of any other encoder, or of the same one in another mode, are not what the model was trained on.",
+        "",
+    ]
 
 
 def _trtexec_section(manifest: dict) -> list[str]:
@@ -217,13 +277,15 @@ def render_readme(manifest: dict) -> str:
             f"order, each patch flattened (row, column, channel) into {spec.patch_dim} values.",
         ]
     else:
-        out += [f"* Image: {spec.num_patches} precomputed patch features of {spec.patch_dim} floats each."]
+        made = f" (from `{IMAGE_ENCODER_FILE}`, below)" if IMAGE_ENCODER_FILE in manifest.get("models", {}) else ""
+        out += [f"* Image: {spec.num_patches} precomputed patch features of {spec.patch_dim} floats each{made}."]
     out += [
         f"* Text: BERT WordPiece tokenizer in `{TOKENIZER_DIR}/`, `[CLS] text [SEP]`, at most {spec.max_text_len} "
         "wordpieces, right-padded with id 0; `token_type_ids` all 0.",
         "",
         _preprocessing_snippet(manifest),
         "",
+        *_image_encoder_section(manifest),
         "## ONNX Runtime",
         "",
         "```python",

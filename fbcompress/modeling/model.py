@@ -35,9 +35,21 @@ class PatchSpec:
     image_size: int
     grid: int
     max_text_len: int
+    # features made by `data features`: the image encoder's sha256, its mode and input size (ImageEncoder), so that
+    # a model refuses features of another encoder or mode, and export can rebuild the encoder for the bundle
+    feature_encoder: str | None = None
+    feature_mode: str | None = None
+    feature_input_size: int | None = None
 
     def to_dict(self) -> dict:
-        return dict(self.__dict__)
+        """The spec as stored (config.json, bundle manifest); pixel models and legacy one-.npy-per-record features
+        have no encoder, and their stored spec has no feature_* keys at all."""
+        return {k: v for k, v in self.__dict__.items() if not (k.startswith("feature_") and v is None)}
+
+    def encoder_matches(self, identity: dict) -> bool:
+        """Whether an encoder identity (`EncoderIdentity.to_dict()`) made the features this model reads."""
+        return (identity.get("sha256"), identity.get("mode"), identity.get("input_size")) == (
+            self.feature_encoder, self.feature_mode, self.feature_input_size)
 
 
 def patch_spec_of(config: BertConfig) -> PatchSpec:

@@ -62,7 +62,10 @@ class TeacherSection(_Strict):
     num_heads: int = Field(12, ge=1)
     intermediate_size: int = Field(1536, ge=8)
     patch_encoder: Literal["pixels", "features"] = "pixels"
-    feature_dim: int | None = Field(None, ge=1, description="per-patch feature size for patch_encoder=features")
+    feature_dim: int | None = Field(
+        None, ge=1, description="per-patch feature size for patch_encoder=features: taken from the dataset's feature "
+        "store (`data features`); needed only for a dataset of one .npy per record"
+    )
     dropout: float = Field(0.1, ge=0, lt=1)
     pooler_init: Literal["backbone", "identity"] = Field(
         "backbone",
@@ -74,8 +77,6 @@ class TeacherSection(_Strict):
     def _check(self) -> TeacherSection:
         if self.hidden_size % self.num_heads:
             raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
-        if self.patch_encoder == "features" and self.feature_dim is None:
-            raise ValueError("patch_encoder 'features' needs feature_dim")
         return self
 
 
@@ -199,12 +200,19 @@ class ExportSection(_Strict):
     max_auc_drop: float = Field(0.001, ge=0, description="max AUC drop of the ONNX model vs the checkpoint")
     workspace_mib: int = Field(4096, ge=64, description="TensorRT builder workspace")
     triton_max_queue_delay_us: int = Field(100, ge=0, description="Triton dynamic batching queue delay")
+    image_encoder_batch: tuple[int, int, int] = Field(
+        (1, 32, 128), description="features models: images per call of the image encoder's TensorRT engine "
+        "(min, opt, max; offline batches)"
+    )
 
     @model_validator(mode="after")
     def _unique_names(self) -> ExportSection:
         names = [p.name for p in self.profiles]
         if len(set(names)) != len(names):
             raise ValueError(f"profile names must be unique, got {names}")
+        low, opt, high = self.image_encoder_batch
+        if not 1 <= low <= opt <= high:
+            raise ValueError(f"image_encoder_batch must be 1 <= min <= opt <= max, got {[low, opt, high]}")
         return self
 
 

@@ -241,10 +241,10 @@ def distill(
     device: str | None = None,
     stop_after: int | None = None,
 ) -> dict:
+    from fbcompress.core import distributed
     from fbcompress.data.dataset_dir import DatasetDir
     from fbcompress.modeling.backbone import load_tokenizer
     from fbcompress.modeling.checkpoint import load_model
-    from fbcompress.training import distributed
     from fbcompress.training.loop import TrainSetup, run_training
 
     if recipe.train.num_threads:

@@ -25,6 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 from transformers import PreTrainedTokenizerBase, get_linear_schedule_with_warmup
 
+from fbcompress.core.distributed import RunContext, barrier
 from fbcompress.core.errors import FbError
 from fbcompress.data.dataset_dir import DatasetDir
 from fbcompress.data.loader import SplitData
@@ -34,7 +35,6 @@ from fbcompress.modeling.model import FashionBERT
 from fbcompress.recipes import Recipe, without_later_defaults
 from fbcompress.runtime.scoring import TorchScorer
 from fbcompress.training.adaptive_loss import combine_losses
-from fbcompress.training.distributed import RunContext, barrier
 
 LOG_FILE = "train-log.jsonl"
 PATH_KEYS = ("teacher",)  # meta entries that may legitimately differ on resume (paths move)

@@ -27,6 +27,8 @@ from transformers import BertConfig, BertModel, PreTrainedTokenizerBase
 
 from fbcompress.core.errors import FbError
 from fbcompress.data.batching import LengthBucketedBatches
+from fbcompress.data.dataset_dir import DatasetDir
+from fbcompress.data.features.store import features_meta
 from fbcompress.data.loader import SplitData
 from fbcompress.modeling.backbone import load_backbone_config, resolve_backbone_dir
 from fbcompress.modeling.model import FashionBERT, PatchSpec, build_config
@@ -35,10 +37,28 @@ from fbcompress.training.masking import mask_patches, whole_word_mask
 from fbcompress.training.pairs import MismatchSampler, pair_rows
 
 
-def patch_spec_from_recipe(recipe: Recipe) -> PatchSpec:
+def patch_spec_from_recipe(recipe: Recipe, dataset: DatasetDir | None = None) -> PatchSpec:
+    """The image tokens a new teacher reads. Features: their size and their encoder's sha256 come from the
+    dataset's feature store (`data features`), so the model refuses features of any other encoder later; a dataset
+    without a store must hold one .npy per record and the recipe must give teacher.feature_dim."""
     data, teacher = recipe.data, recipe.teacher
+    encoder: dict = {}
     if teacher.patch_encoder == "features":
-        patch_dim = int(teacher.feature_dim or 0)
+        entry = features_meta(dataset.meta) if dataset is not None else None
+        if entry is not None:
+            patch_dim, encoder = int(entry["feature_dim"]), entry["encoder"]
+            if teacher.feature_dim not in (None, patch_dim):
+                raise FbError(f"teacher.feature_dim is {teacher.feature_dim} but the features of {dataset.root} "
+                              f"have {patch_dim} values per patch (drop the setting: the size comes from the data)")
+            if entry["num_patches"] != data.num_patches:
+                raise FbError(f"the features of {dataset.root} have {entry['num_patches']} patches per image, the "
+                              f"recipe's grid {data.grid} makes {data.num_patches}")
+        elif teacher.feature_dim is not None:
+            patch_dim = teacher.feature_dim
+        else:
+            where = f"{dataset.root} has" if dataset is not None else "the data has"
+            raise FbError(f"teacher.patch_encoder is 'features' but {where} no patch features: make them with "
+                          "`fbcompress data features --data DIR --encoder ENCODER_DIR`")
     else:
         patch_dim = 3 * data.patch_pixels**2
     return PatchSpec(
@@ -48,14 +68,18 @@ def patch_spec_from_recipe(recipe: Recipe) -> PatchSpec:
         image_size=data.image_size,
         grid=data.grid,
         max_text_len=data.max_text_len,
+        feature_encoder=encoder.get("sha256"),
+        feature_mode=encoder.get("mode"),
+        feature_input_size=encoder.get("input_size"),
     )
 
 
-def build_teacher(recipe: Recipe, vocab_size: int) -> FashionBERT:
-    """Pretrained backbone weights where the recipe names one, else random init from the recipe's sizes."""
+def build_teacher(recipe: Recipe, vocab_size: int, spec: PatchSpec | None = None) -> FashionBERT:
+    """Pretrained backbone weights where the recipe names one, else random init from the recipe's sizes; `spec`:
+    the image tokens (default: the recipe's, `patch_spec_from_recipe`)."""
     t = recipe.teacher
     backbone_dir = resolve_backbone_dir(t.backbone)
-    spec = patch_spec_from_recipe(recipe)
+    spec = spec if spec is not None else patch_spec_from_recipe(recipe)
     if backbone_dir is None:
         backbone_config = BertConfig(
             vocab_size=vocab_size,
@@ -222,9 +246,8 @@ def train_teacher(
     """`fbcompress train-teacher`: build (or resume) the teacher and train it with the recipe."""
     from pathlib import Path
 
-    from fbcompress.data.dataset_dir import DatasetDir
+    from fbcompress.core import distributed
     from fbcompress.modeling.backbone import load_tokenizer, tokenizer_dir_for
-    from fbcompress.training import distributed
     from fbcompress.training.loop import TrainSetup, run_training
 
     if recipe.train.num_threads:
@@ -233,12 +256,12 @@ def train_teacher(
     try:
         dataset = DatasetDir.open(data_dir)
         tokenizer = load_tokenizer(tokenizer_dir_for(recipe.teacher.backbone))
-        spec = patch_spec_from_recipe(recipe)
+        spec = patch_spec_from_recipe(recipe, dataset)
         cache = recipe.data.cache_images
         train_data = SplitData(dataset, "train", tokenizer, spec, cache)
         val_data = SplitData(dataset, "val", tokenizer, spec, cache)
         torch.manual_seed(recipe.train.seed)
-        model = build_teacher(recipe, len(tokenizer))
+        model = build_teacher(recipe, len(tokenizer), spec)
         fresh_start = force or not (Path(out) / "fbcompress.json").is_file()
         if recipe.train.patch_warmup_steps and fresh_start and recipe.teacher.patch_encoder == "pixels":
             from fbcompress.training.patch_warmup import warm_start_patch_encoder

@@ -12,6 +12,7 @@ Each test names the one-line breaks of fbcompress/bundle/store.py it was seen to
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -77,7 +78,10 @@ def test_feature_preprocessing_states_the_feature_shape_only():
     """Breaks caught: the features branch taking the pixel keys, its text changed."""
     image = B.preprocessing(FEATURES)["image"]
     assert image == {"patch_encoder": "features", "num_patches": 64, "patch_dim": 2048,
-                     "features": "64 x 2048 float32 per image (.npy), as trained"}
+                     "features": "64 x 2048 float32 per image: precomputed, as in training"}
+    made = B.preprocessing(replace(FEATURES, feature_encoder="e" * 64, feature_mode="grid", feature_input_size=256))
+    assert made["image"]["features"] == ("64 x 2048 float32 per image: the output of image_encoder.onnx "
+                                         "(preprocessing.image_encoder), computed offline per catalogue image")
     assert B.preprocessing(PatchSpec("features", 8, 4, 0, 0, 16))["image"]["num_patches"] == 4  # grid 0: no crash
 
 

@@ -169,8 +169,12 @@ def test_run_check_end_to_end(models, tmp_path, monkeypatch):
     speed = rows["speed-up (p50 ms @ 2x8 cpu)"]
     assert speed["delta"] == pytest.approx(result["teacher"]["latency"]["p50_ms"]
                                            / result["candidate"]["latency"]["p50_ms"])
-    # the same weights on PyTorch and ONNX Runtime: every gate passes, the speed gate is off
-    assert abs(rows["AUC"]["delta"]) < 1e-4 and rows["AUC"]["teacher"] == result["teacher"]["eval"]["auc"]
+    # the same weights on PyTorch and ONNX Runtime: every gate passes, the speed gate is off. The 6-step model scores
+    # near chance, with near-ties that float rounding may order either way: on an AVX-512 VM (2026-12-02) one of the
+    # 18 x 18 matched/mismatched pairs swapped between the runtimes (AUC 0.4954 vs 0.4985), on the AVX2 VM none did.
+    # More than one swapped pair would be more than rounding.
+    one_pair = 1 / (result["teacher"]["eval"]["n_pairs"] / 2) ** 2
+    assert abs(rows["AUC"]["delta"]) <= one_pair + 1e-12 and rows["AUC"]["teacher"] == result["teacher"]["eval"]["auc"]
     assert rows["AUC"]["candidate"] == result["candidate"]["eval"]["auc"]
     assert (result["passed"], result["verdict"], result["failed"]) == (True, "PASS", [])
 

@@ -1,4 +1,4 @@
-"""How a training process reads torchrun's environment (fbcompress/training/distributed.py), in one process.
+"""How a training process reads torchrun's environment (fbcompress/core/distributed.py), in one process.
 
 torchrun sets WORLD_SIZE, RANK and LOCAL_RANK; `setup` turns them into the run's rank, world and device, and
 starts the process group (NCCL on CUDA, gloo on CPU). The two-process run itself is the slow tier's
@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fbcompress.training import distributed as D
+from fbcompress.core import distributed as D
 
 
 @pytest.fixture()

@@ -22,8 +22,8 @@ import torch
 from torch import nn
 
 import fbcompress.training.loop as train_module
+from fbcompress.core.distributed import RunContext
 from fbcompress.data.batching import LengthBucketedBatches
-from fbcompress.training.distributed import RunContext
 from fbcompress.training.loop import TrainSetup, run_training
 
 REPO = Path(__file__).resolve().parents[2]

@@ -1,8 +1,8 @@
-"""torchrun / DistributedDataParallel plumbing, kept apart from the training logic.
+"""torchrun / DistributedDataParallel plumbing, kept apart from the stages that use it.
 
-`torchrun --nproc-per-node N -m fbcompress train-teacher ...` sets RANK/WORLD_SIZE/LOCAL_RANK; we initialise the
-process group (NCCL on CUDA, gloo on CPU), each rank takes its own slice of every global batch, and only rank 0
-writes files.
+`torchrun --nproc-per-node N -m fbcompress train-teacher ...` (or `data features`) sets RANK/WORLD_SIZE/LOCAL_RANK;
+we initialise the process group (NCCL on CUDA, gloo on CPU), each rank takes its own slice of the work (of every
+global batch; of the feature shards), and only rank 0 writes the shared files.
 """
 
 from __future__ import annotations

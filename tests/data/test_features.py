@@ -1,0 +1,239 @@
+"""`fbcompress data features`: per-patch features from a tiny random-init ResNet (saved with save_pretrained), in
+grid and crop mode, stored as float16 shards the loader reads; resumable, refused by a model of another encoder."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from cli_helpers import assert_one_line_error, run
+from conftest import write_tiny_dataset
+from PIL import Image
+
+from fbcompress.data.dataset_dir import SPLITS, DatasetDir
+from fbcompress.data.features import extract
+from fbcompress.data.features.extract import FeatureOptions, make_features
+from fbcompress.data.loader import SplitData
+from fbcompress.modeling.backbone import load_tokenizer, packaged_minilm_dir
+from fbcompress.modeling.image_encoder import crops_of, grid_input_size, load_image_encoder
+from fbcompress.modeling.model import PatchSpec
+
+
+def save_tiny_resnet(path: Path, seed: int = 0) -> Path:
+    """Two bottleneck stages (stride 8, 16 channels): 64 px -> an 8x8 map, milliseconds per image."""
+    from transformers import ResNetConfig, ResNetModel
+
+    torch.manual_seed(seed)
+    config = ResNetConfig(num_channels=3, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1],
+                          layer_type="bottleneck")
+    ResNetModel(config).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def encoder_dir(tmp_path_factory) -> Path:
+    return save_tiny_resnet(tmp_path_factory.mktemp("enc") / "tiny-resnet")
+
+
+def _dataset(tmp_path: Path, products: int = 40) -> Path:
+    return write_tiny_dataset(tmp_path / "data", products=products)
+
+
+def _state(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_grid_features_are_the_last_feature_map_in_row_major_order(tmp_path, encoder_dir):
+    data = _dataset(tmp_path)
+    before = DatasetDir.open(data).fingerprint
+    result = run("data", "features", "--data", data, "--encoder", encoder_dir, "--batch-size", 7, "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    dataset = DatasetDir.open(data)
+    entry = dataset.meta["features"]
+    assert entry["feature_dim"] == 16 and entry["num_patches"] == 64 and entry["encoder"]["input_size"] == 64
+    assert entry["encoder"]["mode"] == "grid" and entry["encoder_dir"] == str(encoder_dir.resolve())
+    assert dataset.fingerprint != before  # the features are part of the data a model trains on
+    records = [r for split in SPLITS for r in dataset.records(split)]
+    assert len(records) == 40 and all(r["features"].startswith(f"features/{entry['tag']}/") for r in records)
+    shard = np.load(data / records[0]["features"])
+    assert shard.dtype == np.float16 and shard.shape == (40, 64, 16)
+    encoder = load_image_encoder(encoder_dir, grid=8)
+    for record in (records[0], records[-1]):
+        with Image.open(data / record["image"]) as image:
+            pixels = np.asarray(image.convert("RGB").resize((64, 64), Image.BICUBIC), dtype=np.float32)
+        normalised = (torch.from_numpy(pixels).permute(2, 0, 1)[None] / 255 - torch.tensor(encoder.identity.mean)
+                      .view(1, 3, 1, 1)) / torch.tensor(encoder.identity.std).view(1, 3, 1, 1)
+        with torch.no_grad():
+            cells = encoder.backbone(pixel_values=normalised).last_hidden_state[0]  # [16, 8, 8]
+        stored = np.load(data / record["features"])[record["features_row"]].astype(np.float32)
+        for r, c in ((0, 0), (0, 7), (3, 5), (7, 0)):
+            np.testing.assert_allclose(stored[r * 8 + c], cells[:, r, c].numpy(), rtol=2e-3, atol=2e-3)
+    spec = PatchSpec("features", 16, 64, 32, 8, 32, entry["encoder"]["sha256"], "grid", 64)
+    split = SplitData(dataset, "val", load_tokenizer(packaged_minilm_dir()), spec)
+    batch = split.batch([0, 1], [0, 1])
+    assert batch["patches"].shape == (2, 64, 16) and batch["patches"].dtype == torch.float32
+
+
+def test_crop_mode_encodes_each_cell_alone(tmp_path, encoder_dir):
+    data = _dataset(tmp_path, products=20)
+    result = run("data", "features", "--data", data, "--encoder", encoder_dir, "--mode", "crop", "--crop-size", 16)
+    assert result.exit_code == 0, result.output
+    dataset = DatasetDir.open(data)
+    assert dataset.meta["features"]["encoder"]["mode"] == "crop"
+    record = dataset.records("train")[0]
+    encoder = load_image_encoder(encoder_dir, grid=8, mode="crop", crop_size=16)
+    with Image.open(data / record["image"]) as image:
+        crops = crops_of(np.asarray(image.convert("RGB")), 8, 16)
+    assert crops.shape == (64, 16, 16, 3)
+    np.testing.assert_array_equal(crops[8 + 3], np.asarray(Image.fromarray(  # cell (1, 3) of a 32 px image
+        np.asarray(image.convert("RGB"))[4:8, 12:16]).resize((16, 16), Image.BICUBIC), dtype=np.float32))
+    crop = torch.from_numpy(crops[11:12]).permute(0, 3, 1, 2)  # one crop through the backbone alone
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (encoder.identity.mean, encoder.identity.std))
+    with torch.no_grad():
+        alone = encoder.backbone(pixel_values=(crop / 255 - mean) / std).last_hidden_state.mean(dim=(2, 3))[0]
+    stored = np.load(data / record["features"])[record["features_row"]].astype(np.float32)
+    np.testing.assert_allclose(stored[11], alone.numpy(), rtol=2e-3, atol=2e-3)
+
+
+def test_a_killed_run_resumes_to_the_same_store(tmp_path, encoder_dir, monkeypatch):
+    data = _dataset(tmp_path / "a")
+    other = _dataset(tmp_path / "b")
+    options = {"encoder": encoder_dir, "shard_rows": 16, "batch_size": 5, "device": "cpu"}
+    make_features(FeatureOptions(data=other, **options))
+    saved = []
+    real = extract._save_shard
+
+    def killed_after_one(path, array):
+        if saved:
+            raise KeyboardInterrupt
+        saved.append(path)
+        real(path, array)
+
+    monkeypatch.setattr(extract, "_save_shard", killed_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        make_features(FeatureOptions(data=data, **options))
+    assert "features" not in DatasetDir.open(data).meta  # nothing published yet
+    monkeypatch.setattr(extract, "_save_shard", real)
+    summary = make_features(FeatureOptions(data=data, **options))
+    assert summary.resumed_shards == 1 and summary.computed == 40 - 16
+    assert _state(data) == _state(other)  # byte for byte what an uninterrupted run writes
+    again = make_features(FeatureOptions(data=data, **options))
+    assert again.computed == 0 and _state(data) == _state(other)  # a finished store is not made twice
+
+
+def test_a_model_refuses_features_of_another_encoder(tmp_path, encoder_dir):
+    data = _dataset(tmp_path)
+    assert run("data", "features", "--data", data, "--encoder", encoder_dir).exit_code == 0
+    teacher = tmp_path / "teacher"
+    result = run("train-teacher", "--recipe", "smoke", "--data", data, "--out", teacher,
+                 "--set", "teacher.patch_encoder=features", "--set", "train.steps=2")
+    assert result.exit_code == 0, result.output
+    config = json.loads((teacher / "config.json").read_text())["fashionbert"]
+    assert config["patch_dim"] == 16 and config["feature_mode"] == "grid" and config["feature_input_size"] == 64
+    other = save_tiny_resnet(tmp_path / "other-resnet", seed=1)
+    assert run("data", "features", "--data", data, "--encoder", other).exit_code == 0
+    assert [p.name for p in (data / "features").iterdir()] == [DatasetDir.open(data).meta["features"]["tag"]]
+    assert_one_line_error(run("eval", "--model", teacher, "--data", data), "come from encoder other-resnet",
+                          "make them again")
+    crop = _dataset(tmp_path / "crop")
+    assert run("data", "features", "--data", crop, "--encoder", encoder_dir, "--mode", "crop").exit_code == 0
+    assert_one_line_error(run("eval", "--model", teacher, "--data", crop), "crop mode")  # same weights, other mode
+
+
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, encoder_dir):
+    data = _dataset(tmp_path)
+    before = _state(data)
+    assert_one_line_error(run("data", "features", "--data", data, "--encoder", packaged_minilm_dir()),
+                          "'bert' model, not a convolutional vision backbone")
+    assert_one_line_error(run("data", "features", "--data", data, "--encoder", tmp_path / "nowhere"),
+                          "has no config.json")
+    assert_one_line_error(run("data", "features", "--data", data, "--encoder", encoder_dir, "--batch-size", 0),
+                          "--batch-size must be at least 1")
+    assert _state(data) == before
+    pixels_only = _dataset(tmp_path / "plain")
+    assert_one_line_error(run("train-teacher", "--recipe", "smoke", "--data", pixels_only, "--out", tmp_path / "t",
+                              "--set", "teacher.patch_encoder=features"), "no patch features", "data features")
+    assert not (tmp_path / "t").exists()
+
+
+def test_a_grid_the_stride_cannot_make_is_refused():
+    class Valid(torch.nn.Module):  # a conv without padding: 3x3, stride 3 -> 512 px give 170 cells, no whole stride
+        config = None
+
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 3, stride=3)
+
+        def forward(self, pixel_values):
+            return type("Out", (), {"last_hidden_state": self.conv(pixel_values)})()
+
+    from fbcompress.core.errors import FbError
+
+    with pytest.raises(FbError, match="cannot make a 8x8 grid"):
+        grid_input_size(Valid(), 8)
+
+
+def test_the_store_is_checked_on_load(tmp_path, encoder_dir):
+    data = _dataset(tmp_path)
+    assert run("data", "features", "--data", data, "--encoder", encoder_dir).exit_code == 0
+    dataset = DatasetDir.open(data)
+    entry = dataset.meta["features"]
+    spec = PatchSpec("features", 16, 64, 32, 8, 32, entry["encoder"]["sha256"], "grid", 64)
+    tokenizer = load_tokenizer(packaged_minilm_dir())
+    shard = data / dataset.records("val")[0]["features"]
+    np.save(shard, np.zeros((40, 64, 8), np.float16))  # a shard of the wrong width
+    with pytest.raises(Exception, match="expected float16"):
+        SplitData(dataset, "val", tokenizer, spec).patches(0)
+    index = data / "features" / entry["tag"] / "index.json"
+    index.write_text(index.read_text().replace('"records": 40', '"records": 41'))
+    with pytest.raises(Exception, match="does not match the sha256"):
+        SplitData(dataset, "val", tokenizer, spec)
+    shutil.rmtree(data / "features")
+    with pytest.raises(Exception, match="index.json is missing"):
+        SplitData(dataset, "val", tokenizer, spec)
+
+
+@pytest.mark.slow
+def test_the_whole_features_path_teacher_to_checked_int8_bundle(tmp_path, encoder_dir):
+    """teacher -> distill -> export (scorer + image_encoder.onnx, both parity-checked) -> quantize -> check, on
+    features of the tiny ResNet; the bundle's image encoder run in ONNX Runtime on a raw image gives the features
+    that training read."""
+    import onnxruntime as ort
+
+    data = _dataset(tmp_path, products=60)
+    assert run("data", "features", "--data", data, "--encoder", encoder_dir).exit_code == 0
+    teacher, student, bundle = tmp_path / "teacher", tmp_path / "student", tmp_path / "bundle"
+    features = ("--set", "teacher.patch_encoder=features")
+    assert run("train-teacher", "--recipe", "smoke", "--data", data, "--out", teacher, *features).exit_code == 0
+    result = run("distill", "--recipe", "smoke", "--teacher", teacher, "--data", data, "--out", student)
+    assert result.exit_code == 0, result.output
+    wrong = save_tiny_resnet(tmp_path / "wrong", seed=3)
+    assert_one_line_error(run("export", "--model", student, "--target", "onnx", "--out", bundle, "--image-encoder",
+                              wrong), "is not the image encoder the model's features came from")
+    assert not bundle.exists()
+    result = run("export", "--model", student, "--target", "onnx", "--out", bundle, "--data", data)
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    entry = manifest["models"]["image_encoder.onnx"]
+    assert entry["parity"]["passed"] and entry["parity"]["max_relative_diff"] <= 1e-4
+    assert entry["encoder"]["sha256"] == manifest["patch_spec"]["feature_encoder"]
+    assert manifest["preprocessing"]["image_encoder"]["input"].startswith("[B, 64, 64, 3]")
+    assert "image_encoder.onnx" in (bundle / "README.md").read_text()
+    dataset = DatasetDir.open(data)
+    record = dataset.records("test")[0]
+    with Image.open(data / record["image"]) as image:
+        pixels = np.asarray(image.convert("RGB").resize((64, 64), Image.BICUBIC), dtype=np.float32)
+    session = ort.InferenceSession(str(bundle / "image_encoder.onnx"), providers=["CPUExecutionProvider"])
+    served = session.run(None, {"images": pixels[None]})[0][0]
+    stored = np.load(data / record["features"])[record["features_row"]].astype(np.float32)
+    np.testing.assert_allclose(served, stored, rtol=2e-3, atol=2e-3)  # float16 storage
+    result = run("quantize", "--model", bundle, "--data", data)
+    assert result.exit_code == 0, result.output
+    result = run("check", "-t", teacher, "-c", bundle / "model.int8.onnx", "--data", data, "-r", "smoke")
+    assert result.exit_code == 0 and "PASS" in result.output, result.output
