@@ -52,7 +52,8 @@ def main() -> None:
         wall = time.perf_counter() - started
         print(json.dumps({
             "mode": mode, "images": summary.images, "encode_seconds": round(summary.seconds, 2),
-            "wall_seconds_with_encoder_load": round(wall, 2), "images_per_s": round(summary.images / summary.seconds, 3),
+            "wall_seconds_with_encoder_load": round(wall, 2),
+            "images_per_s": round(summary.images / summary.seconds, 3),
             "ms_per_image": round(1000 * summary.seconds / summary.images, 1), "store_bytes": summary.store_bytes,
             "store_mib_per_1000_images": round(summary.store_bytes / summary.images * 1000 / 2**20, 1),
             "torch_threads": torch.get_num_threads(), "device": args.device,
