@@ -1,6 +1,6 @@
 """Cost of `fbcompress data features` per image, grid vs crop mode, and the feature store's size.
 
-    python bench/feature_cost.py --work /tmp/feature-cost --grid-images 1000 --crop-images 16
+    python bench/feature_cost.py --work /tmp/feature-cost --grid-images 1000 --crop-images 20
 
 The encoder is a ResNet-50 (transformers' `ResNetConfig()` defaults: bottleneck stages [3, 4, 6, 3], 2048-d)
 with random weights, saved with save_pretrained: the same architecture and FLOPs as microsoft/resnet-50 (no
@@ -25,7 +25,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, required=True)
     parser.add_argument("--grid-images", type=int, default=1000)
-    parser.add_argument("--crop-images", type=int, default=16)
+    parser.add_argument("--crop-images", type=int, default=20, help="at least 20 (the synthetic catalogue's minimum)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
@@ -41,6 +41,8 @@ def main() -> None:
         torch.manual_seed(0)
         ResNetModel(ResNetConfig()).save_pretrained(encoder)
     for mode, images in (("grid", args.grid_images), ("crop", args.crop_images)):
+        if images == 0:  # skip this mode
+            continue
         data = args.work / f"data-{mode}"
         shutil.rmtree(data, ignore_errors=True)
         synthesize_dataset(data, products=images, image_size=64, seed=0, val_fraction=0.1, test_fraction=0.1,

@@ -237,3 +237,62 @@ def test_the_whole_features_path_teacher_to_checked_int8_bundle(tmp_path, encode
     assert result.exit_code == 0, result.output
     result = run("check", "-t", teacher, "-c", bundle / "model.int8.onnx", "--data", data, "-r", "smoke")
     assert result.exit_code == 0 and "PASS" in result.output, result.output
+
+
+# Runs on each rank (started as torchrun would): make_features with small shards, recording the shards it saved.
+RANK_DRIVER = '''
+import json, os, sys
+from pathlib import Path
+from fbcompress.data.features import extract
+data, encoder, record = sys.argv[1:4]
+saved = []
+real = extract._save_shard
+def save(path, array):
+    saved.append(path.name)
+    real(path, array)
+extract._save_shard = save
+extract.make_features(extract.FeatureOptions(data=Path(data), encoder=Path(encoder), shard_rows=8, device="cpu"))
+Path(record, f"rank{os.environ['RANK']}.json").write_text(json.dumps(saved))
+'''
+
+
+@pytest.mark.slow
+def test_two_torchrun_ranks_split_the_shards_and_write_one_store(tmp_path, encoder_dir):
+    """Two processes with torchrun's environment (gloo, CPU): rank r encodes the shards k with k % 2 == r, rank 0
+    publishes, and the store is byte for byte the one a single process writes."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    data, alone = _dataset(tmp_path / "ranks"), _dataset(tmp_path / "alone")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the ranks run (OMP_NUM_THREADS=1): convolutions round alike, bit for bit
+    try:
+        make_features(FeatureOptions(data=alone, encoder=encoder_dir, shard_rows=8, device="cpu"))
+    finally:
+        torch.set_num_threads(threads)
+    driver, record = tmp_path / "driver.py", tmp_path / "record"
+    driver.write_text(RANK_DRIVER)
+    record.mkdir()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
+    procs = []
+    for rank in range(2):
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+               "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2",
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
+        procs.append(subprocess.Popen([sys.executable, str(driver), str(data), str(encoder_dir), str(record)],
+                                      env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+    try:
+        errors = [proc.communicate(timeout=180)[1] for proc in procs]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+    for rank, (proc, err) in enumerate(zip(procs, errors, strict=True)):
+        assert proc.returncode == 0, f"rank {rank}: {err[-3000:]}"
+    saved = [json.loads((record / f"rank{r}.json").read_text()) for r in range(2)]
+    assert saved == [[f"shard-{k:06d}.npy" for k in (0, 2, 4)], [f"shard-{k:06d}.npy" for k in (1, 3)]]  # 40 / 8
+    assert _state(data) == _state(alone)
