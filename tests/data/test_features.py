@@ -14,6 +14,7 @@ import torch
 from cli_helpers import assert_one_line_error, run
 from conftest import write_tiny_dataset
 from PIL import Image
+from rank_helpers import run_ranks
 
 from fbcompress.data.dataset_dir import SPLITS, DatasetDir
 from fbcompress.data.features import extract
@@ -260,11 +261,6 @@ Path(record, f"rank{os.environ['RANK']}.json").write_text(json.dumps(saved))
 def test_two_torchrun_ranks_split_the_shards_and_write_one_store(tmp_path, encoder_dir):
     """Two processes with torchrun's environment (gloo, CPU): rank r encodes the shards k with k % 2 == r, rank 0
     publishes, and the store is byte for byte the one a single process writes."""
-    import os
-    import socket
-    import subprocess
-    import sys
-
     data, alone = _dataset(tmp_path / "ranks"), _dataset(tmp_path / "alone")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the ranks run (OMP_NUM_THREADS=1): convolutions round alike, bit for bit
@@ -275,24 +271,7 @@ def test_two_torchrun_ranks_split_the_shards_and_write_one_store(tmp_path, encod
     driver, record = tmp_path / "driver.py", tmp_path / "record"
     driver.write_text(RANK_DRIVER)
     record.mkdir()
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = str(sock.getsockname()[1])
-    procs = []
-    for rank in range(2):
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
-               "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2",
-               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
-        procs.append(subprocess.Popen([sys.executable, str(driver), str(data), str(encoder_dir), str(record)],
-                                      env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
-    try:
-        errors = [proc.communicate(timeout=180)[1] for proc in procs]
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-    for rank, (proc, err) in enumerate(zip(procs, errors, strict=True)):
-        assert proc.returncode == 0, f"rank {rank}: {err[-3000:]}"
+    run_ranks([str(driver), str(data), str(encoder_dir), str(record)], timeout=180)
     saved = [json.loads((record / f"rank{r}.json").read_text()) for r in range(2)]
     assert saved == [[f"shard-{k:06d}.npy" for k in (0, 2, 4)], [f"shard-{k:06d}.npy" for k in (1, 3)]]  # 40 / 8
     assert _state(data) == _state(alone)

@@ -9,24 +9,18 @@ scratch copy with that break applied and failed there.
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
+from rank_helpers import run_ranks
 from torch import nn
 
 import fbcompress.training.loop as train_module
 from fbcompress.core.distributed import RunContext
 from fbcompress.data.batching import LengthBucketedBatches
 from fbcompress.training.loop import TrainSetup, run_training
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 class _Recorder(nn.Module):
@@ -98,12 +92,6 @@ def test_ranks_see_disjoint_rows_that_cover_each_epoch(tmp_path, monkeypatch):
     assert sorted(row for rank in first_epoch for batch in rank for row in batch) == list(range(84))
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 # Runs on each rank (started as torchrun would): the real `train-teacher` CLI, with spies on what each rank trains
 # on, its gradients after DDP's all-reduce (read where run_training clips them) and its final weights.
 DRIVER = textwrap.dedent('''
@@ -167,22 +155,7 @@ def test_two_process_gloo_ranks_split_rows_and_stay_identical(tiny_data, tmp_pat
     driver = tmp_path / "driver.py"
     driver.write_text(DRIVER)
     # the two workers as torchrun starts them (its environment variables), without the launcher's own start-up
-    port = str(_free_port())
-    cmd = [sys.executable, str(driver), str(record), str(tiny_data), str(tmp_path / "ddp")]
-    procs = []
-    for rank in range(2):
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "RANK": str(rank),
-               "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
-               "MASTER_PORT": port}
-        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
-    try:
-        errors = [proc.communicate(timeout=240)[1] for proc in procs]
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-    for rank, (proc, err) in enumerate(zip(procs, errors, strict=True)):
-        assert proc.returncode == 0, f"rank {rank}: {err[-3000:]}"
+    run_ranks([str(driver), str(record), str(tiny_data), str(tmp_path / "ddp")])
     ranks = [torch.load(record / f"rank{r}.pt", weights_only=False) for r in range(2)]
     assert [r["rank"] for r in ranks] == [0, 1] and all(r["world_size"] == 2 for r in ranks)
 
