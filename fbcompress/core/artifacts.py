@@ -13,9 +13,9 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from fbcompress.core.errors import FbError
 
@@ -63,13 +63,16 @@ def atomic_dir(target: str | Path, overwrite: bool = True) -> Iterator[Path]:
         raise
 
 
-def atomic_write_bytes(target: str | Path, data: bytes) -> None:
+@contextlib.contextmanager
+def atomic_file(target: str | Path) -> Iterator[BinaryIO]:
+    """A binary handle whose content appears at `target` only when the block completes (fsync, then rename): for
+    writers that stream (np.save of a feature shard) as well as for `atomic_write_bytes`."""
     target = Path(target)
     ensure_output_dir(target.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, target)
@@ -79,6 +82,11 @@ def atomic_write_bytes(target: str | Path, data: bytes) -> None:
         if isinstance(exc, OSError) and exc.errno == 28:
             raise FbError(f"disk full while writing {target}") from None
         raise
+
+
+def atomic_write_bytes(target: str | Path, data: bytes) -> None:
+    with atomic_file(target) as handle:
+        handle.write(data)
 
 
 def atomic_write_json(target: str | Path, payload: Any) -> None:
@@ -101,3 +109,22 @@ def read_json(path: str | Path, what: str) -> Any:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise FbError(f"{what} {path} is not valid JSON: {exc}") from None
+
+
+def open_work_dir(work: Path, state: dict[str, Any], log: Callable[[str], None] | None = None) -> bool:
+    """The work folder of a resumable job: an interrupted run's is reused when its state.json equals `state` (the
+    inputs its partial results depend on; returns True); otherwise it is emptied and started with `state`."""
+    state_file = work / "state.json"
+    if work.is_dir():
+        try:
+            previous = json.loads(state_file.read_text())
+        except (OSError, ValueError):
+            previous = None
+        if previous == state:
+            return True
+        if log:
+            log(f"{work} holds an interrupted run of other inputs: starting over")
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    atomic_write_json(state_file, state)
+    return False

@@ -17,15 +17,20 @@ PIXEL_MEAN = 0.5
 PIXEL_STD = 0.5
 
 
-def load_rgb(path: Path, image_size: int) -> np.ndarray:
-    """Read an image as uint8 [S, S, 3]; a wrong size is an error, never a silent resize."""
+def open_rgb(path: Path) -> Image.Image:
+    """Decode an image file as RGB; a missing or unreadable file is one FbError line naming it."""
     try:
         with Image.open(path) as img:
-            arr = np.asarray(img.convert("RGB"))
+            return img.convert("RGB")
     except FileNotFoundError:
         raise FbError(f"image not found: {path}") from None
     except (UnidentifiedImageError, OSError, ValueError) as exc:  # ValueError: e.g. a NUL byte in the path
         raise FbError(f"cannot read image {path}: {exc}") from None
+
+
+def load_rgb(path: Path, image_size: int) -> np.ndarray:
+    """Read an image as uint8 [S, S, 3]; a wrong size is an error, never a silent resize."""
+    arr = np.asarray(open_rgb(path))
     if arr.shape[:2] != (image_size, image_size):
         raise FbError(
             f"image {path} is {arr.shape[1]}x{arr.shape[0]} px, the model expects {image_size}x{image_size} "

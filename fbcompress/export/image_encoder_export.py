@@ -40,7 +40,10 @@ def resolve_image_encoder(spec: PatchSpec, explicit: Path | None, dataset: Datas
     if directory is None:
         raise FbError(f"the model reads patch features of image encoder {spec.feature_encoder[:12]}: pass "
                       "--image-encoder DIR (the directory `data features` used) to put it in the bundle")
-    encoder = load_image_encoder(directory, spec.grid, spec.feature_mode or "grid", spec.feature_input_size or 224)
+    if spec.feature_mode is None or spec.feature_input_size is None:
+        raise FbError(f"the model's patch_spec names encoder {spec.feature_encoder[:12]} without its mode and input "
+                      "size (a hand-edited config?): it cannot be rebuilt for the bundle")
+    encoder = load_image_encoder(directory, spec.grid, spec.feature_mode, spec.feature_input_size)
     if not spec.encoder_matches(encoder.identity.to_dict()):
         found = encoder.identity
         raise FbError(f"{directory} is not the image encoder the model's features came from (sha256 "

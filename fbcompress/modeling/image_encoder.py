@@ -156,21 +156,26 @@ def crops_of(image: np.ndarray, grid: int, crop_size: int) -> np.ndarray:
     return np.stack(crops)
 
 
-def grid_input_size(backbone: nn.Module, grid: int) -> int:
-    """The image side at which the backbone's last feature map is exactly grid x grid (its stride times grid)."""
-    probe = grid * _PROBE_CELLS
+def _output_shape(backbone: nn.Module, size: int) -> tuple[int, ...]:
+    """[C, h, w] of the backbone's last feature map for one size x size image."""
     with torch.no_grad():
-        side = _feature_map(backbone, torch.zeros(1, 3, probe, probe)).shape[-1]
+        return tuple(_feature_map(backbone, torch.zeros(1, 3, size, size)).shape[1:])
+
+
+def grid_input_size(backbone: nn.Module, grid: int) -> tuple[int, int]:
+    """(the image side at which the backbone's last feature map is exactly grid x grid, i.e. its stride times
+    grid; the feature size there)."""
+    probe = grid * _PROBE_CELLS
+    side = _output_shape(backbone, probe)[-1]
     if side == 0 or probe % side:
         raise FbError(f"the image encoder maps {probe} px to {side} cells (no whole stride): it cannot make a "
                       f"{grid}x{grid} grid")
     size = grid * (probe // side)
-    with torch.no_grad():
-        made = tuple(_feature_map(backbone, torch.zeros(1, 3, size, size)).shape[-2:])
-    if made != (grid, grid):
+    dim, *made = _output_shape(backbone, size)
+    if tuple(made) != (grid, grid):
         raise FbError(f"the image encoder's stride cannot make a {grid}x{grid} grid (at {size} px it gives "
                       f"{made[0]}x{made[1]})")
-    return size
+    return size, dim
 
 
 def load_image_encoder(directory: str | Path, grid: int, mode: str = "grid", crop_size: int = 224) -> ImageEncoder:
@@ -183,13 +188,11 @@ def load_image_encoder(directory: str | Path, grid: int, mode: str = "grid", cro
     backbone = load_backbone(path)
     mean, std = _normalisation(path)
     if mode == "grid":
-        size = grid_input_size(backbone, grid)
+        size, dim = grid_input_size(backbone, grid)
     else:
         if crop_size < 1:
             raise FbError(f"--crop-size must be a positive number of pixels, got {crop_size}")
-        size = crop_size
-    with torch.no_grad():
-        dim = int(_feature_map(backbone, torch.zeros(1, 3, size, size)).shape[1])
+        size, dim = crop_size, _output_shape(backbone, crop_size)[0]
     identity = EncoderIdentity(
         name=path.resolve().name, model_type=str(backbone.config.model_type), sha256=encoder_sha256(path),
         feature_dim=dim, mode=mode, input_size=size, grid=grid, mean=tuple(mean), std=tuple(std),  # type: ignore[arg-type]

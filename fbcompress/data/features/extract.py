@@ -22,14 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from fbcompress.core import distributed
-from fbcompress.core.artifacts import atomic_write_bytes, sha256_file
+from fbcompress.core.artifacts import atomic_file, atomic_write_bytes, atomic_write_json, open_work_dir, sha256_file
 from fbcompress.core.errors import FbError
 from fbcompress.data.dataset_dir import SPLITS, DatasetDir, fingerprint
 from fbcompress.data.features.store import FEATURES_DIR, INDEX_FILE, INDEX_FORMAT, features_meta
+from fbcompress.data.patches import open_rgb
 from fbcompress.modeling.image_encoder import ImageEncoder, encode_batch, load_image_encoder
 
 SHARD_ROWS = 1024
@@ -144,23 +144,12 @@ def _complete(work: Path, count: int) -> int:
 
 def _open_work(work: Path, state: dict, log: Callable[[str], None] | None) -> int:
     """Make the work folder, or reuse an interrupted run's; returns how many complete shards it holds."""
-    state_file = work / "state.json"
-    if work.is_dir():
-        try:
-            previous = json.loads(state_file.read_text())
-        except (OSError, ValueError):
-            previous = None
-        if previous == state:
-            done = len(list(work.glob("shard-*.npy")))
-            if log and done:
-                log(f"resuming: {done} shard(s) already encoded in {work}")
-            return done
-        if log:
-            log(f"{work} holds an interrupted run of other inputs: starting over")
-        shutil.rmtree(work)
-    work.mkdir(parents=True)
-    atomic_write_bytes(state_file, json.dumps(state, indent=2).encode())
-    return 0
+    if not open_work_dir(work, state, log):
+        return 0
+    done = len(list(work.glob("shard-*.npy")))
+    if log and done:
+        log(f"resuming: {done} shard(s) already encoded in {work}")
+    return done
 
 
 def _encode_shards(encoder: ImageEncoder, root: Path, shards: list[list[dict]], mine: list[int], work: Path,
@@ -172,30 +161,16 @@ def _encode_shards(encoder: ImageEncoder, root: Path, shards: list[list[dict]], 
             rows = []
             for start in range(0, len(shards[k]), opts.batch_size):
                 batch = shards[k][start:start + opts.batch_size]
-                prepared = [encoder.prepare(_image(root, r)) for r in batch]
+                prepared = [encoder.prepare(open_rgb(root / r["image"])) for r in batch]
                 rows.append(encode_batch(encoder, prepared, ctx.device).astype(np.float16))
                 bar.update(len(batch))
             _save_shard(_shard_path(work, k), np.concatenate(rows))
     return total
 
 
-def _image(root: Path, record: dict) -> Image.Image:
-    path = root / record["image"]
-    try:
-        with Image.open(path) as image:
-            image.load()
-            return image
-    except FileNotFoundError:
-        raise FbError(f"image not found: {path}") from None
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise FbError(f"cannot read image {path}: {exc}") from None
-
-
 def _save_shard(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as handle:
+    with atomic_file(path) as handle:
         np.save(handle, array, allow_pickle=False)
-    os.replace(tmp, path)
 
 
 def _finish(dataset: DatasetDir, records: list[dict], encoder: ImageEncoder, encoder_dir: Path, tag: str, work: Path,
@@ -204,11 +179,11 @@ def _finish(dataset: DatasetDir, records: list[dict], encoder: ImageEncoder, enc
     missing = [k for k in range(count) if not _shard_path(work, k).is_file()]
     if missing:  # a rank failed without raising here: never publish a store with holes
         raise FbError(f"feature shards {missing[:5]} are missing in {work}; run `data features` again to finish")
-    shards = [{"file": _shard_path(work, k).name, "rows": len(records[k * shard_rows:(k + 1) * shard_rows]),
+    shards = [{"file": _shard_path(work, k).name, "rows": min(shard_rows, len(records) - k * shard_rows),
                "sha256": sha256_file(_shard_path(work, k))} for k in range(count)]
     index = {"format": INDEX_FORMAT, "encoder": encoder.identity.to_dict(), "records": len(records),
              "shard_rows": shard_rows, "shards": shards}
-    atomic_write_bytes(work / INDEX_FILE, (json.dumps(index, indent=2) + "\n").encode())
+    atomic_write_json(work / INDEX_FILE, index)
     (work / "state.json").unlink(missing_ok=True)
     folder = dataset.root / FEATURES_DIR / tag
     if folder.exists():
@@ -228,7 +203,7 @@ def _finish(dataset: DatasetDir, records: list[dict], encoder: ImageEncoder, enc
                         "index_sha256": sha256_file(folder / INDEX_FILE), "feature_dim": encoder.identity.feature_dim,
                         "num_patches": encoder.identity.grid ** 2}
     meta["fingerprint"] = fingerprint(dataset.root, folder / INDEX_FILE)
-    atomic_write_bytes(dataset.root / "dataset.json", (json.dumps(meta, indent=2) + "\n").encode())
+    atomic_write_json(dataset.root / "dataset.json", meta)
     for other in (dataset.root / FEATURES_DIR).iterdir():
         if other.is_dir() and other.name != tag and not other.name.startswith("."):
             shutil.rmtree(other)

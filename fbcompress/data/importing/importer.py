@@ -27,7 +27,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from fbcompress.core.artifacts import atomic_write_bytes
+from fbcompress.core.artifacts import atomic_write_bytes, open_work_dir
 from fbcompress.core.errors import FbError
 from fbcompress.data.dataset_dir import EvalSetSizes, dataset_writer
 from fbcompress.data.importing.fields import FieldMap, reason_kind
@@ -175,23 +175,13 @@ def _work_state(opts: ImportOptions, fields: FieldMap) -> dict[str, Any]:
 
 def _open_work(work: Path, state: dict[str, Any], log: Callable[[str], None] | None) -> int:
     """Make the work folder, or reuse an interrupted import's; returns how many complete shards it holds."""
-    state_file = work / "state.json"
-    if work.is_dir():
-        try:
-            previous = json.loads(state_file.read_text())
-        except (OSError, ValueError):
-            previous = None
-        if previous == state:
-            complete = len(_Shards(work).complete())
-            if log and complete:
-                log(f"resuming: {complete} shard(s) already imported in {work}")
-            return complete
-        if log:
-            log(f"{work} holds an interrupted import of other inputs: starting over")
-        shutil.rmtree(work)
-    (work / "images").mkdir(parents=True)
-    atomic_write_bytes(state_file, json.dumps(state, indent=2).encode())
-    return 0
+    if not open_work_dir(work, state, log):
+        (work / "images").mkdir()
+        return 0
+    complete = len(_Shards(work).complete())
+    if log and complete:
+        log(f"resuming: {complete} shard(s) already imported in {work}")
+    return complete
 
 
 class _Shards:
