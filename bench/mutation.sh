@@ -20,7 +20,7 @@ PY=${PY:-.venv/bin/python}
 MUTMUT=$(realpath -m "${MUTMUT:-$(dirname "$PY")/mutmut}")
 CORE=(
   fbcompress/evaluation/metrics.py fbcompress/evaluation/tolerance.py fbcompress/runtime/scoring.py
-  fbcompress/training/adaptive_loss.py fbcompress/training/masking.py fbcompress/training/distributed.py
+  fbcompress/training/adaptive_loss.py fbcompress/training/masking.py fbcompress/core/distributed.py
   fbcompress/training/loop.py fbcompress/data/batching.py fbcompress/release/check.py fbcompress/quantize/measure.py
   fbcompress/quantize/fallback.py fbcompress/bundle/store.py fbcompress/bundle/manifest.py fbcompress/core/errors.py
   fbcompress/modeling/checkpoint.py fbcompress/release/verdict.py
