@@ -3,6 +3,7 @@
 # TensorRT, no onnxruntime-gpu, no network). Budget: <= 8 min on one GPU. Writes everything into OUT_DIR:
 #   env.txt        GPU, driver, library versions        tests.txt   the CUDA tests (pytest; TensorRT ones skip)
 #   train.txt      smoke teacher + student trained on cuda (training and distillation on the GPU)
+#   features.txt   `data features` cost per image on cuda, grid vs crop (bench/feature_cost.py)
 #   bench-*.json   `fbcompress bench` on cuda: teacher and student in fp32/fp16/bf16, CUDA graphs, torch.compile,
 #   bench-*.md     each with the memory probe's reading per case (torch allocator peak)
 #   summary.txt    one line per step: ok / FAILED (exit code) and seconds
@@ -65,6 +66,10 @@ step tests tests.txt "$PY" -m pytest -q -rs -p no:cacheprovider tests/runtime/te
 step train train.txt bash -c "set -e; ${FB[*]} data synth -r smoke --out $WORK/data; \
   ${FB[*]} train-teacher -r smoke --data $WORK/data --out $WORK/teacher --device cuda; \
   ${FB[*]} distill -r smoke --teacher $WORK/teacher --data $WORK/data --out $WORK/student --device cuda"
+
+# `data features` on the GPU: a random-init ResNet-50 (the FLOPs of microsoft/resnet-50), grid vs crop mode.
+step features features.txt "$PY" bench/feature_cost.py --work "$WORK/features" --grid-images 500 --crop-images 20 \
+  --batch-size 64 --device cuda
 
 bench() {  # bench NAME FLAGS...: teacher and student on cuda, batch 1/8/32, VSL text 8/16/32 and padded to 32
   local name=$1

@@ -147,7 +147,7 @@ def plan_chunks(profiles: Sequence[Profile], batch: int, text: int) -> list[Chun
     return chunks
 
 
-def _shape_arg(shapes: dict[str, tuple], which: int) -> str:
+def shape_arg(shapes: dict[str, tuple], which: int) -> str:
     return ",".join(f"{name}:{'x'.join(str(d) for d in dims[which])}" for name, dims in shapes.items())
 
 
@@ -169,8 +169,8 @@ def trtexec_command(
     cmd = ["trtexec", f"--onnx={onnx_file}", f"--saveEngine={plan_file}"]
     for index, profile in enumerate(profiles):
         shapes = profile.tensor_shapes(spec)
-        cmd += [f"--profile={index}", f"--minShapes={_shape_arg(shapes, 0)}", f"--optShapes={_shape_arg(shapes, 1)}",
-                f"--maxShapes={_shape_arg(shapes, 2)}"]
+        cmd += [f"--profile={index}", f"--minShapes={shape_arg(shapes, 0)}", f"--optShapes={shape_arg(shapes, 1)}",
+                f"--maxShapes={shape_arg(shapes, 2)}"]
     cmd += ["--stronglyTyped", f"--timingCacheFile={timing_cache}"]
     if workspace_mib:
         cmd.append(f"--memPoolSize=workspace:{workspace_mib}M")

@@ -315,6 +315,18 @@ class BundleWriter:
         self._roles[prefix] = role
         return target
 
+    def remove(self, rel: str) -> bool:
+        """Drop a staged or carried-over file and its manifest entry (a file this update makes stale); returns
+        whether there was one."""
+        target = self.dir / rel
+        found = target.is_file() or target.is_symlink()
+        if found:
+            target.unlink()
+        self._carried.discard(rel)
+        self._roles.pop(rel, None)
+        self.manifest["models"].pop(rel, None)
+        return found
+
     def set_role(self, rel: str, role: str) -> None:
         self._roles[rel] = role
 

@@ -7,6 +7,7 @@ on demand and, for small datasets, cached in memory as uint8. Batches are padded
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -96,6 +97,17 @@ class SplitData:
         if self._cache_images:
             self._cache[i] = out
         return out
+
+    def with_patches(self, patches: np.ndarray) -> SplitData:
+        """This split with every record's patches replaced by `patches[i]` (same texts and eval sets): how
+        `quantize` scores the scorer on features from another image encoder (its INT8 graph)."""
+        expected = (len(self.records), self.spec.num_patches, self.spec.patch_dim)
+        if tuple(patches.shape) != expected:
+            raise FbError(f"replacement patches are {tuple(patches.shape)}, the split needs {expected}")
+        other = copy.copy(self)
+        other._cache = dict(enumerate(patches))
+        other._cache_images = True
+        return other
 
     def batch(self, image_rows: Sequence[int], text_rows: Sequence[int]) -> dict[str, torch.Tensor]:
         """Model inputs for pairs (image of record a, text of record b)."""

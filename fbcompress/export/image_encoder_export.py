@@ -3,7 +3,8 @@
 Product images are known ahead of time, so a serving team computes each catalogue image's patch features offline
 with this graph (batched, on a GPU) and stores them; the online scorer then takes text + stored features. The graph
 is the `ImageEncoder` that `data features` ran: images float32 [B, S, S, 3], RGB 0..255 at the input size (grid
-mode; crop mode: the B*grid*grid crops of B images, [B*grid*grid, c, c, 3]) -> patch features [B, grid*grid, D].
+mode; crop mode: each image's grid*grid crops, [B, grid*grid, c, c, 3]) -> patch features [B, grid*grid, D]. The
+batch axis is the images' in both modes, so Triton's dynamic batching can stack requests along it.
 Scaling and normalisation are inside, so the client only decodes and resizes. Export is parity-checked against
 PyTorch as the scorer is.
 """
@@ -12,15 +13,17 @@ from __future__ import annotations
 
 import time
 import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from fbcompress.bundle.names import IMAGE_ENCODER_FILE
 from fbcompress.core.errors import FbError
 from fbcompress.data.dataset_dir import DatasetDir
 from fbcompress.data.features.store import features_meta
-from fbcompress.modeling.image_encoder import ImageEncoder, load_image_encoder
+from fbcompress.modeling.image_encoder import ImageEncoder, input_shape, load_image_encoder
 from fbcompress.modeling.model import PatchSpec
 
 INPUT = "images"
@@ -28,15 +31,19 @@ OUTPUT = "patch_features"
 PARITY_BATCHES = (1, 3)
 
 
-def resolve_image_encoder(spec: PatchSpec, explicit: Path | None, dataset: DatasetDir | None) -> ImageEncoder | None:
+def resolve_image_encoder(spec: PatchSpec, explicit: Path | None, dataset: DatasetDir | None,
+                          bundle_manifest: dict | None = None) -> ImageEncoder | None:
     """The encoder whose features the model reads (checked against the model's spec), or None when the model reads
-    pixels or legacy features without a recorded encoder. Default directory: the one `data features` recorded."""
+    pixels or legacy features without a recorded encoder. Default directory: the one `data features` recorded in
+    the dataset, else the one the bundle's earlier export recorded (re-exporting into a bundle needs no flags)."""
     if spec.patch_encoder != "features" or spec.feature_encoder is None:
         return None
     directory = explicit
-    if directory is None and dataset is not None:
-        recorded = (features_meta(dataset.meta) or {}).get("encoder_dir")
-        directory = Path(recorded) if isinstance(recorded, str) and Path(recorded).is_dir() else None
+    recorded = [(features_meta(dataset.meta) or {}).get("encoder_dir") if dataset is not None else None,
+                (bundle_manifest or {}).get("models", {}).get(IMAGE_ENCODER_FILE, {}).get("encoder_dir")]
+    for candidate in recorded:
+        if directory is None and isinstance(candidate, str) and Path(candidate).is_dir():
+            directory = Path(candidate)
     if directory is None:
         raise FbError(f"the model reads patch features of image encoder {spec.feature_encoder[:12]}: pass "
                       "--image-encoder DIR (the directory `data features` used) to put it in the bundle")
@@ -55,9 +62,8 @@ def resolve_image_encoder(spec: PatchSpec, explicit: Path | None, dataset: Datas
 def sample_images(encoder: ImageEncoder, batch: int, seed: int = 0) -> np.ndarray:
     """What the graph takes for `batch` images: random RGB values 0..255 (crop mode: their grid*grid crops)."""
     identity = encoder.identity
-    rows = batch * identity.grid**2 if identity.mode == "crop" else batch
-    rng = np.random.default_rng(seed + batch)
-    return rng.uniform(0.0, 255.0, size=(rows, identity.input_size, identity.input_size, 3)).astype(np.float32)
+    shape = input_shape(identity.mode, identity.input_size, identity.grid, batch)
+    return np.random.default_rng(seed + batch).uniform(0.0, 255.0, size=shape).astype(np.float32)
 
 
 def export_image_encoder(encoder: ImageEncoder, path: Path, opset: int) -> dict[str, Any]:
@@ -76,6 +82,12 @@ def export_image_encoder(encoder: ImageEncoder, path: Path, opset: int) -> dict[
                           opset_version=opset, dynamo=False, do_constant_folding=True,
                           dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}})
     proto = onnx.load(str(path))
+    # The tracer leaves the output's patch and feature axes symbolic (they come out of a Reshape); they are fixed,
+    # and saying so gives Triton and TensorRT [B, grid*grid, D] instead of [B, -1, -1].
+    dims = proto.graph.output[0].type.tensor_type.shape.dim
+    for dim, size in zip(dims[1:], (encoder.identity.grid**2, encoder.identity.feature_dim), strict=True):
+        dim.Clear()
+        dim.dim_value = size
     save_onnx(proto, path)
     try:
         onnx.checker.check_model(str(path), full_check=True)
@@ -85,26 +97,40 @@ def export_image_encoder(encoder: ImageEncoder, path: Path, opset: int) -> dict[
             "export_seconds": round(time.perf_counter() - start, 3), "io": graph_io(path)}
 
 
-def image_encoder_parity(encoder: ImageEncoder, path: Path, tolerance: float) -> dict[str, Any]:
-    """ONNX Runtime (CPU) vs PyTorch on random images at PARITY_BATCHES. The gate is relative to the features'
-    scale (max |feature|, at least 1): a ResNet-50's post-ReLU features reach tens, where float32 convolutions of
-    two libraries differ by more than an absolute 1e-4 without being wrong."""
-    import onnxruntime as ort
+def feature_parity(encoder: ImageEncoder, run: Callable[[np.ndarray], np.ndarray],
+                   batches: Sequence[int] = PARITY_BATCHES) -> dict[str, Any]:
+    """`run(images)` (ONNX Runtime, a TensorRT engine) vs PyTorch on random images at each batch size. Judged
+    relative to the features' scale (max |feature|, at least 1): a ResNet-50's post-ReLU features reach tens, where
+    float32 convolutions of two libraries differ by more than an absolute 1e-4 without being wrong."""
     import torch
 
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     cases = []
-    for batch in PARITY_BATCHES:
+    for batch in batches:
         images = sample_images(encoder, batch, seed=1)
         with torch.no_grad():
             expected = encoder(torch.from_numpy(images)).numpy()
-        got = session.run([OUTPUT], {INPUT: images})[0]
+        got = run(images)
         if got.shape != expected.shape:
-            raise FbError(f"{path.name} returns {got.shape} for batch {batch}, PyTorch {expected.shape}")
+            raise FbError(f"the image encoder returns {got.shape} for batch {batch}, PyTorch {expected.shape}")
         scale = max(1.0, float(np.abs(expected).max()))
         cases.append({"batch": batch, "max_abs_diff": float(np.abs(got - expected).max()), "scale": scale})
-    worst = max(case["max_abs_diff"] / case["scale"] for case in cases)
-    return {"cases": cases, "max_relative_diff": worst, "tolerance": tolerance, "passed": worst <= tolerance,
+    return {"cases": cases, "max_relative_diff": max(case["max_abs_diff"] / case["scale"] for case in cases)}
+
+
+def ort_features(path: Path) -> Callable[[np.ndarray], np.ndarray]:
+    """images -> patch features with an ONNX Runtime CPU session of `path` (any of the encoder's graphs)."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return lambda images: session.run([OUTPUT], {INPUT: images})[0]
+
+
+def image_encoder_parity(encoder: ImageEncoder, path: Path, tolerance: float) -> dict[str, Any]:
+    """The export gate of `image_encoder.onnx`: ONNX Runtime (CPU) vs PyTorch within `tolerance` (relative)."""
+    import onnxruntime as ort
+
+    parity = feature_parity(encoder, ort_features(path))
+    return {**parity, "tolerance": tolerance, "passed": parity["max_relative_diff"] <= tolerance,
             "runtime": f"onnxruntime {ort.__version__} CPUExecutionProvider"}
 
 
@@ -120,6 +146,6 @@ def image_preprocessing(encoder: ImageEncoder) -> dict[str, Any]:
         return {"mode": "grid", "input": f"[B, {size}, {size}, 3]: each image resized to {size}x{size} px", **common,
                 "output": f"[B, {grid * grid}, {identity.feature_dim}]: cell r*{grid}+c of the last feature map"}
     return {"mode": "crop", **common,
-            "input": f"[B*{grid * grid}, {size}, {size}, 3]: each image cut into a {grid}x{grid} grid of cells "
+            "input": f"[B, {grid * grid}, {size}, {size}, 3]: each image cut into a {grid}x{grid} grid of cells "
                      f"(row-major, edges at round(k*side/{grid})), each cell resized to {size}x{size} px",
             "output": f"[B, {grid * grid}, {identity.feature_dim}]: the average-pooled feature of each cell"}

@@ -15,7 +15,16 @@ from pathlib import Path
 from typing import Any
 
 from fbcompress.bundle import store as B
-from fbcompress.bundle.names import FP16_FILE, IMAGE_ENCODER_FILE, INT8_TRT_FILE, ONNX_FILE, ORT_FILE, TIMING_CACHE
+from fbcompress.bundle.names import (
+    FP16_FILE,
+    IMAGE_ENCODER_FILE,
+    IMAGE_ENCODER_FP16_FILE,
+    IMAGE_ENCODER_INT8_FILE,
+    INT8_TRT_FILE,
+    ONNX_FILE,
+    ORT_FILE,
+    TIMING_CACHE,
+)
 from fbcompress.bundle.shapes import Profile, input_specs, output_specs, resolve_profiles
 from fbcompress.core.errors import FbError
 from fbcompress.runtime.tensorrt import device_index
@@ -249,6 +258,7 @@ def _onnx_step(ctx: _Ctx) -> None:
 def _image_encoder_step(ctx: _Ctx) -> None:
     """image_encoder.onnx beside the scorer (kept when the bundle's copy is intact and of the same encoder),
     parity-gated like the scorer, and its preprocessing in the manifest."""
+    from fbcompress.export.build_kit import image_encoder_engine
     from fbcompress.export.image_encoder_export import (
         export_image_encoder,
         image_encoder_parity,
@@ -266,6 +276,9 @@ def _image_encoder_step(ctx: _Ctx) -> None:
     ctx.say(f"exporting {IMAGE_ENCODER_FILE} ({identity['name']}, {identity['mode']} mode, "
             f"{identity['input_size']} px) ...")
     path = w.path(IMAGE_ENCODER_FILE, B.ROLE_IMAGE_ENCODER)
+    if w.manifest.get("models", {}).get(IMAGE_ENCODER_INT8_FILE, {}).get("encoder") != identity:
+        for stale in (IMAGE_ENCODER_INT8_FILE, image_encoder_engine("int8")):  # from another encoder's quantize
+            w.remove(stale)
     info = export_image_encoder(encoder, path, opset)
     tolerance = float(ctx.opts.export.parity_tolerance)
     parity = image_encoder_parity(encoder, path, tolerance)
@@ -275,6 +288,7 @@ def _image_encoder_step(ctx: _Ctx) -> None:
     w.add_model(IMAGE_ENCODER_FILE, {
         "role": B.ROLE_IMAGE_ENCODER, "format": "onnx", "precision": "fp32", "opset": info["opset"],
         "runtime": "any ONNX runtime (standard ops only); offline, per catalogue image", "encoder": identity,
+        "encoder_dir": str(encoder.directory) if encoder.directory else None,
         "export": info, "io": info["io"], "parity": parity,
     })
     ctx.summary.setdefault("parity", {})[IMAGE_ENCODER_FILE] = parity
@@ -335,6 +349,7 @@ def _relative_verdict(parity: dict[str, Any], precision: str) -> dict[str, Any]:
 
 
 def _tensorrt_step(ctx: _Ctx, precisions: list[str], gpu: dict[str, Any]) -> None:
+    from fbcompress.export.build_kit import EngineBuild
     from fbcompress.export.onnx_export import measure_parity, parity_grid
     from fbcompress.export.tensorrt_build import build_engine
     from fbcompress.runtime.tensorrt import TrtScorer
@@ -354,9 +369,13 @@ def _tensorrt_step(ctx: _Ctx, precisions: list[str], gpu: dict[str, Any]) -> Non
         plan_rel = engine_file(precision)
         log_rel = f"model.{precision}.build.log"
         ctx.say(f"building the TensorRT {precision} engine from {source} ({len(ctx.profiles)} profiles) ...")
-        info = build_engine(w.dir / source, w.path(plan_rel, B.ROLE_ENGINE), ctx.profiles, ctx.spec, cache,
+        info = build_engine(w.dir / source, w.path(plan_rel, B.ROLE_ENGINE),
+                            [p.tensor_shapes(ctx.spec) for p in ctx.profiles], cache,
                             w.path(log_rel, B.ROLE_BUILD_LOG), int(opts.export.workspace_mib),
                             device_index=device_index(opts.device), warn=lambda text: ctx.say(f"warning: {text}"))
+        info.update({"profiles": [p.to_dict() for p in ctx.profiles],
+                     "trtexec": EngineBuild(precision, source, plan_rel).command(ctx.profiles, ctx.spec,
+                                                                                 int(opts.export.workspace_mib))})
         entry: dict[str, Any] = {"role": B.ROLE_ENGINE, "format": "tensorrt-plan", "precision": precision,
                                  "derived_from": source, "tensorrt": info,
                                  "source_weights_sha256": w.source["weights_sha256"]}
@@ -375,17 +394,87 @@ def _tensorrt_step(ctx: _Ctx, precisions: list[str], gpu: dict[str, Any]) -> Non
         w.add_model(plan_rel, entry)
         ctx.summary.setdefault("parity", {})[plan_rel] = entry["parity"]
         ctx.summary["files_written"] += [plan_rel, log_rel, TIMING_CACHE]
+    for build in _encoder_builds(ctx, precisions):
+        _image_encoder_engine(ctx, build, cache, gpu)
     if opts.timing_cache:
         from fbcompress.core.artifacts import atomic_write_bytes
 
         atomic_write_bytes(opts.timing_cache, cache.read_bytes())
 
 
+def _image_encoder_engine(ctx: _Ctx, build, cache: Path, gpu: dict[str, Any]) -> None:
+    """Build one engine of the image encoder and check it against PyTorch on random images (relative to the
+    features' scale, informational like the scorer's reduced-precision parity)."""
+    from fbcompress.export.image_encoder_export import feature_parity
+    from fbcompress.export.tensorrt_build import build_engine
+    from fbcompress.runtime.tensorrt import TrtImageEncoder
+
+    w, opts = ctx.w, ctx.opts
+    workspace = int(opts.export.workspace_mib)
+    log_rel = build.plan.replace(".plan", ".build.log")
+    ctx.say(f"building the TensorRT {build.precision} image encoder engine from {build.onnx} ...")
+    info = build_engine(w.dir / build.onnx, w.path(build.plan, B.ROLE_ENGINE), [build.shapes()], cache,
+                        w.path(log_rel, B.ROLE_BUILD_LOG), workspace, device_index=device_index(opts.device),
+                        warn=lambda text: ctx.say(f"warning: {text}"))
+    info.update({"profiles": [{"name": "images", "batch": list(build.batch)}],
+                 "trtexec": build.command(ctx.profiles, ctx.spec, workspace)})
+    engine = TrtImageEncoder(w.dir / build.plan, build.plan, info, f"cuda:{device_index(opts.device)}")
+    parity = feature_parity(ctx.image_encoder, engine.features, sorted({build.batch[0], build.batch[1]}))
+    w.add_model(build.plan, {
+        "role": B.ROLE_ENGINE, "format": "tensorrt-plan", "precision": build.precision, "derived_from": build.onnx,
+        "tensorrt": info, "encoder": ctx.image_encoder.identity.to_dict(),
+        "parity": {**parity, "gated": False, "runtime": f"TensorRT {info['version']} on {gpu['gpu']}"},
+    })
+    ctx.summary.setdefault("parity", {})[build.plan] = w.manifest["models"][build.plan]["parity"]
+    ctx.summary["files_written"] += [build.plan, log_rel]
+
+
+def _image_encoder_fp16(ctx: _Ctx) -> None:
+    """image_encoder.fp16.onnx, the FP16 encoder engine's source (strongly typed: precision from the graph)."""
+    from onnxruntime.capi.onnxruntime_pybind11_state import Fail
+    from onnxruntime.capi.onnxruntime_pybind11_state import NotImplemented as OrtNotImplemented
+
+    from fbcompress.export.image_encoder_export import feature_parity, ort_features
+    from fbcompress.export.onnx_export import convert_fp16
+
+    w = ctx.w
+    ctx.say(f"converting {IMAGE_ENCODER_FILE} to FP16 ...")
+    path = w.path(IMAGE_ENCODER_FP16_FILE, B.ROLE_IMAGE_ENCODER)
+    info = convert_fp16(w.dir / IMAGE_ENCODER_FILE, path)
+    entry: dict[str, Any] = {"role": B.ROLE_IMAGE_ENCODER, "format": "onnx", "precision": "fp16",
+                             "derived_from": IMAGE_ENCODER_FILE, "conversion": info,
+                             "encoder": ctx.image_encoder.identity.to_dict()}
+    try:
+        parity = feature_parity(ctx.image_encoder, ort_features(path))
+        entry["parity"] = {**parity, "runtime": f"onnxruntime {_ort_version()} CPU", "gated": False}
+    except (OrtNotImplemented, Fail) as exc:  # some ORT builds lack FP16 CPU kernels; TensorRT is the consumer
+        entry["parity"] = {"skipped": f"onnxruntime CPU cannot run it: {str(exc).splitlines()[0]}"}
+    w.add_model(IMAGE_ENCODER_FP16_FILE, entry)
+    ctx.summary["files_written"].append(IMAGE_ENCODER_FP16_FILE)
+
+
+def _encoder_builds(ctx: _Ctx, precisions: list[str]) -> list:
+    """The image encoder's engines: FP16 always; INT8 too when the scorer's INT8 is asked for and `quantize` left
+    an INT8 encoder (it writes one only when the end-to-end guard held)."""
+    from fbcompress.export.build_kit import ImageEncoderBuild
+
+    if ctx.image_encoder is None:
+        return []
+    identity = ctx.image_encoder.identity
+    int8 = ctx.w.manifest["models"].get(IMAGE_ENCODER_INT8_FILE, {})
+    admitted = ctx.w.has_verified(IMAGE_ENCODER_INT8_FILE) and int8.get("encoder") == identity.to_dict()
+    wanted = ["fp16"] + (["int8"] if "int8" in precisions and admitted else [])
+    return [ImageEncoderBuild(p, identity.mode, identity.input_size, identity.grid,
+                              tuple(ctx.opts.export.image_encoder_batch)) for p in wanted]
+
+
 def _engine_sources(ctx: _Ctx, precisions: list[str]) -> None:
     """The TensorRT-ready ONNX graph of each precision: model.onnx is there, model.int8.trt.onnx was checked by the
-    precheck, model.fp16.onnx is converted here."""
+    precheck, model.fp16.onnx is converted here (and image_encoder.fp16.onnx for a features model)."""
     if "fp16" in precisions:
         _fp16_source(ctx)
+    if ctx.image_encoder is not None:
+        _image_encoder_fp16(ctx)
 
 
 def _build_kit_step(ctx: _Ctx, precisions: list[str], not_built: str | None) -> None:
@@ -396,10 +485,7 @@ def _build_kit_step(ctx: _Ctx, precisions: list[str], not_built: str | None) -> 
     w = ctx.w
     builds: list[EngineBuild | ImageEncoderBuild] = [EngineBuild(p, engine_source(p), engine_file(p))
                                                      for p in precisions]
-    if ctx.image_encoder is not None:  # FP16 only: INT8 of the encoder is not guarded end to end (yet)
-        identity = ctx.image_encoder.identity
-        builds.append(ImageEncoderBuild(identity.input_size, tuple(ctx.opts.export.image_encoder_batch),
-                                        identity.grid**2 if identity.mode == "crop" else 1))
+    builds += _encoder_builds(ctx, precisions)
     workspace = int(ctx.opts.export.workspace_mib)
     script = w.path(BUILD_SCRIPT, ROLE_BUILD_SCRIPT)
     script.write_text(render_script(builds, ctx.profiles, ctx.spec, workspace))
@@ -408,7 +494,7 @@ def _build_kit_step(ctx: _Ctx, precisions: list[str], not_built: str | None) -> 
         "script": BUILD_SCRIPT,
         "engines_built_here": not_built is None,
         "not_built_because": not_built,
-        "engines": [{"precision": b.precision, "onnx": b.onnx, "plan": b.plan,
+        "engines": [{"name": b.selector, "precision": b.precision, "onnx": b.onnx, "plan": b.plan,
                      "trtexec": b.command(ctx.profiles, ctx.spec, workspace)} for b in builds],
     }
     ctx.summary["files_written"].append(BUILD_SCRIPT)
@@ -476,14 +562,60 @@ def _triton_step(ctx: _Ctx, force_onnx: bool = False) -> None:
         "instance_kind": "KIND_GPU" if opts.triton_kind == "gpu" else "KIND_CPU",
         "config": f"triton/{opts.triton_name}/config.pbtxt",
     }
-    ctx.summary["triton"] = w.manifest["triton"]
     ctx.summary["files_written"] += [rel, f"triton/{opts.triton_name}/config.pbtxt"]
+    if ctx.image_encoder is not None:
+        w.manifest["triton"]["image_encoder"] = _triton_image_encoder(ctx, root, use_plan=plan is not None)
+    ctx.summary["triton"] = w.manifest["triton"]
+
+
+def _triton_image_encoder(ctx: _Ctx, root: Path, use_plan: bool) -> dict[str, Any]:
+    """`<name>_image_encoder` beside the scorer in the repository, for the offline encoding of catalogue images (a
+    Triton client or an ensemble feeds its output to the scorer). Its engine when the scorer is served from
+    engines and one was built here (FP16: INT8 only where the guard admitted it and it was asked for), else the
+    ONNX graph. The batch axis is the images' in both modes, so Triton batches requests along it."""
+    from fbcompress.export.build_kit import image_encoder_engine
+    from fbcompress.export.onnx_export import graph_io
+    from fbcompress.export.triton import (
+        MODEL_FILES,
+        PLATFORM_ONNX,
+        PLATFORM_PLAN,
+        check_config_matches,
+        make_config,
+        read_config,
+    )
+
+    w, opts = ctx.w, ctx.opts
+    name = f"{opts.triton_name}_image_encoder"
+    plans = [image_encoder_engine(p) for p in ("int8", "fp16") if opts.precision in (p, None)]
+    plan = next((p for p in plans if use_plan and (w.dir / p).is_file()), None)
+    platform = PLATFORM_PLAN if plan else PLATFORM_ONNX
+    source = plan or IMAGE_ENCODER_FILE
+    model_dir = root / name
+    (model_dir / "1").mkdir(parents=True)
+    target = model_dir / "1" / MODEL_FILES[platform]
+    B.link_or_copy(w.dir / source, target)
+    io = graph_io(w.dir / IMAGE_ENCODER_FILE)
+    low, opt, high = (int(n) for n in opts.export.image_encoder_batch)
+    text = make_config(name, platform, io["inputs"], io["outputs"], high, preferred_batch_sizes=[opt, high],
+                       max_queue_delay_us=int(opts.export.triton_max_queue_delay_us),
+                       kind="KIND_GPU" if opts.triton_kind == "gpu" else "KIND_CPU", profiles=[0] if plan else ())
+    (model_dir / "config.pbtxt").write_text(text)
+    check_config_matches(read_config(text), io)
+    rel = target.relative_to(w.dir).as_posix()
+    source_entry = w.manifest["models"].get(source, {})
+    w.add_model(rel, {"role": B.ROLE_TRITON, "format": "tensorrt-plan" if plan else "onnx",
+                      "precision": source_entry.get("precision", "fp32"), "copy_of": source,
+                      **({"tensorrt": source_entry["tensorrt"]} if plan and "tensorrt" in source_entry else {})})
+    ctx.summary["files_written"] += [rel, f"triton/{name}/config.pbtxt"]
+    return {"model_name": name, "platform": platform, "model_file": rel, "copy_of": source,
+            "max_batch_size": high, "min_batch": low, "config": f"triton/{name}/config.pbtxt"}
 
 
 def _refresh_triton(ctx: _Ctx) -> None:
     """Regenerate an existing Triton repository whose model file this run rewrote, so it never serves a stale copy."""
     triton = ctx.w.manifest.get("triton")
-    if not triton or triton.get("copy_of") not in ctx.summary["files_written"]:
+    sources = {triton.get("copy_of"), (triton.get("image_encoder") or {}).get("copy_of")} if triton else set()
+    if not sources & set(ctx.summary["files_written"]):
         return
     ctx.say(f"refreshing triton/{triton['model_name']} (its source {triton['copy_of']} was rewritten) ...")
     saved = (ctx.opts.triton_name, ctx.opts.triton_kind, ctx.opts.precision)
@@ -588,7 +720,9 @@ def run_export(opts: ExportOptions) -> dict[str, Any]:
 
         dataset = DatasetDir.open(opts.data_dir)
         ctx.eval_data = (dataset, SplitData(dataset, opts.split, load_tokenizer(ckpt.directory), ctx.spec))
-    ctx.image_encoder = resolve_image_encoder(ctx.spec, opts.image_encoder, ctx.eval_data[0] if ctx.eval_data else None)
+    existing = B.Bundle.open(opts.out).manifest if (opts.out / B.MANIFEST).is_file() and not opts.force else None
+    ctx.image_encoder = resolve_image_encoder(ctx.spec, opts.image_encoder, ctx.eval_data[0] if ctx.eval_data else None,
+                                              existing)
 
     with B.update_bundle(opts.out, _source(ckpt), replace=opts.force) as writer:
         ctx.writer = writer

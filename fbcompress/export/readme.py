@@ -170,7 +170,29 @@ def _image_encoder_section(manifest: dict) -> list[str]:
         f"{parity.get('max_relative_diff', float('nan')):.2g} (tolerance {parity.get('tolerance', float('nan')):g}). "
         "Features of any other encoder, or of the same one in another mode, are not what the model was trained on.",
         "",
+        *_image_encoder_precisions(manifest),
     ]
+
+
+def _image_encoder_precisions(manifest: dict) -> list[str]:
+    """Which reduced-precision encoder files the bundle holds, and why an INT8 one is missing when it is."""
+    from fbcompress.bundle.names import IMAGE_ENCODER_FP16_FILE, IMAGE_ENCODER_INT8_FILE
+
+    models = manifest.get("models", {})
+    lines = []
+    if IMAGE_ENCODER_FP16_FILE in models:
+        lines.append(f"* `{IMAGE_ENCODER_FP16_FILE}`: the FP16 graph the FP16 encoder engine is built from.")
+    int8 = models.get(IMAGE_ENCODER_INT8_FILE)
+    if int8:
+        acc = int8.get("accuracy", {})
+        auc, fp32_auc = acc.get("auc", float("nan")), acc.get("fp32_auc", float("nan"))
+        lines.append(f"* `{IMAGE_ENCODER_INT8_FILE}`: INT8 (QDQ on every Conv), admitted end to end: the FP32 scorer "
+                     f"on its features has AUC {auc:.4f} vs {fp32_auc:.4f} on the stored features "
+                     f"({acc.get('split', '?')} split).")
+    verdict = (manifest.get("quantization") or {}).get("image_encoder") or {}
+    if not int8 and verdict.get("status") == "not-shipped":
+        lines.append(f"* No INT8 encoder: {verdict.get('reason')}.")
+    return [*lines, ""] if lines else []
 
 
 def _trtexec_section(manifest: dict) -> list[str]:
@@ -344,6 +366,14 @@ def render_readme(manifest: dict) -> str:
             f'logits = client.infer("{triton["model_name"]}", requests).as_numpy("logits")',
             "```",
         ]
+        encoder = triton.get("image_encoder")
+        if encoder:
+            out += [
+                "",
+                f"Model `{encoder['model_name']}` ({encoder['platform']}, max_batch_size {encoder['max_batch_size']}) "
+                f"is the image encoder, for the offline pass over catalogue images: input `images` as described "
+                "above, output `patch_features`, which the product's stored features (the scorer's `patches`) are.",
+            ]
     else:
         out += [f"Not generated yet: `fbcompress export --model CKPT --target triton --out exported/{name}`."]
     out.append("")

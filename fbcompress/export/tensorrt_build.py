@@ -4,7 +4,8 @@
   graph `fbcompress quantize` writes), never from builder flags. TensorRT 11 removed the weak-typing flags
   (`BuilderFlag.FP16/INT8`) and makes every network strongly typed (the creation flag is accepted and ignored), so
   the same code builds on 10.x (where the flag is required) and 11.x.
-* One optimisation profile per recipe entry (min/opt/max of batch and text length; patches follow the batch).
+* One optimisation profile per recipe entry (min/opt/max of batch and text length; patches follow the batch); the
+  image encoder's engine has one, over `export.image_encoder_batch` images.
 * A timing cache file is loaded when present and saved after the build, so rebuilding (another precision, another
   bundle on the same GPU) skips kernel timing. A cache made on another GPU or TensorRT is refused by
   `set_timing_cache` (it returns False); the build then starts from a fresh cache, says so, and saves that one.
@@ -24,9 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fbcompress.bundle.shapes import Profile, trtexec_command
 from fbcompress.core.errors import FbError
-from fbcompress.modeling.model import PatchSpec
 from fbcompress.runtime.tensorrt_env import require_tensorrt, tensorrt_major
 
 # TensorRT's ILogger.Severity, most severe first (NvInferRuntimeBase.h: kINTERNAL_ERROR=0 ... kVERBOSE=4).
@@ -95,19 +94,23 @@ def attach_timing_cache(blob: bytes, create: Callable[[bytes], Any], attach: Cal
     return cache, "fresh" if not blob else "replaced (mismatch)"
 
 
+ShapeSet = dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]  # input name -> (min, opt, max)
+
+
 def build_engine(
     onnx_path: Path,
     plan_path: Path,
-    profiles: list[Profile],
-    spec: PatchSpec,
+    shape_sets: list[ShapeSet],
     timing_cache: Path,
     log_path: Path,
     workspace_mib: int = 4096,
     device_index: int = 0,
     warn: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Parse `onnx_path` into a strongly typed network, add the profiles, build and save `plan_path` on GPU
-    `device_index` (the builder, like every CUDA call, works on the thread's current device)."""
+    """Parse `onnx_path` into a strongly typed network, add one optimisation profile per shape set (the scorer:
+    `Profile.tensor_shapes`; the image encoder: `ImageEncoderBuild.shapes`), build and save `plan_path` on GPU
+    `device_index` (the builder, like every CUDA call, works on the thread's current device). Returns what the
+    manifest records of the build; the caller adds its profiles and trtexec line."""
     import torch
 
     trt, gpu = require_tensorrt(device_index)
@@ -131,9 +134,9 @@ def build_engine(
                 timing_cache.read_bytes() if timing_cache.is_file() else b"",
                 config.create_timing_cache, lambda c: config.set_timing_cache(c, False), warn)
             input_names = [network.get_input(i).name for i in range(network.num_inputs)]
-            for profile in profiles:
+            for shapes in shape_sets:
                 trt_profile = builder.create_optimization_profile()
-                for name, (low, opt, high) in profile.tensor_shapes(spec).items():
+                for name, (low, opt, high) in shapes.items():
                     if name in input_names:
                         trt_profile.set_shape(name, low, opt, high)
                 config.add_optimization_profile(trt_profile)
@@ -151,12 +154,10 @@ def build_engine(
         **gpu,
         "device_index": device_index,
         "strongly_typed": True,
-        "profiles": [p.to_dict() for p in profiles],
         "workspace_mib": workspace_mib,
         "build_seconds": round(time.perf_counter() - start, 2),
         "onnx_source": onnx_path.name,
         "timing_cache": timing_cache.name,
         "timing_cache_state": cache_state,
         "build_log": log_path.name,
-        "trtexec": trtexec_command(onnx_path.name, plan_path.name, profiles, spec, timing_cache.name, workspace_mib),
     }

@@ -10,8 +10,9 @@ a local Hugging Face directory (`microsoft/resnet-50` or a user's own fine-tuned
   alone, its feature map average-pooled (64 passes per image; for comparison).
 
 Both give [grid*grid, D] per image in row-major patch order (patch r*grid + c), the order of the pixel path.
-`ImageEncoder` takes images as the serving side decodes them, float32 [B, S, S, 3] RGB in 0..255 at the input size,
-and does the scaling and normalisation itself, so the exported `image_encoder.onnx` needs only a decode and a resize.
+`ImageEncoder` takes images as the serving side decodes them, float32 [B, S, S, 3] RGB in 0..255 at the input size
+(crop mode: [B, grid*grid, c, c, 3], each image's crops), and does the scaling and normalisation itself, so the
+exported `image_encoder.onnx` needs only a decode and a resize.
 """
 
 from __future__ import annotations
@@ -112,12 +113,14 @@ def _feature_map(backbone: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
 
 
 class ImageEncoder(nn.Module):
-    """Images (float32 [B, S, S, 3], RGB 0..255, S = the input size) -> patch features [B, grid*grid, D]."""
+    """Images (float32 [B, S, S, 3], RGB 0..255, S = the input size; crop mode [B, grid*grid, c, c, 3]) -> patch
+    features [B, grid*grid, D]."""
 
-    def __init__(self, backbone: nn.Module, identity: EncoderIdentity):
+    def __init__(self, backbone: nn.Module, identity: EncoderIdentity, directory: Path | None = None):
         super().__init__()
         self.backbone = backbone
         self.identity = identity
+        self.directory = directory  # where it was loaded from (the bundle records it, to rebuild it later)
         self.register_buffer("mean", torch.tensor(identity.mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0)
         self.register_buffer("std", torch.tensor(identity.std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0)
 
@@ -129,17 +132,30 @@ class ImageEncoder(nn.Module):
         if self.identity.mode == "grid":
             features = _feature_map(self.backbone, self._normalised(images))  # [B, D, grid, grid]
             return features.permute(0, 2, 3, 1).reshape(images.shape[0], grid * grid, -1)
-        # crop: images are [B*grid*grid, crop, crop, 3], the crops of B images in patch order (`crops_of`)
-        pooled = _feature_map(self.backbone, self._normalised(images)).mean(dim=(2, 3))
-        return pooled.reshape(-1, grid * grid, pooled.shape[1])
+        # crop: images are [B, grid*grid, crop, crop, 3], each image's crops in patch order (`crops_of`); the batch
+        # axis stays the images' in both modes, so a server can batch requests along it (Triton does)
+        side = images.shape[-2]
+        pooled = _feature_map(self.backbone, self._normalised(images.reshape(-1, side, side, 3))).mean(dim=(2, 3))
+        return pooled.reshape(images.shape[0], grid * grid, pooled.shape[1])
 
     def prepare(self, image: Image.Image) -> np.ndarray:
-        """A PIL image -> what `forward` takes for it: [S, S, 3] (grid) or [grid*grid, c, c, 3] (crop), float32."""
-        rgb = image.convert("RGB")
-        size = self.identity.input_size
-        if self.identity.mode == "grid":
-            return np.asarray(rgb.resize((size, size), Image.BICUBIC), dtype=np.float32)
-        return crops_of(np.asarray(rgb), self.identity.grid, size)
+        return prepare_image(image, self.identity.mode, self.identity.input_size, self.identity.grid)
+
+
+def prepare_image(image: Image.Image, mode: str, input_size: int, grid: int) -> np.ndarray:
+    """A PIL image -> what the encoder takes for it: [S, S, 3] (grid) or [grid*grid, c, c, 3] (crop), float32 RGB
+    0..255. A free function so that a stage holding only the bundle's record of the encoder (quantize) prepares
+    images exactly as `data features` did."""
+    rgb = image.convert("RGB")
+    if mode == "grid":
+        return np.asarray(rgb.resize((input_size, input_size), Image.BICUBIC), dtype=np.float32)
+    return crops_of(np.asarray(rgb), grid, input_size)
+
+
+def input_shape(mode: str, input_size: int, grid: int, batch: int) -> tuple[int, ...]:
+    """The graph input's shape for `batch` images."""
+    side = input_size
+    return (batch, side, side, 3) if mode == "grid" else (batch, grid * grid, side, side, 3)
 
 
 def crops_of(image: np.ndarray, grid: int, crop_size: int) -> np.ndarray:
@@ -197,13 +213,11 @@ def load_image_encoder(directory: str | Path, grid: int, mode: str = "grid", cro
         name=path.resolve().name, model_type=str(backbone.config.model_type), sha256=encoder_sha256(path),
         feature_dim=dim, mode=mode, input_size=size, grid=grid, mean=tuple(mean), std=tuple(std),  # type: ignore[arg-type]
     )
-    return ImageEncoder(backbone, identity)
+    return ImageEncoder(backbone, identity, path.resolve())
 
 
 def encode_batch(encoder: ImageEncoder, prepared: list[np.ndarray], device: torch.device) -> np.ndarray:
     """Patch features [B, grid*grid, D] float32 of prepared images (`ImageEncoder.prepare`)."""
-    batch = np.concatenate(prepared) if encoder.identity.mode == "crop" else np.stack(prepared)
     with torch.no_grad():
-        out = encoder(torch.from_numpy(batch).to(device))
+        out = encoder(torch.from_numpy(np.stack(prepared)).to(device))
     return out.float().cpu().numpy()
-

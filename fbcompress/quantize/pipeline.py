@@ -22,6 +22,8 @@ from typing import Any
 
 from fbcompress.bundle import store as B
 from fbcompress.bundle.names import (
+    IMAGE_ENCODER_FILE,
+    IMAGE_ENCODER_INT8_FILE,
     INT8_CPU_FILE,
     INT8_TRT_FILE,
     ONNX_FILE,
@@ -33,11 +35,13 @@ from fbcompress.core.errors import FbError
 from fbcompress.quantize import METHODS, ROLE_REPORT, measure
 from fbcompress.quantize import graph as G
 from fbcompress.quantize.cpu_choice import DYNAMIC, STATIC, Candidate, choose
+from fbcompress.quantize.image_encoder import guard_encoder
 from fbcompress.quantize.record import (
     AccuracySection,
     Calibration,
     Comparison,
     Fallback,
+    ImageEncoderQuantization,
     KeptFp,
     LatencySection,
     PrecisionPolicy,
@@ -683,17 +687,22 @@ def run_quantize(opts: QuantizeOptions) -> QuantizationReport:
             run, method, produced, files, reference, accuracy, breaks, latency, fp32_bytes, source_sha, machine_info()
         )
         report.size = {name: path.stat().st_size for name, path in timed.items()}
-        report.seconds = round(time.perf_counter() - started, 1)
         if breaks:
             report.status = "rejected"
             report.message = (
                 "quantize guard: " + "; ".join(breaks) + f"; nothing was written to {root} "
                 "(the FP32 bundle is unchanged)"
             )
+            report.image_encoder = ImageEncoderQuantization(
+                status="skipped", reason="not tried: the scorer's INT8 was rejected and nothing is written")
+            report.seconds = round(time.perf_counter() - started, 1)
             return report
+        report.image_encoder, encoder_file = guard_encoder(run, run.work)
+        extra = {IMAGE_ENCODER_INT8_FILE: encoder_file} if encoder_file is not None else {}
         report.status = "accepted"
-        _write_bundle(run, root, files, report)
-        report.written = sorted([*files, QUANTIZATION_JSON, QUANTIZATION_MD])
+        report.seconds = round(time.perf_counter() - started, 1)
+        _write_bundle(run, root, files, report, extra)
+        report.written = sorted([*files, *extra, QUANTIZATION_JSON, QUANTIZATION_MD])
         return report
 
 
@@ -863,10 +872,35 @@ def _manifest_entry(rel: str, report: QuantizationReport, sha: str) -> dict[str,
     return out
 
 
-def _write_bundle(run: _Run, root: Path, files: dict[str, Path], report: QuantizationReport) -> None:
+def _encoder_entry(report: QuantizationReport, identity: dict[str, Any] | None) -> dict[str, Any]:
+    """The manifest's record of `image_encoder.int8.onnx` (what `export` checks before building its engine)."""
+    record = report.image_encoder
+    assert record is not None and record.accuracy is not None
+    acc = record.accuracy
+    return {
+        "role": B.ROLE_IMAGE_ENCODER, "format": "onnx", "precision": "int8", "derived_from": IMAGE_ENCODER_FILE,
+        "encoder": identity, "runtime": "TensorRT (strongly typed INT8 engine) or ONNX Runtime; offline",
+        "purpose": "the image encoder in INT8: catalogue images -> patch features, admitted by the end-to-end guard",
+        "quantization": {"settings": record.settings, "calibration_images": record.calibration_images,
+                         "report": QUANTIZATION_JSON},
+        "accuracy": {"split": acc.split or report.accuracy.split, "scored": acc.scored_file, "auc": acc.int8["auc"],
+                     "fp32_auc": acc.fp32["auc"], "auc_drop": -acc.deltas["auc"], "deltas": acc.deltas,
+                     "tolerance": report.accuracy.tolerance.model_dump(mode="json"), "passed": acc.passed},
+        "features": record.features, "throughput": record.throughput,
+    }
+
+
+def _write_bundle(run: _Run, root: Path, files: dict[str, Path], report: QuantizationReport,
+                  encoder_files: dict[str, Path] | None = None) -> None:
+    """Add the INT8 files and reports; the INT8 image encoder when its guard held, and otherwise drop an earlier
+    run's (and the engine built from it): it was admitted against scores this run no longer stands behind."""
     from fbcompress.core.artifacts import sha256_file
+    from fbcompress.export.build_kit import image_encoder_engine
     from fbcompress.export.readme import render_readme
+    from fbcompress.quantize.image_encoder import encoder_record
     from fbcompress.quantize.report import render_markdown
+
+    encoder_files = encoder_files or {}
 
     source = run.bundle.manifest.get("source", {})
     with B.update_bundle(root, source) as writer:
@@ -877,6 +911,11 @@ def _write_bundle(run: _Run, root: Path, files: dict[str, Path], report: Quantiz
         for rel_q, path in files.items():
             shutil.copyfile(path, writer.path(rel_q, report.files[rel_q].role))
             writer.add_model(rel_q, _manifest_entry(rel_q, report, sha256_file(path)))
+        for stale in (IMAGE_ENCODER_INT8_FILE, image_encoder_engine("int8")):
+            writer.remove(stale)
+        for rel_q, path in encoder_files.items():
+            shutil.copyfile(path, writer.path(rel_q, B.ROLE_IMAGE_ENCODER))
+            writer.add_model(rel_q, _encoder_entry(report, encoder_record(writer.manifest)))
         writer.path(QUANTIZATION_JSON, ROLE_REPORT).write_text(json.dumps(report.to_json(), indent=2) + "\n")
         writer.path(QUANTIZATION_MD, ROLE_REPORT).write_text(render_markdown(report))
         writer.manifest["quantization"] = {
@@ -884,6 +923,8 @@ def _write_bundle(run: _Run, root: Path, files: dict[str, Path], report: Quantiz
             "method": report.method,
             "fp32_source": ONNX_FILE,
             "files": {rel_q: report.files[rel_q].purpose for rel_q in files},
+            "image_encoder": report.image_encoder.model_dump(mode="json", include={"status", "reason", "file"})
+            if report.image_encoder else None,
             "fp32_files_kept": [r for r in (ONNX_FILE, ORT_FILE) if r in writer.manifest.get("models", {})],
             "report": {"json": QUANTIZATION_JSON, "markdown": QUANTIZATION_MD},
         }
@@ -892,7 +933,7 @@ def _write_bundle(run: _Run, root: Path, files: dict[str, Path], report: Quantiz
             {
                 "at": B.now_iso(),
                 "command": f"fbcompress quantize --method {report.method}",
-                "written": sorted([*files, QUANTIZATION_JSON, QUANTIZATION_MD]),
+                "written": sorted([*files, *encoder_files, QUANTIZATION_JSON, QUANTIZATION_MD]),
             },
         ][-50:]
         writer.finalize(render_readme)

@@ -157,6 +157,22 @@ class QuantizationMachine(MachineRecord):
     int8: dict[str, Any]  # the INT8 ISA and scheme detected here (`quantize.cpu.detect_isa`)
 
 
+class ImageEncoderQuantization(_Record):
+    """INT8 of a features model's image encoder (`quantize/image_encoder.py`): shipped only when the FP32 scorer on
+    the INT8 encoder's features stays within the tolerances of the FP32 scorer on the stored features."""
+
+    status: Literal["shipped", "not-shipped", "skipped"]
+    reason: str
+    file: str | None = None
+    calibration_images: int | None = None
+    settings: dict[str, Any] = {}
+    accuracy: Comparison | None = None
+    features: dict[str, Any] = {}  # INT8 vs FP32 graph on the guard split's images
+    throughput: dict[str, Any] = {}  # images/s of both graphs on this CPU
+    bytes: int | None = None
+    fp32_bytes: int | None = None
+
+
 class QuantizationReport(_Record):
     status: Literal["pending", "accepted", "rejected"]
     method: str
@@ -177,6 +193,7 @@ class QuantizationReport(_Record):
     seconds: float | None = None
     message: str | None = None  # why it was rejected
     written: list[str] = []
+    image_encoder: ImageEncoderQuantization | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The JSON form written to quantization.json and --json (unset optional parts are left out)."""

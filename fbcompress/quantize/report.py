@@ -208,6 +208,39 @@ def _modelopt_rows(report: QuantizationReport) -> list[str]:
     return [f"Not run: {mo.get('reason', 'n/a')}."]
 
 
+def _image_encoder_rows(report: QuantizationReport) -> list[str]:
+    """The INT8 image encoder of a features model: its end-to-end verdict, feature error and CPU throughput."""
+    record = report.image_encoder
+    if record is None:
+        return []
+    lines = ["## Image encoder (INT8)", "", f"**{record.status}**: {record.reason}.", ""]
+    acc = record.accuracy
+    if acc is not None:
+        lines += [
+            f"End to end on `{acc.split or report.accuracy.split}`: {acc.scored_file} vs the FP32 scorer on the "
+            f"stored features: AUC {acc.int8['auc']:.4f} vs {acc.fp32['auc']:.4f} ({acc.deltas['auc']:+.4f}), "
+            f"ITR R@10 {acc.deltas.get('itr_r10', float('nan')):+.4f}, TIR R@10 "
+            f"{acc.deltas.get('tir_r10', float('nan')):+.4f}.",
+            "",
+        ]
+    if record.features:
+        f = record.features
+        lines += [f"Features of {f['images']} images, INT8 vs the FP32 graph: max |diff| "
+                  f"{f['max_abs_diff_vs_fp32_graph']:.4g}, mean {f['mean_abs_diff_vs_fp32_graph']:.4g} (max |feature| "
+                  f"{f['scale']:.4g}).", ""]
+    if record.throughput:
+        t = record.throughput
+        fp32, int8 = t.get("fp32_images_per_s"), t.get("int8_images_per_s")
+        if fp32 and int8:
+            lines += [f"Throughput ({t['runtime']}, batches of {t['batch']}, this machine): FP32 {fp32:.1f} images/s, "
+                      f"INT8 {int8:.1f} images/s ({int8 / fp32:.2f}x).", ""]
+    if record.bytes and record.fp32_bytes:
+        lines += [f"Size: {_mb(record.bytes)} vs {_mb(record.fp32_bytes)} FP32; calibrated on "
+                  f"{record.calibration_images} train images; {record.settings.get('convs_quantized')} of "
+                  f"{record.settings.get('convs')} Convs in INT8.", ""]
+    return lines
+
+
 def render_markdown(report: QuantizationReport) -> str:
     cal = report.calibration
     source = report.source
@@ -243,6 +276,7 @@ def render_markdown(report: QuantizationReport) -> str:
         f"{cal.text_lengths} (each batch padded only to its own longest text; padding "
         f"{cal.padding_share:.1%}), {cal.method} ranges.",
         "",
+        *_image_encoder_rows(report),
         "## NVIDIA ModelOpt ONNX PTQ (comparison)",
         "",
         *_modelopt_rows(report),

@@ -246,6 +246,11 @@ class QuantizeSection(_Strict):
     exclude_nodes: tuple[str, ...] = Field((), description="ONNX node names always kept in floating point")
     eval_queries: int | None = Field(None, ge=1, description="Rank@K queries per task in the val fall-back loop "
                                                             "(default: all); the final guard always uses all")
+    image_encoder: Literal["auto", "off"] = Field(
+        "auto", description="features models: also make an INT8 image_encoder.int8.onnx, shipped only when the FP32 "
+        "scorer on its features keeps these tolerances end to end (quantize/image_encoder.py); off: never")
+    image_encoder_calibration_images: int = Field(32, ge=1, description="train images that calibrate the INT8 "
+                                                                        "image encoder")
 
 
 class CheckSection(_Strict):

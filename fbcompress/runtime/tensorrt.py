@@ -1,4 +1,5 @@
-"""TensorRT backend of the `Scorer` protocol for a bundle's `.plan` engine (dynamic shapes, several profiles).
+"""TensorRT backend of the `Scorer` protocol for a bundle's `.plan` engine (dynamic shapes, several profiles), and
+the runner of the image encoder's engine.
 
 Before deserialising, the engine file is hash-checked against the manifest and the TensorRT version and GPU compute
 capability it was built with are compared to this machine's: a mismatched engine is refused with one line instead
@@ -56,11 +57,12 @@ def torch_dtype_name(trt_dtype: Any, where: str) -> str:
     return TORCH_DTYPE_NAMES[name]
 
 
-class TrtScorer:
-    backend = "tensorrt"
+class TrtEngine:
+    """A deserialised `.plan` on one GPU: compatibility checked first, one execution context per profile, inputs
+    bound from host or device arrays on the engine's own stream. `TrtScorer` and `TrtImageEncoder` add what their
+    graph's inputs mean."""
 
-    def __init__(self, path: Path, spec: PatchSpec, tokenizer_dir: Path, name: str, recorded: dict[str, Any],
-                 device: str = "cuda", precision: str = "fp16"):
+    def __init__(self, path: Path, name: str, recorded: dict[str, Any], device: str = "cuda"):
         import torch
 
         index = device_index(device)
@@ -71,15 +73,12 @@ class TrtScorer:
             raise FbError(f"refusing {path}: {problem}")
         caution = engine_compatibility_warning(recorded, here["gpu"])
         if caution:
-            warnings.warn(f"{Path(path).name}: {caution}", FbWarning, stacklevel=2)
+            warnings.warn(f"{Path(path).name}: {caution}", FbWarning, stacklevel=3)
         self.trt = trt
         self.torch = torch
         self.device = torch.device("cuda", index)
         self.path = Path(path)
-        self.spec = spec
-        self.tokenizer_dir = tokenizer_dir
         self.name = name
-        self.precision = precision
         self._logger = trt.Logger(trt.Logger.WARNING)
         self.runtime = trt.Runtime(self._logger)
         with torch.cuda.device(self.device):
@@ -90,33 +89,12 @@ class TrtScorer:
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self.outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
-        self.profiles = self._profiles_from_engine()
         self._contexts: dict[int, Any] = {}
 
-    def _profiles_from_engine(self) -> list[Profile]:
-        """The engine's own profiles (authoritative), read from its first text input's min/opt/max shapes."""
-        probe = next((n for n in self.inputs if n != "patches"), self.inputs[0])
-        profiles = []
-        for index in range(self.engine.num_optimization_profiles):
-            low, opt, high = self.engine.get_tensor_profile_shape(probe, index)
-            batch = (int(low[0]), int(opt[0]), int(high[0]))
-            text = (int(low[1]), int(opt[1]), int(high[1])) if len(low) > 1 else (1, 1, 1)
-            profiles.append(Profile(f"profile{index}", batch, text))
-        return profiles
-
-    @classmethod
-    def open(cls, path: str | Path, device: str = "cuda") -> TrtScorer:
-        from fbcompress.bundle.store import verify_bundle_file
-
-        bundle, rel = verify_bundle_file(path)
-        entry = bundle.models.get(rel)
-        if not entry or "tensorrt" not in entry:
-            raise FbError(f"{path}: the manifest records no TensorRT build info for it (TensorRT version, GPU), "
-                          "so it cannot be checked for this machine; rebuild it with fbcompress export")
-        tokenizer_dir = bundle.verify_tokenizer()
-        device = "cuda" if device == "auto" else device
-        return cls(Path(path), bundle.spec, tokenizer_dir, str(path), entry["tensorrt"], device,
-                   str(entry.get("precision", "?")))
+    def profile_shapes(self, tensor: str, index: int) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+        """min, opt, max shape of an input in optimisation profile `index`, as the engine records them."""
+        low, opt, high = self.engine.get_tensor_profile_shape(tensor, index)
+        return tuple(int(d) for d in low), tuple(int(d) for d in opt), tuple(int(d) for d in high)
 
     def _context(self, index: int):
         if index not in self._contexts:
@@ -132,23 +110,10 @@ class TrtScorer:
     def _torch_dtype(self, name: str):
         return getattr(self.torch, torch_dtype_name(self.engine.get_tensor_dtype(name), f"{self.path}: tensor {name}"))
 
-    def bind(self, inputs: dict[str, Any], profile: int | None = None) -> tuple[Any, dict[str, Any], list[Any]]:
-        """Copy the inputs to the GPU on the scorer's stream and bind them and fresh output buffers to the context
-        of `profile` (default: the tightest that fits; the batch must fit one profile, see `logits` for splitting).
-
-        Returns (context, outputs by name, device tensors to keep alive while the context may run). `logits` runs
-        it once per chunk; `fbcompress bench` binds once and times `execute` alone.
-        """
+    def bind_profile(self, inputs: dict[str, Any], profile: int) -> tuple[Any, dict[str, Any], list[Any]]:
+        """Copy the inputs to the GPU on the engine's stream and bind them and fresh output buffers to the context
+        of `profile`. Returns (context, outputs by name, device tensors to keep alive while the context may run)."""
         torch = self.torch
-        ids = inputs["input_ids"]
-        batch, text = int(ids.shape[0]), int(ids.shape[1])
-        if profile is None:
-            first, *rest = plan_chunks(self.profiles, batch, text)
-            profile = first.profile
-            if rest or first.rows != batch:
-                largest = max(p.batch[2] for p in self.profiles if p.text[0] <= text <= p.text[2])
-                raise FbError(f"{self.path.name}: batch {batch} at text {text} is outside every profile's batch range "
-                              f"(largest max {largest}): time another batch, or add a profile and rebuild")
         with torch.cuda.device(self.device), torch.cuda.stream(self.stream):
             context = self._context(profile)
             keep = []
@@ -169,7 +134,7 @@ class TrtScorer:
         return context, outputs, keep
 
     def execute(self, context: Any) -> None:
-        """Enqueue one inference on the scorer's stream (returns before the GPU is done)."""
+        """Enqueue one inference on the engine's stream (returns before the GPU is done)."""
         with self.torch.cuda.device(self.device):
             if not context.execute_async_v3(self.stream.cuda_stream):
                 raise FbError(f"{self.path.name}: TensorRT execution failed")
@@ -177,18 +142,93 @@ class TrtScorer:
     def synchronize(self) -> None:
         self.stream.synchronize()
 
+    def run(self, inputs: dict[str, Any], profile: int, output: str) -> np.ndarray:
+        """One bound, executed and synchronised call; `output` copied back as float32 numpy."""
+        context, outputs, keep = self.bind_profile(inputs, profile)
+        self.execute(context)
+        self.synchronize()
+        del keep
+        return outputs[output].float().cpu().numpy()
+
+
+class TrtScorer(TrtEngine):
+    backend = "tensorrt"
+
+    def __init__(self, path: Path, spec: PatchSpec, tokenizer_dir: Path, name: str, recorded: dict[str, Any],
+                 device: str = "cuda", precision: str = "fp16"):
+        super().__init__(path, name, recorded, device)
+        self.spec = spec
+        self.tokenizer_dir = tokenizer_dir
+        self.precision = precision
+        self.profiles = self._profiles_from_engine()
+
+    def _profiles_from_engine(self) -> list[Profile]:
+        """The engine's own profiles (authoritative), read from its first text input's min/opt/max shapes."""
+        probe = next((n for n in self.inputs if n != "patches"), self.inputs[0])
+        profiles = []
+        for index in range(self.engine.num_optimization_profiles):
+            low, opt, high = self.profile_shapes(probe, index)
+            batch = (low[0], opt[0], high[0])
+            text = (low[1], opt[1], high[1]) if len(low) > 1 else (1, 1, 1)
+            profiles.append(Profile(f"profile{index}", batch, text))
+        return profiles
+
+    @classmethod
+    def open(cls, path: str | Path, device: str = "cuda") -> TrtScorer:
+        from fbcompress.bundle.store import verify_bundle_file
+
+        bundle, rel = verify_bundle_file(path)
+        entry = bundle.models.get(rel)
+        if not entry or "tensorrt" not in entry:
+            raise FbError(f"{path}: the manifest records no TensorRT build info for it (TensorRT version, GPU), "
+                          "so it cannot be checked for this machine; rebuild it with fbcompress export")
+        tokenizer_dir = bundle.verify_tokenizer()
+        device = "cuda" if device == "auto" else device
+        return cls(Path(path), bundle.spec, tokenizer_dir, str(path), entry["tensorrt"], device,
+                   str(entry.get("precision", "?")))
+
+    def bind(self, inputs: dict[str, Any], profile: int | None = None) -> tuple[Any, dict[str, Any], list[Any]]:
+        """`bind_profile` at `profile` (default: the tightest that fits; the batch must fit one profile, see
+        `logits` for splitting). `logits` runs it once per chunk; `fbcompress bench` binds once and times
+        `execute` alone."""
+        ids = inputs["input_ids"]
+        batch, text = int(ids.shape[0]), int(ids.shape[1])
+        if profile is None:
+            first, *rest = plan_chunks(self.profiles, batch, text)
+            profile = first.profile
+            if rest or first.rows != batch:
+                largest = max(p.batch[2] for p in self.profiles if p.text[0] <= text <= p.text[2])
+                raise FbError(f"{self.path.name}: batch {batch} at text {text} is outside every profile's batch range "
+                              f"(largest max {largest}): time another batch, or add a profile and rebuild")
+        return self.bind_profile(inputs, profile)
+
     def logits(self, inputs: dict[str, Any]) -> np.ndarray:
         """Logits for any batch: split into runs the profiles fit, each run bound, executed and copied back."""
         batch, text = int(inputs["input_ids"].shape[0]), int(inputs["input_ids"].shape[1])
         parts = []
         for chunk in plan_chunks(self.profiles, batch, text):
             rows = {name: _rows(value, chunk.start, chunk.stop, chunk.rows) for name, value in inputs.items()}
-            context, outputs, keep = self.bind(rows, chunk.profile)
-            self.execute(context)
-            self.synchronize()
-            del keep
-            logits = outputs.get("logits", next(iter(outputs.values())))
-            parts.append(logits.float().cpu().numpy()[: chunk.stop - chunk.start])
+            output = "logits" if "logits" in self.outputs else self.outputs[0]
+            parts.append(self.run(rows, chunk.profile, output)[: chunk.stop - chunk.start])
+        return np.concatenate(parts, axis=0)
+
+
+class TrtImageEncoder(TrtEngine):
+    """The image encoder's engine (`image_encoder.{fp16,int8}.plan`): images -> patch features, any number of images
+    in runs of at most the profile's max batch (the last run padded up to its min)."""
+
+    def __init__(self, path: Path, name: str, recorded: dict[str, Any], device: str = "cuda"):
+        super().__init__(path, name, recorded, device)
+        low, _, high = self.profile_shapes(self.inputs[0], 0)
+        self.batch_range = (low[0], high[0])
+
+    def features(self, images: np.ndarray) -> np.ndarray:
+        low, high = self.batch_range
+        parts = []
+        for start in range(0, len(images), high):
+            stop = min(start + high, len(images))
+            rows = _rows(images, start, stop, max(stop - start, low))
+            parts.append(self.run({self.inputs[0]: rows}, 0, self.outputs[0])[: stop - start])
         return np.concatenate(parts, axis=0)
 
 

@@ -40,7 +40,8 @@ from fbcompress.training.pairs import MismatchSampler, pair_rows
 def patch_spec_from_recipe(recipe: Recipe, dataset: DatasetDir | None = None) -> PatchSpec:
     """The image tokens a new teacher reads. Features: their size and their encoder's sha256 come from the
     dataset's feature store (`data features`), so the model refuses features of any other encoder later; a dataset
-    without a store must hold one .npy per record and the recipe must give teacher.feature_dim."""
+    without a store must hold one .npy per record and the recipe must give teacher.feature_dim. A pixel recipe on a
+    dataset that has a feature store is refused: someone made the features for this model."""
     data, teacher = recipe.data, recipe.teacher
     encoder: dict = {}
     if teacher.patch_encoder == "features":
@@ -60,6 +61,11 @@ def patch_spec_from_recipe(recipe: Recipe, dataset: DatasetDir | None = None) ->
             raise FbError(f"teacher.patch_encoder is 'features' but {where} no patch features: make them with "
                           "`fbcompress data features --data DIR --encoder ENCODER_DIR`")
     else:
+        entry = features_meta(dataset.meta) if dataset is not None else None
+        if entry is not None:  # the paper's setting was prepared; training pixels on it is a recipe left unset
+            raise FbError(f"{dataset.root} has patch features of {entry['encoder'].get('name')} but the recipe reads "
+                          "pixels (teacher.patch_encoder: pixels): set teacher.patch_encoder=features, or train "
+                          "pixels on a copy of the dataset made before `fbcompress data features`")
         patch_dim = 3 * data.patch_pixels**2
     return PatchSpec(
         patch_encoder=teacher.patch_encoder,

@@ -161,6 +161,10 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, encoder_dir):
     assert_one_line_error(run("train-teacher", "--recipe", "smoke", "--data", pixels_only, "--out", tmp_path / "t",
                               "--set", "teacher.patch_encoder=features"), "no patch features", "data features")
     assert not (tmp_path / "t").exists()
+    assert run("data", "features", "--data", data, "--encoder", encoder_dir).exit_code == 0
+    assert_one_line_error(run("train-teacher", "--recipe", "smoke", "--data", data, "--out", tmp_path / "t"),
+                          "has patch features of tiny-resnet but the recipe reads pixels")
+    assert not (tmp_path / "t").exists()
 
 
 def test_a_grid_the_stride_cannot_make_is_refused():
@@ -200,26 +204,42 @@ def test_the_store_is_checked_on_load(tmp_path, encoder_dir):
         SplitData(dataset, "val", tokenizer, spec)
 
 
-@pytest.mark.slow
-def test_the_whole_features_path_teacher_to_checked_int8_bundle(tmp_path, encoder_dir):
-    """teacher -> distill -> export (scorer + image_encoder.onnx, both parity-checked) -> quantize -> check, on
-    features of the tiny ResNet; the bundle's image encoder run in ONNX Runtime on a raw image gives the features
-    that training read."""
-    import onnxruntime as ort
-
-    data = _dataset(tmp_path, products=60)
+@pytest.fixture(scope="module")
+def features_run(tmp_path_factory, encoder_dir) -> dict[str, Path]:
+    """Features of the tiny ResNet -> teacher -> student -> ONNX bundle (scorer + image encoder): what the tests
+    of the bundle's image side start from (each copies the bundle before changing it)."""
+    root = tmp_path_factory.mktemp("features-run")
+    data = _dataset(root, products=60)
     assert run("data", "features", "--data", data, "--encoder", encoder_dir).exit_code == 0
-    teacher, student, bundle = tmp_path / "teacher", tmp_path / "student", tmp_path / "bundle"
+    teacher, student, bundle = root / "teacher", root / "student", root / "bundle"
     features = ("--set", "teacher.patch_encoder=features")
     assert run("train-teacher", "--recipe", "smoke", "--data", data, "--out", teacher, *features).exit_code == 0
     result = run("distill", "--recipe", "smoke", "--teacher", teacher, "--data", data, "--out", student)
     assert result.exit_code == 0, result.output
-    wrong = save_tiny_resnet(tmp_path / "wrong", seed=3)
-    assert_one_line_error(run("export", "--model", student, "--target", "onnx", "--out", bundle, "--image-encoder",
-                              wrong), "is not the image encoder the model's features came from")
-    assert not bundle.exists()
     result = run("export", "--model", student, "--target", "onnx", "--out", bundle, "--data", data)
     assert result.exit_code == 0, result.output
+    return {"data": data, "teacher": teacher, "student": student, "bundle": bundle}
+
+
+def _copy_bundle(features_run: dict[str, Path], tmp_path: Path) -> Path:
+    out = tmp_path / "bundle"
+    shutil.copytree(features_run["bundle"], out)
+    return out
+
+
+@pytest.mark.slow
+def test_the_whole_features_path_teacher_to_checked_int8_bundle(tmp_path, features_run, encoder_dir):
+    """teacher -> distill -> export (scorer + image_encoder.onnx, both parity-checked) -> quantize (scorer and, end to
+    end guarded, the image encoder) -> check, on features of the tiny ResNet; the bundle's image encoder run in ONNX
+    Runtime on a raw image gives the features that training read."""
+    import onnxruntime as ort
+
+    data, student, teacher = features_run["data"], features_run["student"], features_run["teacher"]
+    wrong = save_tiny_resnet(tmp_path / "wrong", seed=3)
+    assert_one_line_error(run("export", "--model", student, "--target", "onnx", "--out", tmp_path / "b2",
+                              "--image-encoder", wrong), "is not the image encoder the model's features came from")
+    assert not (tmp_path / "b2").exists()
+    bundle = _copy_bundle(features_run, tmp_path)
     manifest = json.loads((bundle / "manifest.json").read_text())
     entry = manifest["models"]["image_encoder.onnx"]
     assert entry["parity"]["passed"] and entry["parity"]["max_relative_diff"] <= 1e-4
@@ -230,14 +250,120 @@ def test_the_whole_features_path_teacher_to_checked_int8_bundle(tmp_path, encode
     record = dataset.records("test")[0]
     with Image.open(data / record["image"]) as image:
         pixels = np.asarray(image.convert("RGB").resize((64, 64), Image.BICUBIC), dtype=np.float32)
-    session = ort.InferenceSession(str(bundle / "image_encoder.onnx"), providers=["CPUExecutionProvider"])
-    served = session.run(None, {"images": pixels[None]})[0][0]
     stored = np.load(data / record["features"])[record["features_row"]].astype(np.float32)
-    np.testing.assert_allclose(served, stored, rtol=2e-3, atol=2e-3)  # float16 storage
-    result = run("quantize", "--model", bundle, "--data", data)
+    session = ort.InferenceSession(str(bundle / "image_encoder.onnx"), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(None, {"images": pixels[None]})[0][0], stored, rtol=2e-3, atol=2e-3)
+    # An AUC drop cannot exceed 1: both INT8 parts are admitted, so what is written can be checked whole.
+    result = run("quantize", "--model", bundle, "--data", data, "--set", "quantize.max_auc_drop=1",
+                 "--set", "quantize.max_rank10_drop=1")
     assert result.exit_code == 0, result.output
+    report = json.loads((bundle / "quantization.json").read_text())["image_encoder"]
+    assert report["status"] == "shipped" and report["file"] == "image_encoder.int8.onnx"
+    assert report["settings"]["convs_quantized"] == report["settings"]["convs"] > 0
+    assert report["accuracy"]["passed"] and report["features"]["images"] == len(dataset.records("test"))
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    int8 = manifest["models"]["image_encoder.int8.onnx"]
+    assert int8["encoder"] == entry["encoder"] and int8["precision"] == "int8"
+    assert manifest["files"]["image_encoder.int8.onnx"]["sha256"]
+    assert "## Image encoder (INT8)" in (bundle / "quantization.md").read_text()
+    quantized = ort.InferenceSession(str(bundle / "image_encoder.int8.onnx"), providers=["CPUExecutionProvider"])
+    served = quantized.run(None, {"images": pixels[None]})[0][0]
+    assert np.abs(served - stored).max() <= 0.1 * max(1.0, np.abs(stored).max())  # INT8, not another encoder
     result = run("check", "-t", teacher, "-c", bundle / "model.int8.onnx", "--data", data, "-r", "smoke")
     assert result.exit_code == 0 and "PASS" in result.output, result.output
+
+
+@pytest.mark.slow
+def test_an_int8_encoder_beyond_the_guard_is_not_shipped_and_an_old_one_goes(tmp_path, features_run):
+    """The end-to-end guard with a tolerance no quantization can meet (an AUC gain is demanded): the INT8 encoder
+    is made and measured but not shipped, and the one an earlier, admitted run left is removed with its engine."""
+    from fbcompress.bundle.store import Bundle
+    from fbcompress.quantize.image_encoder import guard_encoder
+    from fbcompress.quantize.pipeline import QuantizeOptions, _Run, _write_bundle
+    from fbcompress.recipes import QuantizeSection
+
+    bundle = _copy_bundle(features_run, tmp_path)
+    result = run("quantize", "--model", bundle, "--data", features_run["data"], "--set", "quantize.max_auc_drop=1",
+                 "--set", "quantize.max_rank10_drop=1", "--latency-runs", "0")
+    assert result.exit_code == 0, result.output
+    assert (bundle / "image_encoder.int8.onnx").is_file()
+    opened = Bundle.open(bundle)
+    section = QuantizeSection(max_auc_drop=-1.0)
+    opts = QuantizeOptions(model=bundle / "model.onnx", data_dir=features_run["data"], section=section)
+    run_state = _Run(opts, opened, "model.onnx", tmp_path)
+    run_state.dataset = DatasetDir.open(features_run["data"])
+    shutil.copyfile(bundle / "model.onnx", run_state.src)
+    record, shipped = guard_encoder(run_state, tmp_path)
+    assert shipped is None and record.status == "not-shipped"
+    assert "auc" in record.reason.lower() and "keeps image_encoder.onnx" in record.reason
+    assert record.accuracy is not None and not record.accuracy.passed
+    from fbcompress.quantize.record import QuantizationReport
+
+    report = QuantizationReport.model_validate_json((bundle / "quantization.json").read_text())
+    report.image_encoder = record
+    _write_bundle(run_state, bundle, {}, report)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert not (bundle / "image_encoder.int8.onnx").exists() and "image_encoder.int8.onnx" not in manifest["files"]
+    assert manifest["quantization"]["image_encoder"]["status"] == "not-shipped"
+    assert "No INT8 encoder" in (bundle / "README.md").read_text()
+
+
+@pytest.mark.slow
+def test_a_features_bundle_carries_encoder_engines_and_a_triton_model(tmp_path, features_run):
+    """--target tensorrt without TensorRT here: the kit builds the encoder's FP16 engine (and its INT8 one, once the
+    guard admitted an INT8 encoder and int8 is asked for) from strongly typed graphs at the recipe's image batches;
+    --target triton serves the encoder beside the scorer with the images' batch axis."""
+    from fbcompress.export.build_kit import script_commands
+    from fbcompress.export.triton import read_config
+
+    bundle = _copy_bundle(features_run, tmp_path)
+    student = features_run["student"]
+    result = run("export", "--model", student, "--target", "tensorrt", "--out", bundle, "--engines", "auto")
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    fp16 = manifest["models"]["image_encoder.fp16.onnx"]
+    assert fp16["precision"] == "fp16" and fp16["derived_from"] == "image_encoder.onnx"
+    if "skipped" not in fp16["parity"]:
+        assert fp16["parity"]["max_relative_diff"] <= 1e-2
+    names = [e["name"] for e in manifest["tensorrt_build_kit"]["engines"]]
+    assert names == ["fp16", "image_encoder_fp16"]
+    lines = script_commands((bundle / "build_engines.sh").read_text())
+    encoder_line = lines[1]
+    assert "--onnx=image_encoder.fp16.onnx" in encoder_line and "--stronglyTyped" in encoder_line
+    assert "--fp16" not in encoder_line  # TensorRT 11 has no weak typing; precision comes from the graph
+    assert {"--minShapes=images:1x64x64x3", "--optShapes=images:32x64x64x3",
+            "--maxShapes=images:128x64x64x3"} <= set(encoder_line)
+    result = run("quantize", "--model", bundle, "--data", features_run["data"], "--set", "quantize.max_auc_drop=1",
+                 "--set", "quantize.max_rank10_drop=1", "--latency-runs", "0")
+    assert result.exit_code == 0, result.output
+    result = run("export", "--model", student, "--target", "tensorrt", "--precision", "int8", "--out", bundle)
+    assert result.exit_code == 0, result.output
+    kit = json.loads((bundle / "manifest.json").read_text())["tensorrt_build_kit"]
+    assert [e["name"] for e in kit["engines"]] == ["int8", "image_encoder_fp16", "image_encoder_int8"]
+    assert kit["engines"][2]["onnx"] == "image_encoder.int8.onnx"
+    result = run("export", "--model", student, "--target", "triton", "--out", bundle)
+    assert result.exit_code == 0, result.output
+    triton = json.loads((bundle / "manifest.json").read_text())["triton"]["image_encoder"]
+    assert triton["model_name"] == "fashionbert_image_encoder" and triton["platform"] == "onnxruntime_onnx"
+    config = read_config((bundle / triton["config"]).read_text())
+    assert config["max_batch_size"] == 128
+    assert config["inputs"][0]["name"] == "images" and config["inputs"][0]["dims"] == [64, 64, 3]
+    assert config["outputs"][0]["dims"][0] == 64
+    assert (bundle / triton["model_file"]).read_bytes() == (bundle / "image_encoder.onnx").read_bytes()
+
+
+def test_the_crop_encoder_graph_batches_by_image(tmp_path, encoder_dir):
+    """Crop mode's graph takes [B, 64, c, c, 3] and gives [B, 64, D]: the batch axis is the images' (Triton batches
+    along it), and ONNX Runtime matches PyTorch at two batch sizes."""
+    from fbcompress.export.image_encoder_export import export_image_encoder, image_encoder_parity, sample_images
+
+    encoder = load_image_encoder(encoder_dir, grid=8, mode="crop", crop_size=16)
+    path = tmp_path / "image_encoder.onnx"
+    info = export_image_encoder(encoder, path, 17)
+    assert info["io"]["inputs"][0]["shape"][1:] == [64, 16, 16, 3]
+    parity = image_encoder_parity(encoder, path, 1e-4)
+    assert parity["passed"] and [c["batch"] for c in parity["cases"]] == [1, 3]
+    assert sample_images(encoder, 3).shape == (3, 64, 16, 16, 3)
 
 
 # Runs on each rank (started as torchrun would): make_features with small shards, recording the shards it saved.

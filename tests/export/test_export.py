@@ -414,6 +414,34 @@ def test_failed_parity_gate_writes_nothing(trained_smoke, tmp_path):
     assert [p.name for p in out.parent.iterdir()] == [".strict.lock"]
 
 
+@pytest.mark.slow
+def test_the_auc_gate_holds_at_its_boundary(bundle, trained_smoke, tiny_data):
+    """export.max_auc_drop on the real model.onnx scorer: with the checkpoint's reference AUC set 0.01 above what
+    the file scores, a gate equal to the drop admits it and one 1e-9 below refuses it in one line; a gain is
+    judged like a loss (|drop|)."""
+    from fbcompress.data.dataset_dir import DatasetDir
+    from fbcompress.data.loader import SplitData
+    from fbcompress.export.pipeline import ExportOptions, _accuracy_entry, _Ctx
+    from fbcompress.modeling.backbone import load_tokenizer
+    from fbcompress.modeling.checkpoint import load_model
+    from fbcompress.recipes import ExportSection
+    from fbcompress.runtime.onnxruntime import OrtScorer
+
+    model, ckpt = load_model(trained_smoke)
+    opts = ExportOptions(model_dir=trained_smoke, out=bundle, target="onnx", export=ExportSection(), progress=False)
+    ctx = _Ctx(opts, model, ckpt, [])
+    dataset = DatasetDir.open(tiny_data)
+    ctx.eval_data = (dataset, SplitData(dataset, "test", load_tokenizer(trained_smoke), model.spec))
+    scorer = OrtScorer(bundle / "model.onnx", model.spec, bundle / "tokenizer", "model.onnx", "cpu")
+    scored = _accuracy_entry(ctx, scorer, None, "model.onnx")  # no gate: what the file scores
+    for shift in (0.01, -0.01):
+        ctx.reference = {"auc": scored["auc"] + shift}
+        exact = abs(ctx.reference["auc"] - scored["auc"])  # the drop as the gate computes it: equal passes
+        assert _accuracy_entry(ctx, scorer, exact, "model.onnx")["passed"]
+        with pytest.raises(FbError, match=r"export\.max_auc_drop 0\.00999.*export refused"):
+            _accuracy_entry(ctx, scorer, 0.01 - 1e-9, "model.onnx")
+
+
 # ---------------------------------------------------------------------------------------------------------- Triton
 
 

@@ -337,17 +337,19 @@ def test_report_lists_every_gated_student_with_its_pareto_flag(tmp_path):
 def test_smoke_quickstart_end_to_end_then_reused(tmp_path):
     """The real pipeline on the smoke recipe, every stage through its command; a second run reuses every stage.
 
-    The INT8 guard and the gate's AUC bar are opened wide here (both are tested at their boundaries in
-    tests/quantize and tests/release): the 6-step smoke student
+    The INT8 guard, the export's AUC gate and the release gate's AUC bar are opened wide here (each is tested at its
+    boundary in tests/quantize, tests/export and tests/release): the 6-step smoke student
     scores at chance, with near-ties that INT8 rounding reorders, so its AUC on 36 test pairs moves by whatever the
     CPU's INT8 kernels do: on the AVX2 VM the guard passed at its 0.1; on an AVX-512 VNNI VM (2026-12-02) the
-    dynamic INT8 file scored 0.369 against FP32 0.514 and the run shipped nothing. This test is about the stages."""
+    dynamic INT8 file scored 0.369 against FP32 0.514 and the run shipped nothing. Even FP32 ONNX Runtime against
+    PyTorch reorders such ties: on an AMX Xeon VM (2026-12-02) model.onnx scored 0.5123 against the checkpoint's
+    0.5139 (drop 0.0015 > export.max_auc_drop 0.001, parity within its 1e-4). This test is about the stages."""
     from click.testing import CliRunner
 
     from fbcompress.commands.cli import main
 
     args = ["quickstart", "--recipe", "smoke", "--out", str(tmp_path / "run"), "--bundle", str(tmp_path / "bundle"),
-            "--set", "quantize.max_auc_drop=0.5", "--set", "check.max_auc_drop=0.5"]
+            "--set", "quantize.max_auc_drop=0.5", "--set", "check.max_auc_drop=0.5", "--set", "export.max_auc_drop=0.5"]
     first = CliRunner().invoke(main, args)
     assert first.exit_code == 0, first.output
     bundle = tmp_path / "bundle"
