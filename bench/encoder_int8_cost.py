@@ -19,7 +19,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
 
 
 def main() -> None:
@@ -30,7 +29,7 @@ def main() -> None:
     parser.add_argument("--calibration-images", type=int, default=32)
     args = parser.parse_args()
     import onnxruntime as ort
-    from transformers import ResNetConfig, ResNetModel
+    from feature_cost import random_resnet50
 
     from fbcompress.data.dataset_dir import DatasetDir, EvalSetSizes
     from fbcompress.data.synth import synthesize_dataset
@@ -39,11 +38,7 @@ def main() -> None:
     from fbcompress.modeling.image_encoder import load_image_encoder
     from fbcompress.quantize.image_encoder import calibration_images, prepared_images, quantize_encoder
 
-    args.work.mkdir(parents=True, exist_ok=True)
-    encoder_dir = args.work / "resnet-50-random"
-    if not (encoder_dir / "config.json").is_file():
-        torch.manual_seed(0)
-        ResNetModel(ResNetConfig()).save_pretrained(encoder_dir)
+    encoder_dir = random_resnet50(args.work)
     data = args.work / "data"
     if not (data / "dataset.json").is_file():
         synthesize_dataset(data, products=200, image_size=64, seed=0, val_fraction=0.1, test_fraction=0.1,

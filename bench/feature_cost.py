@@ -21,6 +21,19 @@ from pathlib import Path
 import torch
 
 
+def random_resnet50(work: Path) -> Path:
+    """transformers' `ResNetConfig()` (ResNet-50: bottleneck stages [3, 4, 6, 3], 2048-d) with seeded random weights,
+    saved once under `work` (no pretrained CNN ships offline: the FLOPs are real, the features mean nothing)."""
+    from transformers import ResNetConfig, ResNetModel
+
+    work.mkdir(parents=True, exist_ok=True)
+    encoder = work / "resnet-50-random"
+    if not (encoder / "config.json").is_file():
+        torch.manual_seed(0)
+        ResNetModel(ResNetConfig()).save_pretrained(encoder)
+    return encoder
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, required=True)
@@ -29,17 +42,11 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
-    from transformers import ResNetConfig, ResNetModel
-
     from fbcompress.data.dataset_dir import EvalSetSizes
     from fbcompress.data.features.extract import FeatureOptions, make_features
     from fbcompress.data.synth import synthesize_dataset
 
-    args.work.mkdir(parents=True, exist_ok=True)
-    encoder = args.work / "resnet-50-random"
-    if not (encoder / "config.json").is_file():
-        torch.manual_seed(0)
-        ResNetModel(ResNetConfig()).save_pretrained(encoder)
+    encoder = random_resnet50(args.work)
     for mode, images in (("grid", args.grid_images), ("crop", args.crop_images)):
         if images == 0:  # skip this mode
             continue

@@ -504,7 +504,10 @@ def _build_kit_step(ctx: _Ctx, precisions: list[str], not_built: str | None) -> 
                 "serving GPU")
 
 
-def _triton_step(ctx: _Ctx, force_onnx: bool = False) -> None:
+def _triton_model(ctx: _Ctx, root: Path, name: str, source: str, graph: str, max_batch: int,
+                  preferred: list[int], profiles: list[int]) -> dict[str, Any]:
+    """One model of the Triton repository: `source` (a .plan when `profiles`, else ONNX) under `name/1/`, and a
+    config.pbtxt made from the I/O of the ONNX `graph` it came from, read back and checked against it."""
     from fbcompress.export.onnx_export import graph_io
     from fbcompress.export.triton import (
         MODEL_FILES,
@@ -515,6 +518,31 @@ def _triton_step(ctx: _Ctx, force_onnx: bool = False) -> None:
         read_config,
     )
 
+    w, opts = ctx.w, ctx.opts
+    plan = source.endswith(".plan")
+    platform = PLATFORM_PLAN if plan else PLATFORM_ONNX
+    model_dir = root / name
+    (model_dir / "1").mkdir(parents=True)
+    target = model_dir / "1" / MODEL_FILES[platform]
+    B.link_or_copy(w.dir / source, target)
+    io = graph_io(w.dir / graph)
+    kind = "KIND_GPU" if opts.triton_kind == "gpu" else "KIND_CPU"
+    text = make_config(name, platform, io["inputs"], io["outputs"], max_batch, preferred_batch_sizes=preferred,
+                       max_queue_delay_us=int(opts.export.triton_max_queue_delay_us), kind=kind,
+                       profiles=profiles if plan else ())
+    (model_dir / "config.pbtxt").write_text(text)
+    check_config_matches(read_config(text), io)  # round trip: what we wrote parses back to the graph's I/O
+    rel = target.relative_to(w.dir).as_posix()
+    source_entry = w.manifest["models"].get(source, {})
+    w.add_model(rel, {"role": B.ROLE_TRITON, "format": "tensorrt-plan" if plan else "onnx",
+                      "precision": source_entry.get("precision", "fp32"), "copy_of": source,
+                      **({"tensorrt": source_entry["tensorrt"]} if plan and "tensorrt" in source_entry else {})})
+    ctx.summary["files_written"] += [rel, f"triton/{name}/config.pbtxt"]
+    return {"model_name": name, "platform": platform, "model_file": rel, "copy_of": source,
+            "max_batch_size": max_batch, "instance_kind": kind, "config": f"triton/{name}/config.pbtxt"}
+
+
+def _triton_step(ctx: _Ctx, force_onnx: bool = False) -> None:
     w, opts = ctx.w, ctx.opts
     plan = None
     if force_onnx:
@@ -529,40 +557,11 @@ def _triton_step(ctx: _Ctx, force_onnx: bool = False) -> None:
         plan = next((engine_file(p) for p in ("fp16", "int8", "fp32") if (w.dir / engine_file(p)).is_file()), None)
     if plan and opts.triton_kind != "gpu":
         raise FbError("a TensorRT engine runs on a GPU: --triton-kind cpu only works with the ONNX model")
-    platform = PLATFORM_PLAN if plan else PLATFORM_ONNX
     source = plan or (ORT_FILE if (w.dir / ORT_FILE).is_file() else ONNX_FILE)
     root = w.replace_tree("triton", B.ROLE_TRITON)
-    model_dir = root / opts.triton_name
-    (model_dir / "1").mkdir(parents=True)
-    target = model_dir / "1" / MODEL_FILES[platform]
-    B.link_or_copy(w.dir / source, target)
-    io = graph_io(w.dir / ONNX_FILE)
-    max_batch = max(p.batch[2] for p in ctx.profiles)
-    text = make_config(
-        opts.triton_name, platform, io["inputs"], io["outputs"], max_batch,
-        preferred_batch_sizes=[p.batch[1] for p in ctx.profiles],
-        max_queue_delay_us=int(opts.export.triton_max_queue_delay_us),
-        kind="KIND_GPU" if opts.triton_kind == "gpu" else "KIND_CPU",
-        profiles=list(range(len(ctx.profiles))) if plan else (),
-    )
-    (model_dir / "config.pbtxt").write_text(text)
-    check_config_matches(read_config(text), io)  # round trip: what we wrote parses back to the graph's I/O
-    rel = target.relative_to(w.dir).as_posix()
-    source_entry = w.manifest["models"].get(source, {})
-    w.add_model(rel, {"role": B.ROLE_TRITON, "format": "tensorrt-plan" if plan else "onnx",
-                      "precision": source_entry.get("precision", "fp32"), "copy_of": source,
-                      **({"tensorrt": source_entry["tensorrt"]} if plan and "tensorrt" in source_entry else {})})
-    w.manifest["triton"] = {
-        "repository": "triton",
-        "model_name": opts.triton_name,
-        "platform": platform,
-        "model_file": rel,
-        "copy_of": source,
-        "max_batch_size": max_batch,
-        "instance_kind": "KIND_GPU" if opts.triton_kind == "gpu" else "KIND_CPU",
-        "config": f"triton/{opts.triton_name}/config.pbtxt",
-    }
-    ctx.summary["files_written"] += [rel, f"triton/{opts.triton_name}/config.pbtxt"]
+    scorer = _triton_model(ctx, root, opts.triton_name, source, ONNX_FILE, max(p.batch[2] for p in ctx.profiles),
+                           [p.batch[1] for p in ctx.profiles], list(range(len(ctx.profiles))))
+    w.manifest["triton"] = {"repository": "triton", **scorer}
     if ctx.image_encoder is not None:
         w.manifest["triton"]["image_encoder"] = _triton_image_encoder(ctx, root, use_plan=plan is not None)
     ctx.summary["triton"] = w.manifest["triton"]
@@ -574,41 +573,13 @@ def _triton_image_encoder(ctx: _Ctx, root: Path, use_plan: bool) -> dict[str, An
     engines and one was built here (FP16: INT8 only where the guard admitted it and it was asked for), else the
     ONNX graph. The batch axis is the images' in both modes, so Triton batches requests along it."""
     from fbcompress.export.build_kit import image_encoder_engine
-    from fbcompress.export.onnx_export import graph_io
-    from fbcompress.export.triton import (
-        MODEL_FILES,
-        PLATFORM_ONNX,
-        PLATFORM_PLAN,
-        check_config_matches,
-        make_config,
-        read_config,
-    )
 
     w, opts = ctx.w, ctx.opts
-    name = f"{opts.triton_name}_image_encoder"
     plans = [image_encoder_engine(p) for p in ("int8", "fp16") if opts.precision in (p, None)]
     plan = next((p for p in plans if use_plan and (w.dir / p).is_file()), None)
-    platform = PLATFORM_PLAN if plan else PLATFORM_ONNX
-    source = plan or IMAGE_ENCODER_FILE
-    model_dir = root / name
-    (model_dir / "1").mkdir(parents=True)
-    target = model_dir / "1" / MODEL_FILES[platform]
-    B.link_or_copy(w.dir / source, target)
-    io = graph_io(w.dir / IMAGE_ENCODER_FILE)
-    low, opt, high = (int(n) for n in opts.export.image_encoder_batch)
-    text = make_config(name, platform, io["inputs"], io["outputs"], high, preferred_batch_sizes=[opt, high],
-                       max_queue_delay_us=int(opts.export.triton_max_queue_delay_us),
-                       kind="KIND_GPU" if opts.triton_kind == "gpu" else "KIND_CPU", profiles=[0] if plan else ())
-    (model_dir / "config.pbtxt").write_text(text)
-    check_config_matches(read_config(text), io)
-    rel = target.relative_to(w.dir).as_posix()
-    source_entry = w.manifest["models"].get(source, {})
-    w.add_model(rel, {"role": B.ROLE_TRITON, "format": "tensorrt-plan" if plan else "onnx",
-                      "precision": source_entry.get("precision", "fp32"), "copy_of": source,
-                      **({"tensorrt": source_entry["tensorrt"]} if plan and "tensorrt" in source_entry else {})})
-    ctx.summary["files_written"] += [rel, f"triton/{name}/config.pbtxt"]
-    return {"model_name": name, "platform": platform, "model_file": rel, "copy_of": source,
-            "max_batch_size": high, "min_batch": low, "config": f"triton/{name}/config.pbtxt"}
+    _, opt, high = (int(n) for n in opts.export.image_encoder_batch)
+    return _triton_model(ctx, root, f"{opts.triton_name}_image_encoder", plan or IMAGE_ENCODER_FILE,
+                         IMAGE_ENCODER_FILE, high, [opt, high], [0])
 
 
 def _refresh_triton(ctx: _Ctx) -> None:
