@@ -355,6 +355,31 @@ def test_build_script_runs_trtexec_with_its_lines(kit_bundle, tmp_path):
     assert missing.returncode == 2 and "trtexec not found" in missing.stderr
 
 
+@pytest.mark.parametrize("mode, side, first", [("grid", 256, "1x256x256x3"), ("crop", 224, "1x64x224x224x3")])
+def test_image_encoder_kit_lines_are_strongly_typed_and_pass_trtexecs_grammar(mode, side, first):
+    """The encoder's engines in the kit: one profile over the recipe's image batches (crop mode: each image's 64
+    crops on the second axis, the batch axis still the images'), strongly typed from the precision's own graph,
+    picked by name in build_engines.sh; the Python build's profile is the same shapes."""
+    from fbcompress.export.build_kit import EngineBuild, ImageEncoderBuild, render_script, script_commands
+
+    builds = [ImageEncoderBuild(p, mode, side, 8, (1, 16, 64)) for p in ("fp16", "int8")]
+    assert [(b.selector, b.onnx, b.plan) for b in builds] == [
+        ("image_encoder_fp16", "image_encoder.fp16.onnx", "image_encoder.fp16.plan"),
+        ("image_encoder_int8", "image_encoder.int8.onnx", "image_encoder.int8.plan")]
+    low, opt, high = builds[0].shapes()["images"]
+    assert "x".join(map(str, low)) == first and opt[0] == 16 and high[0] == 64 and low[1:] == high[1:]
+    command = builds[1].command([ONLINE], SPEC, 512)
+    (profile,) = parse_trtexec_profiles(command)
+    assert profile == {"min": {"images": first}, "opt": {"images": "x".join(map(str, opt))},
+                       "max": {"images": "x".join(map(str, high))}}
+    assert "--stronglyTyped" in command and "--fp16" not in command and "--int8" not in command
+    assert "--onnx=image_encoder.int8.onnx" in command and "--memPoolSize=workspace:512M" in command
+    script = render_script([EngineBuild("fp16", "model.fp16.onnx", "model.fp16.plan"), *builds], [ONLINE], SPEC, 512)
+    assert "wanted=${*:-fp16 image_encoder_fp16 image_encoder_int8}" in script
+    assert [c[1] for c in script_commands(script)] == ["--onnx=model.fp16.onnx", "--onnx=image_encoder.fp16.onnx",
+                                                       "--onnx=image_encoder.int8.onnx"]
+
+
 # ------------------------------------------------------------------------------------- only with TensorRT + GPU
 
 
