@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from fbcompress.core.errors import FbError
 from fbcompress.data.dataset_dir import EvalSetSizes, dataset_writer, record_text
+from fbcompress.data.search_sets import SEARCH_FILE, build_name_queries, write_search_set
 
 SOURCE = "fashiongen"
 IMAGE_KEY = "input_image"
@@ -112,7 +113,15 @@ def convert_fashiongen(
             "test_files": [s.path.name for s in sources if pin_test and s.held_out],
             "image_size": final_size,
             "limit": limit,
+            "search_queries": "proxy: product names as queries (Fashion-Gen has no search queries)",
         }
+        names: dict[str, str] = {}  # product id -> its name, for the proxy search queries
+        product_of: dict[str, str] = {}  # record id -> product id
+
+        def search_set(root: Path, split_of: dict[str, str]) -> None:
+            product_split = {product_of[record_id]: split for record_id, split in split_of.items()}
+            write_search_set(root / SEARCH_FILE, build_name_queries(names, product_split, eval_sizes.queries, seed))
+
         with dataset_writer(
             out,
             source=SOURCE,
@@ -121,6 +130,7 @@ def convert_fashiongen(
             test_fraction=test_fraction,
             eval_sizes=eval_sizes,
             extra_meta=extra_meta,
+            on_splits=search_set,
         ) as writer, tqdm(total=total, unit="img", desc="fashiongen", mininterval=1.0) as bar:
             for source in sources:
                 split = "test" if pin_test and source.held_out else None
@@ -130,6 +140,8 @@ def convert_fashiongen(
                         continue
                     image = pixels if final_size == pixels.shape[0] else _resize(pixels, final_size)
                     writer.add(record, image, split=split)
+                    product_of[record["id"]] = record["product_id"]
+                    names.setdefault(record["product_id"], record["title"])
             if not writer.count:  # say which files, rather than the writer's generic "no records"
                 names = ", ".join(s.path.name for s in sources)
                 raise FbError(f"no row of {names} has a name or a description; nothing to write")

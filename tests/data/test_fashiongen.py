@@ -371,3 +371,21 @@ def test_bad_arguments(h5_files: dict, tmp_path: Path) -> None:
     with pytest.raises(FbError, match="below 1"):
         convert([h5_files["train"]], out, val_fraction=0.6, test_fraction=0.5)
     assert not out.exists()
+
+
+def test_product_names_stand_in_for_search_queries(converted: DatasetDir) -> None:
+    """Fashion-Gen has no queries: eval-search.jsonl holds product names as a labelled proxy, each relevant to
+    the products of that name across the whole catalogue."""
+    import json
+
+    from fbcompress.data.search_sets import SEARCH_FILE
+
+    assert "proxy" in converted.meta["search_queries"]
+    rows = [json.loads(line) for line in (converted.root / SEARCH_FILE).read_text().splitlines()]
+    names: dict[str, set[str]] = {}
+    for split in ("train", "val", "test"):
+        for record in converted.records(split):
+            names.setdefault(" ".join(record["title"].lower().split()), set()).add(record["product_id"])
+    assert rows and all(row["proxy"] is True for row in rows)
+    for row in rows:
+        assert set(row["relevant"]) == names[row["query"]] and set(row["relevant"].values()) == {2}

@@ -14,8 +14,10 @@ from tqdm import tqdm
 
 from fbcompress.core.errors import FbError
 from fbcompress.data.dataset_dir import EvalSetSizes, dataset_writer
+from fbcompress.data.search_sets import SEARCH_FILE, write_search_set
 from fbcompress.data.synth.attributes import mutate, sample_attributes, signature
 from fbcompress.data.synth.drawing import Scene, render, sample_scene
+from fbcompress.data.synth.queries import CatalogueProduct, build_search_set
 from fbcompress.data.synth.text import describe
 from fbcompress.data.synth.vocabulary import (
     GENERATOR,
@@ -117,9 +119,19 @@ def synthesize_dataset(
     eval_sizes: EvalSetSizes,
     poses: int = 1,
 ) -> Path:
-    """Write the synthetic catalogue as a dataset dir at `out` (atomically: nothing there on failure)."""
+    """Write the synthetic catalogue as a dataset dir at `out` (atomically: nothing there on failure), with its
+    search queries (`eval-search.jsonl`, `queries.py`): up to `eval_sizes.queries` per split."""
     _check_arguments(products, image_size, poses)
-    extra_meta = {"synthetic": True, "image_size": image_size, "generator": GENERATOR, "poses": poses}
+    extra_meta = {"synthetic": True, "image_size": image_size, "generator": GENERATOR, "poses": poses,
+                  "search_queries": "synthetic shopper queries, graded relevance from the attributes they name"}
+    catalogue: dict[str, CatalogueProduct] = {}
+    product_of: dict[str, str] = {}  # record id -> product id
+
+    def search_set(root: Path, split_of: dict[str, str]) -> None:
+        product_split = {product_of[record_id]: split for record_id, split in split_of.items()}
+        rows = build_search_set(list(catalogue.values()), product_split, eval_sizes.queries, seed)
+        write_search_set(root / SEARCH_FILE, rows)
+
     with dataset_writer(
         out,
         source=SOURCE,
@@ -128,9 +140,13 @@ def synthesize_dataset(
         test_fraction=test_fraction,
         eval_sizes=eval_sizes,
         extra_meta=extra_meta,
+        on_splits=search_set,
     ) as writer, tqdm(total=products * poses, unit="img", desc="synthesising", mininterval=1.0,
                       disable=not sys.stderr.isatty()) as bar:
         for record, image in generate_catalogue(products, image_size, seed, poses):
             writer.add(record, image)
+            product_of[record["id"]] = record["product_id"]
+            catalogue.setdefault(record["product_id"], CatalogueProduct(
+                record["product_id"], record["subcategory"], record["attributes"]))
             bar.update(1)
     return Path(out)

@@ -7,7 +7,7 @@ from typing import Any
 
 from fbcompress.data.synth.vocabulary import COLOUR_WORDS, Subcategory
 
-_PATTERN_ADJ = {
+PATTERN_ADJ = {
     "stripes": ("striped",),
     "checks": ("checked", "gingham"),
     "dots": ("polka-dot", "dotted"),
@@ -19,7 +19,7 @@ _PATTERN_PHRASE = {
     "dots": ("with {c} polka dots", "with {c} dots"),
     "floral": ("with a {c} floral print", "with {c} flowers"),
 }
-_TITLE_ADJ: dict[str, dict[Any, tuple[str, ...]]] = {
+TITLE_ADJ: dict[str, dict[Any, tuple[str, ...]]] = {
     "sleeve": {"sleeveless": ("sleeveless",), "short": ("short-sleeve",), "long": ("long-sleeve",)},
     "neckline": {"round": ("crew-neck", "round-neck"), "v-neck": ("v-neck",), "collar": ("collared",)},
     "length": {"mini": ("mini",), "midi": ("midi",), "maxi": ("maxi",), "cropped": ("cropped",),
@@ -85,9 +85,9 @@ def describe(sub: Subcategory, attrs: dict[str, Any], rng: random.Random) -> tup
     pattern = attrs["pattern"]
     words = [colour.capitalize()]
     if pattern != "solid":
-        words.append(_pick(rng, _PATTERN_ADJ[pattern]))
+        words.append(_pick(rng, PATTERN_ADJ[pattern]))
     if sub.title_key and sub.title_key in attrs and rng.random() < 0.6:
-        adj = _TITLE_ADJ[sub.title_key].get(attrs[sub.title_key])
+        adj = TITLE_ADJ[sub.title_key].get(attrs[sub.title_key])
         if adj:
             words.append(_pick(rng, adj))
     title = " ".join([*words, noun])
