@@ -35,7 +35,7 @@ from fbcompress.core.errors import FbError
 from fbcompress.quantize import METHODS, ROLE_REPORT, measure
 from fbcompress.quantize import graph as G
 from fbcompress.quantize.cpu_choice import DYNAMIC, STATIC, Candidate, choose
-from fbcompress.quantize.image_encoder import guard_encoder
+from fbcompress.quantize.image_encoder import encoder_record, guard_encoder
 from fbcompress.quantize.record import (
     AccuracySection,
     Calibration,
@@ -687,17 +687,19 @@ def run_quantize(opts: QuantizeOptions) -> QuantizationReport:
             run, method, produced, files, reference, accuracy, breaks, latency, fp32_bytes, source_sha, machine_info()
         )
         report.size = {name: path.stat().st_size for name, path in timed.items()}
+        has_encoder = encoder_record(bundle.manifest) is not None  # a pixel model's report has no encoder section
         if breaks:
             report.status = "rejected"
             report.message = (
                 "quantize guard: " + "; ".join(breaks) + f"; nothing was written to {root} "
                 "(the FP32 bundle is unchanged)"
             )
-            report.image_encoder = ImageEncoderQuantization(
-                status="skipped", reason="not tried: the scorer's INT8 was rejected and nothing is written")
+            if has_encoder:
+                report.image_encoder = ImageEncoderQuantization(
+                    status="skipped", reason="not tried: the scorer's INT8 was rejected and nothing is written")
             report.seconds = round(time.perf_counter() - started, 1)
             return report
-        report.image_encoder, encoder_file = guard_encoder(run, run.work)
+        report.image_encoder, encoder_file = guard_encoder(run, run.work) if has_encoder else (None, None)
         extra = {IMAGE_ENCODER_INT8_FILE: encoder_file} if encoder_file is not None else {}
         report.status = "accepted"
         report.seconds = round(time.perf_counter() - started, 1)
@@ -897,7 +899,6 @@ def _write_bundle(run: _Run, root: Path, files: dict[str, Path], report: Quantiz
     from fbcompress.core.artifacts import sha256_file
     from fbcompress.export.build_kit import image_encoder_engine
     from fbcompress.export.readme import render_readme
-    from fbcompress.quantize.image_encoder import encoder_record
     from fbcompress.quantize.report import render_markdown
 
     encoder_files = encoder_files or {}

@@ -198,6 +198,7 @@ def test_report_has_nodes_ranges_sizes_accuracy_and_latency(quantized):
         "## NVIDIA ModelOpt",
     ):
         assert heading in markdown
+    assert "image_encoder" not in report and "## Image encoder" not in markdown  # a pixel model has none
 
 
 def test_export_finds_the_tensorrt_int8_source(quantized, bundle, trained_smoke, tmp_path):
