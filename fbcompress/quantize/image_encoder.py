@@ -48,16 +48,19 @@ def prepared_images(dataset, records: list[dict], identity: dict[str, Any]) -> n
                                    int(identity["grid"])) for r in records])
 
 
-def encode(run: Callable[[np.ndarray], np.ndarray], dataset, records: list[dict], identity: dict[str, Any],
-           ) -> tuple[np.ndarray, float]:
-    """Patch features of every record's image with `run`, in batches; returns them and the seconds spent in `run`."""
-    parts, seconds = [], 0.0
+def encode(runs: list[Callable[[np.ndarray], np.ndarray]], dataset, records: list[dict], identity: dict[str, Any],
+           ) -> list[tuple[np.ndarray, float]]:
+    """Patch features of every record's image with each of `runs` (the FP32 and INT8 graphs), each batch decoded
+    and resized once for all of them; per run, the features and the seconds spent in it."""
+    parts: list[list[np.ndarray]] = [[] for _ in runs]
+    seconds = [0.0] * len(runs)
     for start in range(0, len(records), ENCODE_BATCH):
         images = prepared_images(dataset, records[start:start + ENCODE_BATCH], identity)
-        began = time.perf_counter()
-        parts.append(run(images))
-        seconds += time.perf_counter() - began
-    return np.concatenate(parts), seconds
+        for i, run in enumerate(runs):
+            began = time.perf_counter()
+            parts[i].append(run(images))
+            seconds[i] += time.perf_counter() - began
+    return [(np.concatenate(p), t) for p, t in zip(parts, seconds, strict=True)]
 
 
 def calibration_images(dataset, identity: dict[str, Any], count: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
@@ -112,10 +115,8 @@ def guard_encoder(run, work: Path) -> tuple[ImageEncoderQuantization, Path | Non
     identity = encoder_record(run.bundle.manifest)
     if section.image_encoder == "off":
         return ImageEncoderQuantization(status="skipped", reason="quantize.image_encoder is off"), None
-    if identity is None:
-        return ImageEncoderQuantization(
-            status="skipped", reason=f"the bundle has no {IMAGE_ENCODER_FILE} (a pixel model, or features without "
-                                     "a recorded encoder)"), None
+    if identity is None:  # the pipeline calls this only for bundles that hold an encoder
+        raise FbError(f"{run.bundle.root} has no {IMAGE_ENCODER_FILE} with a recorded encoder to quantize")
     run.bundle.verify(IMAGE_ENCODER_FILE)
     src = run.bundle.root / IMAGE_ENCODER_FILE
     dst = work / IMAGE_ENCODER_INT8_FILE
@@ -125,8 +126,8 @@ def guard_encoder(run, work: Path) -> tuple[ImageEncoderQuantization, Path | Non
                                 section.calibration_method, section.per_channel)
     data = run.split_data(opts.split)
     run.say(f"image encoder: encoding the {len(data)} images of {opts.split} with FP32 and INT8 graphs ...")
-    fp32_features, fp32_seconds = encode(ort_features(src), run.dataset, data.records, identity)
-    int8_features, int8_seconds = encode(ort_features(dst), run.dataset, data.records, identity)
+    (fp32_features, fp32_seconds), (int8_features, int8_seconds) = encode(
+        [ort_features(src), ort_features(dst)], run.dataset, data.records, identity)
     scale = max(1.0, float(np.abs(fp32_features).max()))
     run.say(f"guard: scoring FP32 {run.rel} on INT8-encoder features of {opts.split} ...")
     comparison = Comparison(**measure.compare(
