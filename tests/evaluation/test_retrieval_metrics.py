@@ -52,3 +52,9 @@ def test_means_and_standard_errors_over_queries():
 def test_broken_input_is_an_error_not_a_number(rankings, relevance, message):
     with pytest.raises(FbError, match=message):
         retrieval_metrics(rankings, relevance)
+
+
+def test_the_cut_offs_asked_for_are_the_ones_reported_and_two_queries_have_a_spread():
+    got = retrieval_metrics([["a"], ["x"]], [{"a": 1}, {"a": 1}], ks=(1, 3))
+    assert {k for k in got if k.startswith("recall@") and not k.endswith("_se")} == {"recall@1", "recall@3"}
+    assert got["mrr_se"] == pytest.approx(0.5)  # values 1 and 0: sd 0.707 / sqrt(2)
