@@ -90,6 +90,7 @@ LAYERS = [
     ("evaluation",),
     ("training",),
     ("export",),
+    ("search",),
     ("quantize",),
     ("benchmark",),
     ("release",),

@@ -21,3 +21,11 @@ QUANTIZATION_JSON = "quantization.json"
 QUANTIZATION_MD = "quantization.md"
 BUILD_SCRIPT = "build_engines.sh"
 TIMING_CACHE = "timing.cache"
+
+# A search bundle (a dual-tower checkpoint exported: the online query encoder, export/search_bundle.py)
+SEARCH_KIND = "search"
+QUERY_ENCODER_FILE = "query_encoder.onnx"  # FP32, dynamic batch and text: ORT, TensorRT and quantize start here
+QUERY_ENCODER_FP16_FILE = "query_encoder.fp16.onnx"  # mixed precision, the TensorRT FP16 engine's source
+QUERY_ENCODER_INT8_FILE = "query_encoder.int8.onnx"  # INT8 for ONNX Runtime on CPUs (`quantize`, guarded)
+QUERY_ENCODER_INT8_TRT_FILE = "query_encoder.int8.trt.onnx"  # symmetric QDQ, the TensorRT INT8 engine's source
+SEARCH_SUBDIR = "search"  # the search bundle shipped inside a scorer bundle: a bundle of its own (own manifest)

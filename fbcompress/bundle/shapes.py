@@ -71,28 +71,33 @@ class Profile:
     def fits(self, batch: int, text: int) -> bool:
         return self.batch[0] <= batch <= self.batch[2] and self.text[0] <= text <= self.text[2]
 
-    def tensor_shapes(self, spec: PatchSpec) -> dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
-        """Per input: (min, opt, max) full tensor shapes, as TensorRT's `set_shape` and trtexec want them."""
+    def tensor_shapes(self, spec: PatchSpec | None) -> dict[str, tuple[tuple[int, ...], tuple[int, ...],
+                                                                       tuple[int, ...]]]:
+        """Per input: (min, opt, max) full tensor shapes, as TensorRT's `set_shape` and trtexec want them. Without a
+        patch spec (a query encoder: text alone), the text inputs only."""
         out: dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]] = {}
         for name in TEXT_INPUTS:
             out[name] = tuple((b, t) for b, t in zip(self.batch, self.text, strict=True))  # type: ignore[assignment]
-        out[PATCH_INPUT] = tuple((b, spec.num_patches, spec.patch_dim) for b in self.batch)  # type: ignore[assignment]
+        if spec is not None:
+            out[PATCH_INPUT] = tuple((b, spec.num_patches, spec.patch_dim)  # type: ignore[assignment]
+                                     for b in self.batch)
         return out
 
 
-def resolve_profiles(profiles: Iterable, max_positions: int) -> list[Profile]:
-    """Recipe profiles → `Profile`s, refusing text lengths the model's position table cannot hold."""
+def resolve_profiles(profiles: Iterable, max_positions: int, key: str = "export.profiles") -> list[Profile]:
+    """Recipe profiles → `Profile`s, refusing text lengths the model's position table (or a query encoder's query
+    length) cannot hold; `key` names the recipe setting in messages."""
     out = []
     for item in profiles:
         prof = Profile(item.name, tuple(item.batch), tuple(item.text))  # type: ignore[arg-type]
         if prof.text[2] > max_positions:
             raise FbError(
                 f"export profile '{prof.name}': text max {prof.text[2]} exceeds the model's "
-                f"{max_positions} text positions (lower export.profiles[].text in the recipe)"
+                f"{max_positions} text positions (lower {key}[].text in the recipe)"
             )
         out.append(prof)
     if not out:
-        raise FbError("the recipe's export.profiles is empty: at least one shape profile is needed")
+        raise FbError(f"the recipe's {key} is empty: at least one shape profile is needed")
     return out
 
 
@@ -155,7 +160,7 @@ def trtexec_command(
     onnx_file: str | Path,
     plan_file: str | Path,
     profiles: Sequence[Profile],
-    spec: PatchSpec,
+    spec: PatchSpec | None,
     timing_cache: str | Path = "timing.cache",
     workspace_mib: int | None = None,
 ) -> list[str]:

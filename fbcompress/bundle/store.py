@@ -37,7 +37,7 @@ from typing import Any
 
 from fbcompress import __version__
 from fbcompress.bundle.manifest import FORMAT, FORMAT_VERSION, BundleManifest, parse_manifest, parse_patch_spec
-from fbcompress.bundle.names import IMAGE_ENCODER_FILE, MANIFEST, README, TOKENIZER_DIR
+from fbcompress.bundle.names import IMAGE_ENCODER_FILE, MANIFEST, README, SEARCH_SUBDIR, TOKENIZER_DIR
 from fbcompress.core.artifacts import atomic_dir, atomic_write_bytes, sha256_file
 from fbcompress.core.errors import FbError
 from fbcompress.modeling.model import PatchSpec
@@ -52,6 +52,12 @@ RUNTIME_CACHE_DIRS = (ORT_TRT_CACHE_DIR,)
 
 def is_runtime_cache(rel: str) -> bool:
     return rel.split("/", 1)[0] in RUNTIME_CACHE_DIRS
+
+
+def is_nested_bundle(rel: str) -> bool:
+    """Inside `search/` of a scorer bundle lies the search bundle, a bundle of its own (its manifest lists and hashes
+    its files): carried over untouched, never listed in the outer manifest, so each can be updated alone."""
+    return rel.split("/", 1)[0] == SEARCH_SUBDIR and "/" in rel
 
 # Roles of bundle files. Other stages may add their own; these are the ones export writes or knows.
 ROLE_ONNX = "onnx"  # portable fp32 graph, standard ONNX ops only: ORT, TensorRT, quantization all start here
@@ -286,7 +292,8 @@ class BundleWriter:
                 shutil.copy2(path, self.dir / rel)
                 continue
             link_or_copy(path, self.dir / rel)
-            self._carried.add(rel)
+            if not is_nested_bundle(rel):
+                self._carried.add(rel)
 
     def path(self, rel: str, role: str | None = None) -> Path:
         """A fresh path to write `rel` to (any carried-over file there is unlinked first, never overwritten)."""
@@ -371,7 +378,7 @@ class BundleWriter:
             if path.is_dir() or (path.name == MANIFEST and path.parent == self.dir):
                 continue
             rel = path.relative_to(self.dir).as_posix()
-            if is_runtime_cache(rel):
+            if is_runtime_cache(rel) or is_nested_bundle(rel):
                 continue
             digest = sha256_file(path)
             recorded = self.old.files.get(rel) if (self.old is not None and rel in self._carried) else None

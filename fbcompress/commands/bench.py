@@ -93,6 +93,14 @@ def parse_int_list(text: str, option: str, minimum: int = 1) -> tuple[int, ...]:
     metavar="DIR",
     help="write latency_vs_text.png (+ speedup.png with 2+ models) here",
 )
+@click.option("--index", "index_dir", type=click.Path(path_type=Path),
+              help="search path: -m are query encoders; time them on real queries (VSL and --pad-to, default 16) "
+                   "and a whole search (encode + ANN + --rerank) stage by stage")
+@click.option("--data", "data_dir", type=click.Path(path_type=Path), help="with --index: the dataset of the queries")
+@click.option("--rerank", type=click.Path(path_type=Path), metavar="MODEL",
+              help="with --index: the cross-encoder that re-ranks the top K")
+@click.option("--rerank-k", default="20,50,100", show_default=True, metavar="LIST",
+              help="with --index and --rerank: how many products the cross-encoder re-ranks")
 def bench_cmd(
     models: tuple[Path, ...],
     device: str,
@@ -111,6 +119,10 @@ def bench_cmd(
     json_path: str | None,
     md_path: Path | None,
     plot_dir: Path | None,
+    index_dir: Path | None,
+    data_dir: Path | None,
+    rerank: Path | None,
+    rerank_k: str,
 ) -> None:
     """Latency (p50/p90/p99), throughput and memory of models at every batch size x real text length.
 
@@ -124,8 +136,19 @@ def bench_cmd(
           --json bench.json --md bench.md --plots plots/
       fbcompress bench -m runs/qs/student --device cuda --dtype fp16 --cuda-graphs
       fbcompress bench -m exported/qs/model.fp16.plan -m exported/qs/model.onnx --backend auto --device cuda
+      fbcompress bench --index runs/qs/index --data runs/qs/data -m runs/qs/retriever \
+          -m exported/qs/search/query_encoder.int8.onnx --rerank exported/qs --json search-bench.json
     """
     import torch
+
+    if index_dir is not None:
+        if threads:
+            torch.set_num_threads(threads)
+        _bench_search(models, index_dir, data_dir, rerank, batch_sizes, text_lengths, pad_to, rerank_k, runs, warmup,
+                      device, labels, json_path, md_path)
+        return
+    if data_dir is not None or rerank is not None:
+        raise FbError("--data and --rerank belong to the search bench (--index)")
 
     from fbcompress.benchmark.matrix import BenchSettings, run_bench
     from fbcompress.benchmark.report import format_table, write_outputs
@@ -156,3 +179,30 @@ def bench_cmd(
     if result.failed:
         click.echo(f"{result.failed} of {len(result.results)} cases failed (see the table)", err=True)
         sys.exit(1)
+
+
+def _bench_search(models, index_dir, data_dir, rerank, batch_sizes, text_lengths, pad_to, rerank_k, runs, warmup,
+                  device, labels, json_path, md_path) -> None:
+    """`bench --index`: query encoders and whole searches (benchmark/search.py)."""
+    from fbcompress.benchmark.search import SearchBenchSettings, format_search_bench, run_search_bench
+    from fbcompress.core.artifacts import atomic_write_bytes, write_json_output
+    from fbcompress.recipes import resolve_section
+
+    if data_dir is None:
+        raise FbError("the search bench (--index) needs --data: its queries are the dataset's")
+    if labels and len(labels) != len(models):
+        raise FbError(f"--label given {len(labels)} times for {len(models)} --model: give one per model or none")
+    settings = SearchBenchSettings(
+        batch_sizes=parse_int_list(batch_sizes if batch_sizes != "1,8,32" else "1,8", "--batch-sizes"),
+        lengths=parse_int_list(text_lengths, "--text-lengths", minimum=3) if text_lengths else (4, 6, 8),
+        pad_to=pad_to if pad_to is not None else 16, rerank_ks=parse_int_list(rerank_k, "--rerank-k"), runs=runs,
+        warmup=warmup)
+    retriever, _ = resolve_section("retriever", None, (), [m for m in models if m.is_dir()])
+    bench = run_search_bench(list(models), index_dir, data_dir, settings, retriever, rerank, device,
+                             list(labels) or None)
+    table = format_search_bench(bench)
+    click.echo(table, err=json_path == "-")
+    if md_path:
+        atomic_write_bytes(md_path, (f"# Search latency\n\n{table}\n").encode())
+    if json_path:
+        write_json_output(json_path, bench.to_json())

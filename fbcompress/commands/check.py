@@ -32,6 +32,9 @@ from fbcompress.commands.options import (
 @click.option("--teacher-eval", type=click.Path(path_type=Path), metavar="JSON",
               help="reuse this `fbcompress eval --json` result of the teacher (same weights, data, split) "
               "instead of scoring it again")
+@click.option("--index", "index_dir", type=click.Path(path_type=Path),
+              help="query encoders: the product index both search (the retriever's); gates Recall@10, nDCG@10 and "
+                   "the speed-up at batch 1 with a real query")
 @json_option("verdict")
 def check_cmd(
     teacher: Path,
@@ -43,6 +46,7 @@ def check_cmd(
     device: str,
     max_queries: int | None,
     teacher_eval: Path | None,
+    index_dir: Path | None,
     json_path: str | None,
 ) -> None:
     """Pass/fail a compressed candidate against its teacher: AUC, Rank@10 and speed-up tolerances.
@@ -54,22 +58,21 @@ def check_cmd(
       fbcompress check --teacher runs/qs/teacher --candidate runs/qs/student --data runs/qs/data -r quickstart
       fbcompress check -t runs/qs/teacher -c exported/qs/model.int8.onnx --data runs/qs/data --json check.json
       fbcompress check -t T -c S --data D --set check.min_speedup=3 --set check.max_auc_drop=0.005
+      fbcompress check -t runs/qs/retriever -c exported/qs/search/query_encoder.int8.onnx --data D --index I
     """
     from fbcompress.core.artifacts import write_json_output
     from fbcompress.release.check import check_section, format_verdict, run_check
 
     section, source = check_section(recipe, overrides, [candidate, teacher])
-    verdict = run_check(
-        teacher,
-        candidate,
-        data_dir,
-        section,
-        split=split,
-        device=device,
-        max_queries=max_queries,
-        progress=progress_wanted(),
-        teacher_eval=teacher_eval,
-    )
+    if index_dir is not None:
+        from fbcompress.recipes import resolve_section
+        from fbcompress.release.retrieval_check import run_retrieval_check
+
+        retriever, _ = resolve_section("retriever", recipe, overrides, [teacher])
+        verdict = run_retrieval_check(teacher, candidate, data_dir, index_dir, section, retriever, split, device)
+    else:
+        verdict = run_check(teacher, candidate, data_dir, section, split=split, device=device,
+                            max_queries=max_queries, progress=progress_wanted(), teacher_eval=teacher_eval)
     verdict.tolerances_from = source
     result = verdict.to_json()
     click.echo(format_verdict(result), err=json_path == "-")

@@ -18,7 +18,8 @@ from fbcompress.commands.export import export_cmd
 from fbcompress.commands.group import FbGroup, invoke_command
 from fbcompress.commands.quantize import quantize_cmd
 from fbcompress.commands.quickstart import quickstart_cmd
-from fbcompress.commands.train import distill_cmd, train_teacher_cmd
+from fbcompress.commands.search import eval_retrieval_cmd, index_group, search_cmd
+from fbcompress.commands.train import distill_cmd, train_retriever_cmd, train_teacher_cmd
 
 
 @click.group(cls=FbGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -34,8 +35,8 @@ def main() -> None:
     """
 
 
-for command in (data_group, train_teacher_cmd, distill_cmd, eval_cmd, export_cmd, quantize_cmd, check_cmd, bench_cmd,
-                quickstart_cmd):
+for command in (data_group, train_teacher_cmd, distill_cmd, train_retriever_cmd, eval_cmd, export_cmd, quantize_cmd,
+                check_cmd, bench_cmd, quickstart_cmd, index_group, search_cmd, eval_retrieval_cmd):
     main.add_command(command)
 
 

@@ -33,7 +33,8 @@ def _split_settings(recipe, seed: int | None) -> dict:
         "seed": seed if seed is not None else recipe.data.seed,
         "val_fraction": recipe.data.val_fraction,
         "test_fraction": recipe.data.test_fraction,
-        "eval_sizes": EvalSetSizes(queries=recipe.data.eval_queries, negatives=recipe.data.eval_negatives),
+        "eval_sizes": EvalSetSizes(queries=recipe.data.eval_queries, negatives=recipe.data.eval_negatives,
+                                   train_search_queries=recipe.data.search_train_queries),
     }
 
 

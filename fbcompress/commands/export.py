@@ -22,7 +22,8 @@ from fbcompress.core.errors import FbError
 
 @click.command("export")
 @click.option("--model", "-m", "model_dir", required=True, type=click.Path(path_type=Path),
-              help="checkpoint dir (teacher or student) to export")
+              help="checkpoint dir to export: a teacher or student (the scorer), or a retriever / query encoder (the "
+                   "search bundle: query_encoder.onnx)")
 @click.option("--target", "-t", required=True, type=click.Choice(["onnx", "tensorrt", "triton"]),
               help="onnx: model.onnx (+ ORT-fused); tensorrt: engines; triton: model repository")
 @out_option("bundle dir, e.g. exported/NAME (updated in place: other stages' files are kept)")
@@ -73,6 +74,7 @@ def export_cmd(model_dir: Path, target: str, out: Path, recipe: str | None, over
       fbcompress export --model runs/qs/student --target tensorrt --engines require --device cuda:1 --out exported/qs
       fbcompress export --model runs/qs/student --target triton --out exported/qs --json exported/qs-triton.json
       fbcompress eval --model exported/qs/model.onnx --data runs/qs/data
+      fbcompress export --model runs/qs/query-encoder --target onnx --out exported/qs/search
     """
     from fbcompress.core.artifacts import write_json_output
     from fbcompress.export.pipeline import ExportOptions, run_export
@@ -91,17 +93,31 @@ def export_cmd(model_dir: Path, target: str, out: Path, recipe: str | None, over
         timing_cache=timing_cache, triton_name=triton_name, triton_kind=triton_kind, device=device,
         engines=engines, latency_runs=latency_runs, progress=progress_wanted(), log=echo_log,
     )
-    summary = run_export(opts)
+    if _is_dual_tower(model_dir):
+        from fbcompress.export.search_bundle import run_search_export
+
+        summary = run_search_export(opts)
+    else:
+        summary = run_export(opts)
     click.echo(format_summary(summary), err=json_path == "-")
     if json_path:
         write_json_output(json_path, summary)
+
+
+def _is_dual_tower(model_dir: Path) -> bool:
+    """A retriever or query-encoder checkpoint: exported as a search bundle (the query encoder)."""
+    from fbcompress.modeling.checkpoint import open_checkpoint
+    from fbcompress.modeling.dual_tower import is_tower_config
+
+    return is_tower_config(open_checkpoint(model_dir).config)
 
 
 def format_summary(summary: dict) -> str:
     rows = [("bundle", summary["bundle"]), ("target", summary["target"])]
     for rel, parity in summary.get("parity", {}).items():
         if "max_abs_diff" in parity:
-            rows.append((f"parity {rel}", f"max |logit diff| {parity['max_abs_diff']:.2e}"))
+            what = "embedding" if summary.get("kind") == "search" else "logit"
+            rows.append((f"parity {rel}", f"max |{what} diff| {parity['max_abs_diff']:.2e}"))
     for rel, acc in summary.get("accuracy", {}).items():
         rows.append((f"AUC {rel}", f"{acc['auc']:.4f} (checkpoint {acc['checkpoint_auc']:.4f}, "
                                    f"drop {acc['auc_drop']:+.4f})"))

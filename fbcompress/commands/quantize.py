@@ -68,6 +68,9 @@ EXIT_REJECTED = 1
     help="a saved `fbcompress eval --json` of --model on --split (all queries), reused as the guard's FP32 "
     "reference instead of scoring it again; refused unless made from that file, this data and split",
 )
+@click.option("--index", "index_dir", type=click.Path(path_type=Path),
+              help="search bundles: the product index the guard searches (`fbcompress index build` with the "
+                   "retriever of the query encoder)")
 @json_option("report")
 def quantize_cmd(
     model: Path,
@@ -79,6 +82,7 @@ def quantize_cmd(
     split: str,
     latency_runs: int,
     reference_eval: Path | None,
+    index_dir: Path | None,
     json_path: str | None,
 ) -> None:
     """Quantize a bundle's FP32 model.onnx to INT8 and add it to the bundle, if accuracy holds.
@@ -102,6 +106,12 @@ def quantize_cmd(
       fbcompress quantize -m exported/qs/model.onnx --data D --set quantize.cpu_file=static
       fbcompress quantize -m exported/qs/model.onnx --data D --reference-eval runs/qs/eval/onnx.json
       fbcompress export --model runs/qs/student --target tensorrt --precision int8 --out exported/qs
+      fbcompress quantize -m exported/qs/search --data runs/qs/data --index runs/qs/index
+
+    \b
+    A search bundle (`export` of a query encoder) gets query_encoder.int8.onnx (dynamic INT8, ONNX Runtime on
+    CPUs) and query_encoder.int8.trt.onnx (Q/DQ for TensorRT), each shipped only if its Recall@10 and nDCG@10 of
+    the val queries (or --split's) over --index drop by at most quantize.max_recall10_drop / max_ndcg10_drop.
     """
     from fbcompress.core.artifacts import write_json_output
     from fbcompress.quantize.pipeline import QuantizeOptions, run_quantize
@@ -113,6 +123,13 @@ def quantize_cmd(
     from fbcompress.recipes import resolve_section
 
     section, source = resolve_section("quantize", recipe, overrides, [model])
+    if _search_bundle(model) is not None:
+        explicit = click.get_current_context().get_parameter_source("split") == click.core.ParameterSource.COMMANDLINE
+        _quantize_query_encoder(_search_bundle(model), data_dir, index_dir, section, split if explicit else "val",
+                                json_path)
+        return
+    if index_dir is not None:
+        raise FbError("--index applies to a search bundle (a query encoder); this is a scorer")
     opts = QuantizeOptions(
         model=model,
         data_dir=data_dir,
@@ -132,6 +149,38 @@ def quantize_cmd(
         write_json_output(json_path, report.to_json())
     if report.status != "accepted":
         click.echo(f"error: {report.message}", err=True)
+        sys.exit(EXIT_REJECTED)
+
+
+def _search_bundle(model: Path) -> Path | None:
+    """The search bundle `model` is (or whose query_encoder.onnx it is), else None."""
+    import json
+
+    from fbcompress.bundle.names import MANIFEST
+
+    root = model if model.is_dir() else model.parent
+    try:
+        manifest = json.loads((root / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    return root if isinstance(manifest, dict) and manifest.get("kind") == "search" else None
+
+
+def _quantize_query_encoder(bundle: Path, data_dir: Path, index_dir: Path | None, section, split: str,
+                            json_path: str | None) -> None:
+    from fbcompress.core.artifacts import write_json_output
+    from fbcompress.quantize.query_encoder import QueryQuantizeOptions, quantize_query_encoder
+
+    if index_dir is None:
+        raise FbError("a search bundle is quantized against an index: give --index (made by `fbcompress index build` "
+                      "with its retriever)")
+    report = quantize_query_encoder(QueryQuantizeOptions(bundle, data_dir, index_dir, section, split, echo_log))
+    click.echo(report.summary(), err=json_path == "-")
+    if json_path:
+        write_json_output(json_path, report.to_json())
+    if report.status != "accepted":
+        click.echo("error: the accuracy guard rejected every INT8 query encoder (quantization.md says by how much)",
+                   err=True)
         sys.exit(EXIT_REJECTED)
 
 

@@ -43,10 +43,17 @@ FORMAT_VERSION = 1
 
 @dataclass
 class EvalSetSizes:
-    """How many Rank@K queries and negatives to draw (fewer when the split is small)."""
+    """How many Rank@K queries and negatives to draw (fewer when the split is small), and how many search queries
+    the train split gets (None: `queries`, as val and test; the train split's are a retriever's training data)."""
 
     queries: int = 1000
     negatives: int = 100
+    train_search_queries: int | None = None
+
+    def search_counts(self) -> dict[str, int]:
+        """Search queries drawn per split."""
+        train = self.queries if self.train_search_queries is None else self.train_search_queries
+        return {"train": train, "val": self.queries, "test": self.queries}
 
 
 def record_text(title: str, description: str) -> str:
@@ -351,10 +358,10 @@ def fingerprint(root: Path, features_index: Path | None = None) -> str:
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    return [row for _, row in _read_jsonl_numbered(path)]
+    return [row for _, row in read_jsonl_numbered(path)]
 
 
-def _read_jsonl_numbered(path: Path) -> list[tuple[int, dict]]:
+def read_jsonl_numbered(path: Path) -> list[tuple[int, dict]]:
     """(line number, object) per non-blank line. Lines are decoded one by one so that bytes that are not UTF-8, like
     a line that is not a JSON object, are reported with their line instead of escaping as a raw exception."""
     rows = []
@@ -437,7 +444,7 @@ class DatasetDir:
         if split not in SPLITS:
             raise FbError(f"unknown split {split!r} (choose from {', '.join(SPLITS)})")
         name = f"manifest-{split}.jsonl"
-        rows = _read_jsonl_numbered(self.root / name)
+        rows = read_jsonl_numbered(self.root / name)
         for lineno, row in rows:
             missing = [k for k in REQUIRED_KEYS if k not in row]
             if missing:
@@ -450,7 +457,7 @@ class DatasetDir:
 
     def eval_rows(self, kind: str, split: str) -> list[dict]:
         name = f"eval-{kind}.jsonl"
-        rows = _read_jsonl_numbered(self.root / name)
+        rows = read_jsonl_numbered(self.root / name)
         fields = {"split": str, **_EVAL_TYPES.get(kind, {})}
         for lineno, row in rows:
             for key, value_type in fields.items():

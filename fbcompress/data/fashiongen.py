@@ -120,7 +120,8 @@ def convert_fashiongen(
 
         def search_set(root: Path, split_of: dict[str, str]) -> None:
             product_split = {product_of[record_id]: split for record_id, split in split_of.items()}
-            write_search_set(root / SEARCH_FILE, build_name_queries(names, product_split, eval_sizes.queries, seed))
+            write_search_set(root / SEARCH_FILE, build_name_queries(names, product_split,
+                                                                        eval_sizes.search_counts(), seed))
 
         with dataset_writer(
             out,

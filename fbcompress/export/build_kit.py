@@ -35,7 +35,8 @@ class EngineBuild:
         """The name that picks this engine in `bash build_engines.sh NAME ...`."""
         return self.precision
 
-    def command(self, profiles: Sequence[Profile], spec: PatchSpec, workspace_mib: int | None) -> list[str]:
+    def command(self, profiles: Sequence[Profile], spec: PatchSpec | None, workspace_mib: int | None) -> list[str]:
+        """The trtexec line; `spec` None for a query encoder (its text inputs alone)."""
         return trtexec_command(self.onnx, self.plan, profiles, spec, TIMING_CACHE, workspace_mib)
 
 
@@ -88,8 +89,8 @@ def image_encoder_engine(precision: str) -> str:
     return f"image_encoder.{precision}.plan"
 
 
-def render_script(builds: Sequence[EngineBuild | ImageEncoderBuild], profiles: Sequence[Profile], spec: PatchSpec,
-                  workspace_mib: int | None) -> str:
+def render_script(builds: Sequence[EngineBuild | ImageEncoderBuild], profiles: Sequence[Profile],
+                  spec: PatchSpec | None, workspace_mib: int | None) -> str:
     """A bash script that builds every engine of the kit from inside the bundle, stopping at the first failure.
 
     `TRTEXEC` overrides where trtexec is (NVIDIA's containers ship it in /usr/src/tensorrt/bin, not on PATH).

@@ -220,10 +220,12 @@ QDQ_FP16_MIN_OPSET = 19  # the first opset whose QuantizeLinear/DequantizeLinear
 
 def fp16_policy(proto) -> tuple[list[str], list[str]]:
     """What stays FP32 in a mixed-precision graph: the op types (LayerNorm, Softmax, plus the converter's own
-    default block list) and the node(s) producing the logits output."""
+    default block list) and the node(s) producing a graph output (the scorer's logits, a query encoder's
+    embedding)."""
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST
 
-    final = [node.name for node in proto.graph.node if OUTPUT_NAME in node.output]
+    outputs = {output.name for output in proto.graph.output}
+    final = [node.name for node in proto.graph.node if outputs & set(node.output)]
     return sorted(set(DEFAULT_OP_BLOCK_LIST) | set(FP32_KEEP_OPS)), final
 
 

@@ -17,16 +17,18 @@ import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
+from torch import nn
 from transformers import BertConfig, PreTrainedTokenizerBase
 
 from fbcompress import __version__
 from fbcompress.core.artifacts import sha256_file
 from fbcompress.core.errors import FbError
+from fbcompress.modeling.dual_tower import DualTower, is_tower_config
 from fbcompress.modeling.model import FASHIONBERT_KEY, FashionBERT
 
 META_FILE = "fbcompress.json"
@@ -68,7 +70,7 @@ def recover(directory: Path) -> None:
 
 def save_checkpoint(
     directory: str | Path,
-    model: FashionBERT,
+    model: nn.Module,
     tokenizer: PreTrainedTokenizerBase,
     meta: dict[str, Any],
     training_state: dict[str, Any] | None = None,
@@ -161,8 +163,27 @@ def open_checkpoint(directory: str | Path) -> Checkpoint:
 
 
 def load_model(directory: str | Path, device: str | torch.device = "cpu") -> tuple[FashionBERT, Checkpoint]:
+    """The cross-encoder (teacher or student) of a checkpoint dir, weights verified."""
     ckpt = open_checkpoint(directory)
-    model = FashionBERT(ckpt.config)
+    if is_tower_config(ckpt.config):
+        raise FbError(f"{ckpt.directory} is a dual-tower retriever checkpoint, not a cross-encoder (it embeds queries "
+                      "and products: use it with `index build`, `search` and `eval-retrieval`)")
+    return _with_weights(FashionBERT(ckpt.config), ckpt, device), ckpt
+
+
+def load_tower(directory: str | Path, device: str | torch.device = "cpu") -> tuple[DualTower, Checkpoint]:
+    """The dual tower of a retriever checkpoint dir (`train-retriever`), weights verified."""
+    ckpt = open_checkpoint(directory)
+    if not is_tower_config(ckpt.config):
+        raise FbError(f"{ckpt.directory} is a {ckpt.kind} cross-encoder checkpoint, not a dual-tower retriever "
+                      "(make one with `fbcompress train-retriever --teacher ...`)")
+    return _with_weights(DualTower(ckpt.config), ckpt, device), ckpt
+
+
+ModelT = TypeVar("ModelT", bound=nn.Module)
+
+
+def _with_weights(model: ModelT, ckpt: Checkpoint, device: str | torch.device) -> ModelT:
     try:
         state = load_file(str(ckpt.directory / WEIGHTS_FILE), device="cpu")
     except (SafetensorError, OSError) as exc:
@@ -174,7 +195,7 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu") -> tup
             f"{unexpected[:3]}"
         )
     model.to(device).eval()
-    return model, ckpt
+    return model
 
 
 def load_training_state(directory: Path) -> dict[str, Any]:

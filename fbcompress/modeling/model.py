@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -64,15 +65,74 @@ class EncoderOutput:
     attentions: tuple[torch.Tensor, ...] | None  # one [B, heads, S, S] per layer
 
 
-class FashionBERT(nn.Module):
+class ImageTextBert(nn.Module):
+    """A BERT that reads `[CLS] text [SEP]` and, optionally, 64 image tokens: the embedding and encoder shared by
+    the cross-encoder (FashionBERT) and the dual tower (modeling/dual_tower.py). Subclasses create the parameters
+    in their own order (it fixes their random initialisation) and call `_build_patch_encoder`."""
+
+    config: BertConfig
+    bert: BertModel
+    patch_proj: nn.Linear
+    patch_position: nn.Embedding
+
+    def _build_patch_encoder(self, hidden: int) -> None:
+        spec = patch_spec_of(self.config)
+        self.patch_proj = nn.Linear(spec.patch_dim, hidden)
+        self.patch_position = nn.Embedding(spec.num_patches, hidden)
+
+    @property
+    def spec(self) -> PatchSpec:
+        return patch_spec_of(self.config)
+
+    def embed(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, patches: torch.Tensor | None
+              ) -> torch.Tensor:
+        """Token embeddings of the text and, unless `patches` is None (a query), of the image tokens (segment 1,
+        their own positions)."""
+        emb = self.bert.embeddings
+        text_pos = torch.arange(input_ids.shape[1], device=input_ids.device)
+        text = emb.word_embeddings(input_ids) + emb.position_embeddings(text_pos)[None]
+        text = text + emb.token_type_embeddings(token_type_ids)
+        if patches is not None:
+            patch_pos = torch.arange(patches.shape[1], device=input_ids.device)
+            image_type = torch.ones_like(patch_pos)
+            image = self.patch_proj(patches) + self.patch_position(patch_pos)[None]
+            image = image + emb.token_type_embeddings(image_type)[None]
+            text = torch.cat([text, image], dim=1)
+        return emb.dropout(emb.LayerNorm(text))
+
+    def encode_tokens(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor,
+        patches: torch.Tensor | None,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ) -> tuple[Any, torch.Tensor]:
+        """The encoder's output over text (+ image) tokens, and the full 0/1 mask [B, S] it attended with."""
+        hidden = self.embed(input_ids, token_type_ids, patches)
+        mask = attention_mask
+        if patches is not None:
+            image_mask = torch.ones(patches.shape[:2], dtype=attention_mask.dtype, device=attention_mask.device)
+            mask = torch.cat([attention_mask, image_mask], dim=1)
+        out = self.bert.encoder(
+            hidden,
+            attention_mask=additive_mask(mask, hidden.dtype),
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+            return_dict=True,
+        )
+        return out, mask
+
+
+class FashionBERT(ImageTextBert):
     def __init__(self, config: BertConfig):
         super().__init__()
         self.config = config
         spec = patch_spec_of(config)
         hidden = config.hidden_size
         self.bert = BertModel(config, add_pooling_layer=True)
-        self.patch_proj = nn.Linear(spec.patch_dim, hidden)
-        self.patch_position = nn.Embedding(spec.num_patches, hidden)
+        self._build_patch_encoder(hidden)
         self.mlm_transform = nn.Sequential(
             nn.Linear(hidden, hidden), nn.GELU(), nn.LayerNorm(hidden, eps=config.layer_norm_eps)
         )
@@ -85,22 +145,6 @@ class FashionBERT(nn.Module):
         for module in (self.patch_proj, self.patch_position, self.mlm_transform, self.mpm_head, self.ita_head):
             module.apply(self.bert._init_weights)
 
-    @property
-    def spec(self) -> PatchSpec:
-        return patch_spec_of(self.config)
-
-    def embed(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
-        emb = self.bert.embeddings
-        text_len, n_patches = input_ids.shape[1], patches.shape[1]
-        text_pos = torch.arange(text_len, device=input_ids.device)
-        patch_pos = torch.arange(n_patches, device=input_ids.device)
-        text = emb.word_embeddings(input_ids) + emb.position_embeddings(text_pos)[None]
-        text = text + emb.token_type_embeddings(token_type_ids)
-        image_type = torch.ones_like(patch_pos)
-        image = self.patch_proj(patches) + self.patch_position(patch_pos)[None]
-        image = image + emb.token_type_embeddings(image_type)[None]
-        return emb.dropout(emb.LayerNorm(torch.cat([text, image], dim=1)))
-
     def encode(
         self,
         input_ids: torch.Tensor,
@@ -110,16 +154,8 @@ class FashionBERT(nn.Module):
         output_hidden_states: bool = False,
         output_attentions: bool = False,
     ) -> EncoderOutput:
-        hidden = self.embed(input_ids, token_type_ids, patches)
-        image_mask = torch.ones(patches.shape[:2], dtype=attention_mask.dtype, device=attention_mask.device)
-        mask = torch.cat([attention_mask, image_mask], dim=1)
-        out = self.bert.encoder(
-            hidden,
-            attention_mask=additive_mask(mask, hidden.dtype),
-            output_hidden_states=output_hidden_states,
-            output_attentions=output_attentions,
-            return_dict=True,
-        )
+        out, _ = self.encode_tokens(input_ids, attention_mask, token_type_ids, patches, output_hidden_states,
+                                    output_attentions)
         pooled = self.bert.pooler(out.last_hidden_state)
         return EncoderOutput(out.last_hidden_state, pooled, out.hidden_states, out.attentions)
 

@@ -21,7 +21,8 @@ import torch
 from torch import nn
 
 from fbcompress.core.errors import FbError
-from fbcompress.modeling.model import FashionBERT
+from fbcompress.modeling.dual_tower import DualTower
+from fbcompress.modeling.model import FashionBERT, ImageTextBert
 
 
 @dataclass
@@ -38,8 +39,9 @@ def head_size(config) -> int:
 
 
 @torch.no_grad()
-def measure_importance(teacher: FashionBERT, batches: Iterable[dict[str, torch.Tensor]]) -> Importance:
-    """Mean |activation| per channel / neuron and mean context-vector norm per head, over every real position."""
+def measure_importance(teacher: ImageTextBert, batches: Iterable[dict[str, torch.Tensor]]) -> Importance:
+    """Mean |activation| per channel / neuron and mean context-vector norm per head, over every real position.
+    A batch without `patches` (queries, for a query encoder cut out of a dual tower) is text alone."""
     config = teacher.config
     layers = teacher.bert.encoder.layer
     n_heads, size = config.num_attention_heads, head_size(config)
@@ -82,9 +84,12 @@ def measure_importance(teacher: FashionBERT, batches: Iterable[dict[str, torch.T
         for batch in batches:
             batch = {key: value.to(device) for key, value in batch.items()}
             text_mask = batch["attention_mask"]
-            image_mask = torch.ones(batch["patches"].shape[:2], dtype=text_mask.dtype, device=text_mask.device)
-            mask["full"] = torch.cat([text_mask, image_mask], dim=1)
-            teacher.encode(**batch)
+            patches = batch.get("patches")
+            mask["full"] = text_mask
+            if patches is not None:
+                image_mask = torch.ones(patches.shape[:2], dtype=text_mask.dtype, device=text_mask.device)
+                mask["full"] = torch.cat([text_mask, image_mask], dim=1)
+            teacher.encode_tokens(batch["input_ids"], text_mask, batch["token_type_ids"], patches)
             seen += 1
     finally:
         for handle in handles:
@@ -131,9 +136,10 @@ def _copy(target: nn.Module, source: nn.Module, rows: torch.Tensor | None, cols:
 
 @torch.no_grad()
 def prune_into(
-    student: FashionBERT, teacher: FashionBERT, layer_map: list[int], importance: Importance
+    student: ImageTextBert, teacher: ImageTextBert, layer_map: list[int], importance: Importance
 ) -> torch.Tensor:
-    """Fill `student` with the kept slice of the teacher; student layer k comes from teacher layer layer_map[k].
+    """Fill `student` with the kept slice of the teacher (both cross-encoders, or both dual towers); student layer
+    k comes from teacher layer layer_map[k].
 
     Returns the kept hidden channels (student channel i is teacher channel kept[i])."""
     s_cfg, t_cfg = student.config, teacher.config
@@ -158,8 +164,14 @@ def prune_into(
         _copy(s_layer.intermediate.dense, t_layer.intermediate.dense, neurons, kept)
         _copy(s_layer.output.dense, t_layer.output.dense, kept, neurons)
         _copy(s_layer.output.LayerNorm, t_layer.output.LayerNorm, kept, None)
-    _copy(student.bert.pooler.dense, teacher.bert.pooler.dense, kept, kept)
-    _copy(student.ita_head, teacher.ita_head, None, kept)
+    if isinstance(student, FashionBERT) and isinstance(teacher, FashionBERT):
+        _copy(student.bert.pooler.dense, teacher.bert.pooler.dense, kept, kept)
+        _copy(student.ita_head, teacher.ita_head, None, kept)
+    elif isinstance(student, DualTower) and isinstance(teacher, DualTower):
+        if isinstance(teacher.projection, nn.Linear):  # the embedding keeps its size: only its inputs are cut
+            _copy(student.projection, teacher.projection, None, kept)
+    else:
+        raise FbError(f"cannot cut a {type(student).__name__} out of a {type(teacher).__name__}")
     return kept
 
 

@@ -27,7 +27,13 @@ from pathlib import Path
 import click
 
 from fbcompress import __version__
-from fbcompress.bundle.names import INT8_CPU_FILE, ONNX_FILE
+from fbcompress.bundle.names import (
+    INT8_CPU_FILE,
+    ONNX_FILE,
+    QUERY_ENCODER_FILE,
+    QUERY_ENCODER_INT8_FILE,
+    SEARCH_SUBDIR,
+)
 from fbcompress.core.artifacts import atomic_write_json, ensure_output_dir
 from fbcompress.core.errors import FbError
 from fbcompress.recipes import StudentShape, load_recipe_or_defaults, without_later_defaults
@@ -117,6 +123,27 @@ class Layout:
     def student_bundle(self, name: str) -> Path:
         return self.out / "bundles" / name
 
+    # the search path: the dual tower, its index, the online query encoder and its bundle
+    @property
+    def retriever(self) -> Path:
+        return self.out / "retriever"
+
+    @property
+    def index(self) -> Path:
+        return self.out / "index"
+
+    @property
+    def query_encoder(self) -> Path:
+        return self.out / "query-encoder"
+
+    @property
+    def search_bundle(self) -> Path:
+        return self.out / "bundles" / "search"
+
+    @property
+    def search_evals(self) -> Path:
+        return self.out / "eval" / "search"
+
 
 def _recipe_args(recipe_ref: str, overrides: tuple[str, ...]) -> list[str]:
     return ["--recipe", recipe_ref, *(arg for text in overrides for arg in ("--set", text))]
@@ -202,6 +229,53 @@ def build_suffix(recipe_ref: str, overrides: tuple[str, ...], layout: Layout, sh
     ]
 
 
+def build_search_stages(recipe_ref: str, overrides: tuple[str, ...], layout: Layout) -> list[Stage]:
+    """The search stack after the scorer's: dual-tower retriever continued from the teacher → its index → the 2-layer
+    VSL query encoder → search bundle (ONNX, INT8 behind the retrieval guard) → eval-retrieval with the shipped
+    scorer re-ranking → release gate → latency; the gated search bundle ships into the scorer's as `search/`."""
+    recipe = _recipe_args(recipe_ref, overrides)
+    data, evals, bundle = str(layout.data), layout.search_evals, layout.search_bundle
+    int8 = bundle / QUERY_ENCODER_INT8_FILE
+    shipped = layout.bundle / SEARCH_SUBDIR
+    return [
+        Stage("retriever", "dual-tower retriever (InfoNCE + cross-encoder scores, adaptive loss)",
+              ["train-retriever", *recipe, "--teacher", str(layout.teacher), "--data", data, "--out",
+               str(layout.retriever)], [layout.retriever / "model.safetensors"], ["teacher"], resumable=True,
+              sections=("train", "retriever")),
+        Stage("index", "product index (offline encoding + FAISS)",
+              ["index", "build", "--model", str(layout.retriever), "--data", data, "--out", str(layout.index), *recipe,
+               "--force"], [layout.index / "index.json"], ["retriever"], sections=("index",)),
+        Stage("query-encoder", "distill 2-layer VSL query encoder",
+              ["distill", *recipe, "--retriever", str(layout.retriever), "--data", data, "--out",
+               str(layout.query_encoder)], [layout.query_encoder / "model.safetensors"], ["retriever"],
+              resumable=True, sections=("train", "query_encoder")),
+        Stage("search-onnx", "export the search bundle (query encoder ONNX)",
+              ["export", "--model", str(layout.query_encoder), "--target", "onnx", "--out", str(bundle), *recipe,
+               "--force"], [bundle / QUERY_ENCODER_FILE, bundle / "manifest.json"], ["query-encoder"],
+              sections=("export",)),
+        Stage("search-int8", "INT8 query encoder with retrieval guard",
+              ["quantize", "--model", str(bundle), "--data", data, "--index", str(layout.index), *recipe,
+               "--json", str(evals / "quantize.json")], [int8], ["search-onnx", "index"], gate=True,
+              sections=("quantize",)),
+        Stage("search-eval", "eval-retrieval: INT8 query encoder, then the shipped scorer re-ranks",
+              ["eval-retrieval", "--index", str(layout.index), "--data", data, "--model", str(int8), "--rerank",
+               str(layout.bundle / INT8_CPU_FILE), "--rerank-k", "50", "--json", str(evals / "retrieval.json"),
+               "--markdown", str(evals / "retrieval.md")], [evals / "retrieval.json"], ["search-int8", "ship"]),
+        Stage("search-check", "release gate: INT8 query encoder vs the 6-layer query tower",
+              ["check", "--teacher", str(layout.retriever), "--candidate", str(int8), "--data", data, "--index",
+               str(layout.index), *recipe, "--json", str(evals / "check.json")], [evals / "check.json"],
+              ["search-int8"], gate=True, sections=("check",)),
+        Stage("ship-search", f"ship the search bundle to {shipped}", [], [shipped / "manifest.json"],
+              ["search-check", "ship"], action=lambda: ship_bundle(bundle, shipped),
+              action_text=f"copy {bundle} -> {shipped}"),
+        Stage("search-bench", "search latency: query encoders and whole searches",
+              ["bench", "--index", str(layout.index), "--data", data, "--model", str(layout.retriever), "--model",
+               str(int8), "--label", "query tower (6L, PyTorch FP32)", "--label", "query encoder (2L VSL, INT8)",
+               "--rerank", str(layout.bundle / INT8_CPU_FILE), "--json", str(evals / "bench.json"), "--md",
+               str(evals / "bench.md")], [evals / "bench.json"], ["search-int8", "ship"]),
+    ]
+
+
 def build_stages(recipe_ref: str, overrides: tuple[str, ...], out: Path, bundle: Path,
                  shipped: str | None = None) -> list[Stage]:
     """Every stage the pipeline may run, the suffix for `shipped` (default: the first student of the ladder)."""
@@ -210,7 +284,8 @@ def build_stages(recipe_ref: str, overrides: tuple[str, ...], out: Path, bundle:
     stages = build_prefix(recipe_ref, overrides, layout)
     for shape in students:
         stages += build_student_stages(recipe_ref, overrides, layout, shape)
-    return stages + build_suffix(recipe_ref, overrides, layout, shipped or students[0].name)
+    return (stages + build_suffix(recipe_ref, overrides, layout, shipped or students[0].name)
+            + build_search_stages(recipe_ref, overrides, layout))
 
 
 def ship_bundle(source: Path, target: Path) -> None:
@@ -401,7 +476,9 @@ def run_quickstart(
     layout = Layout(out, bundle)
     prefix = build_prefix(recipe_ref, overrides, layout)
     ladder = [build_student_stages(recipe_ref, overrides, layout, shape) for shape in students]
-    total = len(prefix) + sum(len(rung) for rung in ladder) + len(build_suffix(recipe_ref, overrides, layout, "-"))
+    search = build_search_stages(recipe_ref, overrides, layout)
+    total = (len(prefix) + sum(len(rung) for rung in ladder) + len(build_suffix(recipe_ref, overrides, layout, "-"))
+             + len(search))
     bar = tqdm(total=total, desc="quickstart", unit="stage", position=0, leave=True)
     runner = _Runner(without_later_defaults(parsed.model_dump(mode="json")), out, force, invoke, bar)
     for stage in prefix:
@@ -425,6 +502,8 @@ def run_quickstart(
             runner.run(stage)
         else:
             runner.skip(stage, "no student passed the release gate: nothing shipped")
+    for stage in search:
+        runner.run(stage)
     bar.close()
     return runner.results
 

@@ -220,6 +220,7 @@ def build_report(out: Path, bundle: Path, stages: list[dict], machine: dict, stu
         "shipped_student": shipped,
         "students": student_rows(out, students or [], shipped),
         "check": check.to_json() if check is not None else None,
+        "search": search_section(evals / "search"),
         "plots": sorted(p.name for p in plots.glob("*.png")) if plots.is_dir() else [],
     }
     atomic_write_json(out / "report.json", report)
@@ -255,6 +256,51 @@ def vsl_lines(models: list[dict]) -> list[str]:
         lines.append(f"| {row['form']} | {_fmt(p50.get(short), 2)} | {_fmt(pad.get(padded), 2)} | "
                      f"{_ratio(pad.get(padded), p50.get(short))} | {_fmt(p50.get(long_), 2)} | "
                      f"{_ratio(t.get(short), p50.get(short))} | {_ratio(t.get(long_), p50.get(long_))} |")
+    return lines
+
+
+def search_section(folder: Path) -> dict[str, Any] | None:
+    """What the search stages wrote (eval/search/): retrieval metrics of each stage, the gate, the latencies."""
+    retrieval, check, bench = (_load(folder / name) for name in ("retrieval.json", "check.json", "bench.json"))
+    if not any((retrieval, check, bench)):
+        return None
+    return {"retrieval": retrieval, "check": check, "bench": bench}
+
+
+def search_lines(search: dict[str, Any] | None) -> list[str]:
+    """The report's search section: retrieval per stage (± standard error), the query encoder's gate, latency."""
+    if not search:
+        return []
+    lines = ["", "## Search (dual tower, 2-layer VSL INT8 query encoder, ANN index, re-rank)"]
+    retrieval = search.get("retrieval")
+    if retrieval:
+        lines += ["", f"{retrieval['split']} split: {retrieval['queries']} queries over the whole catalogue "
+                  f"({retrieval['index']['products']} products, {retrieval['index']['kind']} index); query encoder "
+                  f"`{retrieval['encoder']['name']}`.", "",
+                  "| stage | Recall@1 | Recall@10 | Recall@100 | nDCG@10 | MRR | p50 ms |", "|---" * 7 + "|"]
+        for name, stage in retrieval["stages"].items():
+            label = "ANN (embeddings)" if name == "ann" else f"re-rank top {stage['rerank_k']} (cross-encoder)"
+            cells = " | ".join(f"{stage[m]:.3f} ± {stage[m + '_se']:.3f}"
+                               for m in ("recall@1", "recall@10", "recall@100", "ndcg@10", "mrr"))
+            p50 = " + ".join(f"{k} {v['p50_ms']:.2f}" for k, v in stage["latency_ms"].items())
+            lines.append(f"| {label} | {cells} | {p50} |")
+    check = search.get("check")
+    if isinstance(check, dict):
+        rows = {r["metric"]: r for r in check.get("checks", [])}
+        speed = next((r for m, r in rows.items() if m.startswith("speed-up")), None)
+        lines += ["", f"Release gate (`fbcompress check --index`, INT8 query encoder vs the 6-layer query tower): "
+                  f"**{check.get('verdict')}**" + (f"; Recall@10 {rows['Recall@10']['delta']:+.4f}, nDCG@10 "
+                                                  f"{rows['nDCG@10']['delta']:+.4f}" if "Recall@10" in rows else "")
+                  + (f"; {speed['teacher']:.2f} against {speed['candidate']:.3f} ms at batch 1, "
+                     f"{speed['delta']:.1f}× faster" if speed else "") + "."]
+    bench = search.get("bench")
+    if isinstance(bench, dict) and bench.get("end_to_end"):
+        lines += ["", "End to end, one search at a time (p50 ms, share of the mean):", "",
+                  "| re-rank top K | encode | ANN | re-rank | total p50 |", "|---" * 5 + "|"]
+        for row in bench["end_to_end"]:
+            cells = [f"{row[s]['p50_ms']:.2f} ({row[s]['share']:.0%})" if s in row else "-"
+                     for s in ("encode", "search", "rerank")]
+            lines.append(f"| {row['rerank_k'] or 'none'} | {' | '.join(cells)} | {row['total']['p50_ms']:.2f} |")
     return lines
 
 
@@ -307,6 +353,7 @@ def render_markdown(report: dict, has_weights: bool) -> str:
                 f"{_fmt(row['speedup'], 1)}× | {_fmt(row['int8_mb'], 1)} | {row['verdict']}"
                 f"{' (' + ', '.join(row['failed']) + ')' if row.get('failed') else ''} | "
                 f"{'yes' if row['pareto'] else ''} | {'**yes**' if row['shipped'] else ''} |")
+    lines += search_lines(report.get("search"))
     lines += ["", "## Stages", "", "Seconds of a reused stage are those of the run that made its output.", "",
               "| stage | status | seconds | note |", "|---|---|---|---|"]
     for stage in report["stages"]:

@@ -35,6 +35,9 @@ class DataSection(_Strict):
     test_fraction: float = Field(0.1, gt=0, lt=0.5)
     eval_queries: int = Field(1000, ge=1, description="Rank@K queries per task (fewer if the split is small)")
     eval_negatives: int = Field(100, ge=1, description="negatives per Rank@K query")
+    search_train_queries: int | None = Field(
+        None, ge=0, description="search queries of the train split (a retriever's training queries; fewer if the "
+        "split has fewer distinct ones); default: eval_queries, as val and test")
     seed: int = 0
     cache_images: bool = Field(True, description="decode all images once into memory (small datasets only)")
 
@@ -200,6 +203,11 @@ class ExportSection(_Strict):
     max_auc_drop: float = Field(0.001, ge=0, description="max AUC drop of the ONNX model vs the checkpoint")
     workspace_mib: int = Field(4096, ge=64, description="TensorRT builder workspace")
     triton_max_queue_delay_us: int = Field(100, ge=0, description="Triton dynamic batching queue delay")
+    query_profiles: tuple[ShapeProfile, ...] = Field(
+        default_factory=lambda: (ShapeProfile(name="online", batch=(1, 1, 8), text=(1, 8, 16)),
+                                 ShapeProfile(name="offline", batch=(1, 32, 64), text=(1, 8, 16))),
+        min_length=1, description="query encoders (search path): TensorRT profiles and Triton batching sized for "
+        "queries (text at most the encoder's max_query_len)")
     image_encoder_batch: tuple[int, int, int] = Field(
         (1, 32, 128), description="features models: images per call of the image encoder's TensorRT engine "
         "(min, opt, max; offline batches)"
@@ -240,6 +248,9 @@ class QuantizeSection(_Strict):
         "tolerance (fbcompress/quantize/cpu_choice.py)")
     max_auc_drop: float = Field(0.005, description="max AUC drop of the INT8 model vs FP32 model.onnx")
     max_rank10_drop: float = Field(0.02, description="max ITR/TIR Rank@10 drop vs FP32 model.onnx")
+    max_recall10_drop: float = Field(0.02, description="query encoders: max Recall@10 drop vs FP32 query_encoder.onnx "
+                                                       "(val queries over the index)")
+    max_ndcg10_drop: float = Field(0.02, description="query encoders: max nDCG@10 drop vs FP32 query_encoder.onnx")
     fallback: bool = Field(True, description="accuracy-aware fall-back: return the most sensitive MatMuls to FP "
                                              "until the tolerances hold on the val split")
     max_fallback_nodes: int = Field(8, ge=0, description="give up after returning this many nodes to FP")
@@ -268,6 +279,106 @@ class CheckSection(_Strict):
     text_length: int = Field(16, ge=2, description="reference shape: real text length (tokens, VSL)")
     latency_runs: int = Field(100, ge=1, description="timed runs per model (design.md: >= 100)")
     latency_warmup: int = Field(10, ge=0, description="untimed warm-up runs before timing")
+    max_recall10_drop: float = Field(0.02, ge=0, description="query encoders (check --index): max Recall@10 drop vs "
+                                                             "the retriever's query tower")
+    max_ndcg10_drop: float = Field(0.02, ge=0, description="query encoders: max nDCG@10 drop vs the query tower")
+    min_query_speedup: float = Field(2.0, ge=0, description="query encoders: min tower/candidate p50 ratio at batch 1 "
+                                                            "(0: not checked)")
+    query_length: int = Field(6, ge=3, description="query encoders: the real query length (wordpieces, [CLS]/[SEP] "
+                                                   "included) of the latency gate: a query of the split that long")
+
+
+class RetrieverWeights(_Strict):
+    """Task weights of `train-retriever` under `loss_weighting: fixed`."""
+
+    contrastive: float = Field(1.0, ge=0)
+    distill: float = Field(1.0, ge=0)
+
+
+class RetrieverSection(_Strict):
+    """The dual tower (`train-retriever`): its embedding and how it learns from queries and the cross-encoder.
+
+    A training batch holds `batch_size` queries, each with `candidates` train products: one relevant (the positive)
+    and candidates-1 same-subcategory products that are not relevant (hard negatives). Losses: symmetric in-batch
+    InfoNCE over every product of the batch (products relevant to a query are not its negatives), and the KL of
+    the tower's similarities to the cross-encoder's match scores over each query's candidates.
+    """
+
+    embedding_dim: int = Field(256, ge=8, description="size of the L2-normalised embedding (a projection)")
+    pooling: Literal["mean", "cls"] = Field("mean", description="mean over real tokens, or the [CLS] token")
+    product_text: Literal["title", "text"] = Field(
+        "title", description="what the product side reads beside the image: the title (the paper's T segment), or "
+        "the record's whole text (title and description)")
+    max_query_len: int = Field(16, ge=3, description="wordpieces of a query, [CLS]/[SEP] included")
+    steps: int = Field(300, ge=1)
+    batch_size: int = Field(16, ge=2, description="queries per micro-batch (per rank)")
+    candidates: int = Field(4, ge=1, description="products per query in a batch: 1 relevant + hard negatives")
+    title_queries: float = Field(
+        0.25, ge=0, le=1, description="share of a batch's queries that are product titles (relevant: the products "
+        "of that title); the rest come from the dataset's search queries of the train split")
+    frozen_layers: int = Field(
+        0, ge=0, description="keep the embeddings, the patch encoder and the first N encoder layers as the teacher "
+        "left them: their backward pass, most of a CPU step's cost, is skipped")
+    lr: float = Field(5e-5, gt=0, description="encoder learning rate")
+    projection_lr: float = Field(1e-3, gt=0, description="learning rate of the projection (new parameters)")
+    temperature: float = Field(0.05, gt=0, description="InfoNCE temperature on cosine similarities")
+    distill_temperature: float = Field(1.0, gt=0, description="softmax temperature of the cross-encoder's logits")
+    tasks: list[Literal["contrastive", "distill"]] = Field(
+        ["contrastive", "distill"], min_length=1, description="'distill' learns the cross-encoder's scores of each "
+        "query's candidates; without it, in-batch contrastive only (the ablation)")
+    loss_weighting: Literal["adaptive", "fixed"] = "adaptive"
+    fixed_weights: RetrieverWeights = RetrieverWeights()
+    val_queries: int = Field(100, ge=1, description="val search queries scored at each validation")
+    encode_batch_size: int = Field(64, ge=1, description="products per forward pass when encoding a catalogue")
+
+
+class QueryDistillWeights(_Strict):
+    embedding: float = Field(1.0, ge=0, description="1 - cosine to the tower's query embedding")
+    listwise: float = Field(1.0, ge=0, description="KL to the tower's ranking of the batch's candidate products")
+
+
+class QueryEncoderSection(_Strict):
+    """The online query encoder (`distill --retriever`): a 2-layer VSL student of the retriever's query tower that
+    embeds into the same space, so the index built with the retriever's product tower stays valid.
+
+    Narrower widths are cut out of the tower (modeling/width_pruning.py, ranked on training queries), as the
+    cross-encoder's students are."""
+
+    layers: int = Field(2, ge=1)
+    hidden_size: int | None = Field(None, ge=8, description="narrower width (default: the tower's)")
+    num_heads: int | None = Field(None, ge=1)
+    intermediate_size: int | None = Field(None, ge=8)
+    layer_map: list[int] | None = Field(None, description="tower layer (0-based) per student layer")
+    steps: int = Field(1000, ge=1)
+    batch_size: int = Field(32, ge=2, description="queries per micro-batch (per rank)")
+    candidates: int = Field(8, ge=1, description="train products per query in the batch's candidate list")
+    lr: float = Field(5e-4, gt=0)
+    temperature: float = Field(0.05, gt=0, description="softmax temperature of the listwise term (similarities)")
+    weights: QueryDistillWeights = QueryDistillWeights()
+
+    @model_validator(mode="after")
+    def _check(self) -> QueryEncoderSection:
+        if self.layer_map is not None and len(self.layer_map) != self.layers:
+            raise ValueError(f"layer_map has {len(self.layer_map)} entries for {self.layers} student layers")
+        if self.hidden_size is not None and self.num_heads is not None and self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+        return self
+
+
+class IndexSection(_Strict):
+    """The ANN index `index build` makes over the product embeddings (FAISS)."""
+
+    exact_below: int = Field(50_000, ge=1, description="catalogues smaller than this get exact inner-product search")
+    kind: Literal["hnsw", "ivfpq"] = Field("hnsw", description="the ANN index of a larger catalogue")
+    hnsw_m: int = Field(32, ge=4, description="HNSW links per node")
+    hnsw_ef_construction: int = Field(80, ge=8)
+    hnsw_ef_search: int = Field(128, ge=1)
+    ivf_lists: int | None = Field(None, ge=1, description="IVF-PQ lists (default: 2*sqrt(n))")
+    pq_bytes: int = Field(32, ge=1, description="IVF-PQ code bytes per vector (must divide the embedding size)")
+    ivf_probe: int = Field(16, ge=1, description="IVF-PQ lists searched per query")
+    shard_rows: int = Field(10_000, ge=1, description="products per embedding shard (the unit of resume and of "
+                                                      "work per rank)")
+    recall_queries: int = Field(200, ge=1, description="queries that measure the ANN index's recall@10 vs exact")
 
 
 class StudentShape(_Strict):
@@ -322,6 +433,9 @@ class Recipe(_Strict):
     export: ExportSection = ExportSection()
     check: CheckSection = CheckSection()
     quickstart: QuickstartSection = QuickstartSection()
+    retriever: RetrieverSection = RetrieverSection()
+    query_encoder: QueryEncoderSection = QueryEncoderSection()
+    index: IndexSection = IndexSection()
 
 
 def _format_validation_error(source: str, exc: ValidationError) -> str:
@@ -335,7 +449,8 @@ def _format_validation_error(source: str, exc: ValidationError) -> str:
 # Fields added after checkpoints and quickstart runs already existed, with the default that reproduces the
 # behaviour from before them: left out of fingerprints at that default, so that an existing checkpoint still
 # resumes and an unchanged quickstart stage is still reused.
-LATER_FIELD_DEFAULTS: dict[tuple[str, str], object] = {("teacher", "pooler_init"): "backbone"}
+LATER_FIELD_DEFAULTS: dict[tuple[str, str], object] = {("teacher", "pooler_init"): "backbone",
+                                                       ("data", "search_train_queries"): None}
 
 
 def without_later_defaults(dump: dict) -> dict:

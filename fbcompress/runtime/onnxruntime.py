@@ -17,6 +17,7 @@ import numpy as np
 from fbcompress.bundle.shapes import INPUT_NAMES, Profile
 from fbcompress.bundle.store import ORT_TRT_CACHE_DIR
 from fbcompress.core.errors import BackendUnavailable, FbError
+from fbcompress.modeling.dual_tower import TowerSpec
 from fbcompress.modeling.model import PatchSpec
 
 _DTYPES = {"tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(float)": np.float32,
@@ -149,21 +150,16 @@ def cpu_session(model: Any, threads: int | None = None) -> Any:
     return ort.InferenceSession(source, session_options(threads), providers=["CPUExecutionProvider"])
 
 
-class OrtScorer:
-    """Scores through an `onnxruntime.InferenceSession`; feeds only the inputs the graph declares."""
+class OrtGraph:
+    """One ONNX graph in an `onnxruntime.InferenceSession` on the providers `device` asks for; feeds only the
+    inputs the graph declares, in its dtypes. The scorer and the query encoder are both this."""
 
-    parity: dict[str, Any] | None = None  # set when the graph was exported from a checkpoint just now
-
-    def __init__(self, path: Path, spec: PatchSpec, tokenizer_dir: Path, name: str, device: str = "cpu",
-                 precision: str = "fp32", threads: int | None = None,
+    def __init__(self, path: Path, name: str, device: str = "cpu", threads: int | None = None,
                  tensorrt_options: dict[str, Any] | None = None):
         import onnxruntime as ort
 
         self.path = Path(path)
-        self.spec = spec
-        self.tokenizer_dir = tokenizer_dir
         self.name = name
-        self.precision = precision
         options = session_options(threads)
         self.tensorrt_options = tensorrt_options
         providers = providers_for(device, tensorrt_options=tensorrt_options)
@@ -179,6 +175,35 @@ class OrtScorer:
         self.backend = f"onnxruntime-{short}"
         self.providers = self.session.get_providers()
         self._inputs = [(i.name, _DTYPES.get(i.type, np.float32)) for i in self.session.get_inputs()]
+
+    def feed(self, inputs: dict[str, Any]) -> dict[str, np.ndarray]:
+        """The graph's declared inputs as contiguous numpy arrays of the graph's dtypes."""
+        feed = {}
+        for name, dtype in self._inputs:
+            if name not in inputs:
+                raise FbError(f"{self.path} needs input '{name}', which the caller did not provide")
+            value = inputs[name]
+            if hasattr(value, "detach"):
+                value = value.detach().cpu().numpy()
+            feed[name] = np.ascontiguousarray(value, dtype=dtype)
+        return feed
+
+    def first_output(self, inputs: dict[str, Any]) -> np.ndarray:
+        return np.asarray(self.session.run(None, self.feed(inputs))[0], dtype=np.float32)
+
+
+class OrtScorer(OrtGraph):
+    """The scorer (`model*.onnx`) in ONNX Runtime."""
+
+    parity: dict[str, Any] | None = None  # set when the graph was exported from a checkpoint just now
+
+    def __init__(self, path: Path, spec: PatchSpec, tokenizer_dir: Path, name: str, device: str = "cpu",
+                 precision: str = "fp32", threads: int | None = None,
+                 tensorrt_options: dict[str, Any] | None = None):
+        super().__init__(path, name, device, threads, tensorrt_options)
+        self.spec = spec
+        self.tokenizer_dir = tokenizer_dir
+        self.precision = precision
 
     @classmethod
     def open(cls, path: str | Path, device: str = "cpu", threads: int | None = None,
@@ -198,17 +223,19 @@ class OrtScorer:
         return cls(Path(path), bundle.spec, tokenizer_dir, str(path), device, str(entry.get("precision", "fp32")),
                    threads, trt)
 
-    def feed(self, inputs: dict[str, Any]) -> dict[str, np.ndarray]:
-        """The graph's declared inputs as contiguous numpy arrays of the graph's dtypes."""
-        feed = {}
-        for name, dtype in self._inputs:
-            if name not in inputs:
-                raise FbError(f"{self.path} needs input '{name}', which the caller did not provide")
-            value = inputs[name]
-            if hasattr(value, "detach"):
-                value = value.detach().cpu().numpy()
-            feed[name] = np.ascontiguousarray(value, dtype=dtype)
-        return feed
-
     def logits(self, inputs: dict[str, Any]) -> np.ndarray:
-        return np.asarray(self.session.run(None, self.feed(inputs))[0], dtype=np.float32)
+        return self.first_output(inputs)
+
+
+class OrtQueryEncoder(OrtGraph):
+    """A query encoder graph (the three text inputs → `embedding` [B, E]) in ONNX Runtime (`runtime/embedding.py`
+    says what a query encoder is)."""
+
+    def __init__(self, path: Path, tower: TowerSpec, tokenizer_dir: Path, name: str, device: str = "cpu",
+                 threads: int | None = None):
+        super().__init__(path, name, device, threads)
+        self.tower = tower
+        self.tokenizer_dir = Path(tokenizer_dir)
+
+    def queries(self, inputs: dict[str, Any]) -> np.ndarray:
+        return self.first_output(inputs)

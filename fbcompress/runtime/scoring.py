@@ -86,7 +86,11 @@ def _open_by_form(path: Path, device: str) -> Scorer:
     if path.is_dir() and (path / "manifest.json").is_file() and not (path / "fbcompress.json").is_file():
         from fbcompress.bundle.store import Bundle
 
-        path = path / Bundle.open(path).primary_model()
+        bundle = Bundle.open(path)
+        if bundle.manifest.get("kind") == "search":
+            raise FbError(f"{path} is a search bundle (a query encoder), not a scorer: use it with `fbcompress search` "
+                          "or `eval-retrieval --model`")
+        path = path / bundle.primary_model()
     if path.suffix == ".onnx":
         from fbcompress.runtime.onnxruntime import OrtScorer
 

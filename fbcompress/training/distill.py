@@ -33,7 +33,7 @@ from fbcompress.data.batching import LengthBucketedBatches
 from fbcompress.data.loader import SplitData
 from fbcompress.modeling.model import EncoderOutput, FashionBERT
 from fbcompress.modeling.width_pruning import channel_lift, head_size, measure_importance, prune_into
-from fbcompress.recipes import DistillSection, Recipe
+from fbcompress.recipes import DistillSection, QueryEncoderSection, Recipe
 from fbcompress.training.pairs import MismatchSampler, pair_rows
 
 
@@ -42,7 +42,10 @@ def evenly_spaced_layers(teacher_layers: int, student_layers: int) -> list[int]:
     return [round((k + 1) * teacher_layers / student_layers) - 1 for k in range(student_layers)]
 
 
-def student_config(teacher: BertConfig, section: DistillSection) -> BertConfig:
+def student_config(teacher: BertConfig, section: DistillSection | QueryEncoderSection, key: str = "distill"
+                   ) -> BertConfig:
+    """The teacher's config with the student's depth and (optionally narrower) width; `key` names the recipe
+    section in messages."""
     config = BertConfig.from_dict(teacher.to_dict())
     config.num_hidden_layers = section.layers
     if section.hidden_size is not None:
@@ -50,15 +53,38 @@ def student_config(teacher: BertConfig, section: DistillSection) -> BertConfig:
         # a narrower student keeps whole teacher heads (fbcompress/modeling/width_pruning.py): same head size by default
         size = head_size(teacher)
         if section.num_heads is None and section.hidden_size % size:
-            raise FbError(f"distill.hidden_size {section.hidden_size} must be a multiple of the teacher's head size "
+            raise FbError(f"{key}.hidden_size {section.hidden_size} must be a multiple of the teacher's head size "
                           f"{size}: a narrower student keeps whole teacher heads")
         config.num_attention_heads = section.num_heads or max(1, section.hidden_size // size)
         config.intermediate_size = section.intermediate_size or 4 * section.hidden_size
     elif section.num_heads is not None or section.intermediate_size is not None:
-        raise FbError("distill.num_heads / intermediate_size need distill.hidden_size (a narrower student)")
+        raise FbError(f"{key}.num_heads / intermediate_size need {key}.hidden_size (a narrower student)")
     if config.hidden_size % config.num_attention_heads:
         raise FbError(f"student hidden {config.hidden_size} is not divisible by {config.num_attention_heads} heads")
     return config
+
+
+def student_layer_map(teacher_layers: int, layers: int, chosen: list[int] | None, key: str = "distill") -> list[int]:
+    """The recipe's layer map, or evenly spaced teacher layers; refused when it names a layer the teacher lacks."""
+    layer_map = list(chosen) if chosen is not None else evenly_spaced_layers(teacher_layers, layers)
+    bad = [i for i in layer_map if not 0 <= i < teacher_layers]
+    if bad:
+        raise FbError(f"{key}.layer_map names teacher layer(s) {bad}; the teacher has layers 0..{teacher_layers - 1}")
+    return layer_map
+
+
+def copy_layers(student: nn.Module, teacher: nn.Module, layer_map: list[int]) -> None:
+    """A full-width student: every parameter copied from the teacher, student layer k from teacher layer
+    layer_map[k]."""
+    teacher_state = teacher.state_dict()
+    state = {}
+    for name in student.state_dict():
+        source = name
+        if name.startswith("bert.encoder.layer."):
+            index, rest = name[len("bert.encoder.layer."):].split(".", 1)
+            source = f"bert.encoder.layer.{layer_map[int(index)]}.{rest}"
+        state[name] = teacher_state[source].clone()
+    student.load_state_dict(state)
 
 
 def build_student(
@@ -68,23 +94,10 @@ def build_student(
 
     A full-width student copies teacher layers; a narrower one is cut out of them (modeling/width_pruning.py),
     which ranks the teacher's channels on `batches` of real training pairs."""
-    t_layers = teacher.config.num_hidden_layers
-    layer_map = list(section.layer_map) if section.layer_map is not None else evenly_spaced_layers(
-        t_layers, section.layers)
-    bad = [i for i in layer_map if not 0 <= i < t_layers]
-    if bad:
-        raise FbError(f"distill.layer_map names teacher layer(s) {bad}; the teacher has layers 0..{t_layers - 1}")
+    layer_map = student_layer_map(teacher.config.num_hidden_layers, section.layers, section.layer_map)
     student = FashionBERT(student_config(teacher.config, section))
     if student.config.hidden_size == teacher.config.hidden_size:
-        teacher_state = teacher.state_dict()
-        state = {}
-        for name in student.state_dict():
-            source = name
-            if name.startswith("bert.encoder.layer."):
-                index, rest = name[len("bert.encoder.layer."):].split(".", 1)
-                source = f"bert.encoder.layer.{layer_map[int(index)]}.{rest}"
-            state[name] = teacher_state[source].clone()
-        student.load_state_dict(state)
+        copy_layers(student, teacher, layer_map)
         return student, layer_map, None
     kept = prune_into(student, teacher, layer_map, measure_importance(teacher, batches))
     return student, layer_map, channel_lift(kept, teacher.config.hidden_size)

@@ -37,7 +37,8 @@ from fbcompress.runtime.scoring import TorchScorer
 from fbcompress.training.adaptive_loss import combine_losses
 
 LOG_FILE = "train-log.jsonl"
-PATH_KEYS = ("teacher",)  # meta entries that may legitimately differ on resume (paths move)
+PATH_KEYS = ("teacher", "retriever")  # meta entries that may legitimately differ on resume (paths move)
+TRAINING_SECTIONS = ("data", "teacher", "train", "distill")  # what a checkpoint's weights depend on
 NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm", ".norm", "mlm_transform.2")
 
 
@@ -54,7 +55,7 @@ class TrainSetup:
 
     kind: str  # "teacher" | "student"
     recipe: Recipe
-    model: FashionBERT  # what is saved
+    model: nn.Module  # what is saved: a FashionBERT, or a DualTower for train-retriever
     objective: nn.Module  # forward(global_index) -> dict of task losses; holds `model`
     tokenizer: PreTrainedTokenizerBase
     dataset: DatasetDir
@@ -67,16 +68,23 @@ class TrainSetup:
     log_extras: Callable[[], dict[str, Any]] | None = None
     aux_module: nn.Module | None = None  # trained beside the model but not part of it (e.g. a projection)
     lr: float | None = None  # overrides recipe.train.lr / new_params_lr for every group
+    new_lr: float | None = None  # overrides the new parameters' (and the auxiliary module's) lr
     steps: int | None = None  # overrides recipe.train.steps
+    new_prefixes: tuple[str, ...] | None = None  # parameters trained at the new lr (default: all outside `bert.`)
+    sections: tuple[str, ...] = TRAINING_SECTIONS  # the recipe sections the weights depend on (resume compares them)
+    validator: Callable[[nn.Module, TrainSetup, RunContext], dict[str, float]] | None = None  # default: `validate`
 
 
-def param_groups(model: FashionBERT, lr: float, new_lr: float, weight_decay: float) -> list[dict]:
-    """Backbone at `lr`, freshly added parts (patch encoder, heads) at `new_lr`; no decay on biases and norms."""
+def param_groups(model: nn.Module, lr: float, new_lr: float, weight_decay: float,
+                 new_prefixes: tuple[str, ...] | None = None) -> list[dict]:
+    """Pretrained parts at `lr`, freshly added ones at `new_lr`; no decay on biases and norms. New: the parameters
+    named with one of `new_prefixes`, by default everything outside the backbone (a teacher's patch encoder and
+    heads)."""
     groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        is_new = not name.startswith("bert.")
+        is_new = name.startswith(new_prefixes) if new_prefixes is not None else not name.startswith("bert.")
         decay = not any(tag in name for tag in NO_DECAY)
         groups.setdefault((is_new, decay), []).append(param)
     return [
@@ -85,15 +93,12 @@ def param_groups(model: FashionBERT, lr: float, new_lr: float, weight_decay: flo
     ]
 
 
-TRAINING_SECTIONS = ("data", "teacher", "train", "distill")  # what a checkpoint's weights depend on
-
-
-def _recipe_fingerprint(recipe: Recipe) -> dict:
+def _recipe_fingerprint(recipe: Recipe, sections: tuple[str, ...] = TRAINING_SECTIONS) -> dict:
     """The training sections of the recipe as JSON would store them (tuples become lists), less the settings
     that may change on resume. Export, quantize, check and quickstart settings are left out: changing a release
     tolerance must not make a half-trained checkpoint unusable."""
     full = without_later_defaults(recipe.model_dump(mode="json"))
-    dump = {name: full[name] for name in TRAINING_SECTIONS}
+    dump = {name: full[name] for name in sections}
     dump["train"].pop("eval_every", None)
     dump["train"].pop("save_every", None)
     return dump
@@ -137,8 +142,8 @@ def resume_point(setup: TrainSetup, resume: bool, force: bool) -> ResumePoint:
     ckpt = open_checkpoint(out)
     stored = ckpt.meta.get("recipe_fingerprint")
     # only the training sections count (older checkpoints stored the whole recipe)
-    if not isinstance(stored, dict) or {k: stored.get(k) for k in TRAINING_SECTIONS} != _recipe_fingerprint(
-            setup.recipe):
+    if not isinstance(stored, dict) or {k: stored.get(k) for k in setup.sections} != _recipe_fingerprint(
+            setup.recipe, setup.sections):
         raise FbError(f"{out} was trained with another recipe; use another --out or --force")
     if ckpt.meta.get("data_fingerprint") != setup.dataset.fingerprint:
         raise FbError(f"{out} was trained on other data (fingerprint differs); use another --out or --force")
@@ -170,8 +175,8 @@ class Optimisation:
     def build(cls, setup: TrainSetup, model: FashionBERT, ctx: RunContext, steps: int) -> Optimisation:
         train = setup.recipe.train
         lr = setup.lr or train.lr
-        new_lr = setup.lr or train.new_params_lr or train.lr
-        groups = param_groups(model, lr, new_lr, train.weight_decay)
+        new_lr = setup.new_lr or setup.lr or train.new_params_lr or train.lr
+        groups = param_groups(model, lr, new_lr, train.weight_decay, setup.new_prefixes)
         aux = setup.aux_module.to(ctx.device) if setup.aux_module is not None else None
         if aux is not None:
             groups.append({"params": list(aux.parameters()), "lr": new_lr, "weight_decay": train.weight_decay})
@@ -207,7 +212,7 @@ def checkpoint_meta(setup: TrainSetup, ctx: RunContext) -> dict[str, Any]:
         "kind": setup.kind,
         "produced_by": f"fbcompress {' '.join(sys.argv[1:2]) or setup.kind}",
         "recipe": recipe.model_dump(mode="json"),
-        "recipe_fingerprint": _recipe_fingerprint(recipe),
+        "recipe_fingerprint": _recipe_fingerprint(recipe, setup.sections),
         "data_fingerprint": setup.dataset.fingerprint,
         "data_dir": str(setup.dataset.root),
         "synthetic_data": bool(setup.dataset.meta.get("synthetic", False)),
@@ -306,17 +311,19 @@ def run_training(
             record = log_record(done, result, opt, setup, started)
             if done % train.eval_every == 0 or done == steps:
                 if ctx.is_main:
-                    metrics = validate(model, setup, ctx)
+                    metrics = (setup.validator or validate)(model, setup, ctx)
+                    model.train()
                     record.update(metrics)
                 barrier(ctx)
             if ctx.is_main:
-                if done % train.log_every == 0 or done == steps or "val_auc" in record:
+                if done % train.log_every == 0 or done == steps or metrics.keys() & record.keys():
                     out.mkdir(parents=True, exist_ok=True)  # only once a step has succeeded: bad input leaves nothing
                     with open(log_path, "a", encoding="utf-8") as handle:
                         handle.write(json.dumps(record) + "\n")
                 postfix = {k: f"{v:.3f}" for k, v in result.losses.items()}
-                if "val_auc" in metrics:
-                    postfix["val_auc"] = f"{metrics['val_auc']:.3f}"
+                headline = next((k for k in metrics if k.startswith("val_")), None)  # validators list it first
+                if headline is not None:
+                    postfix[headline] = f"{metrics[headline]:.3f}"
                 bar.set_postfix(postfix, refresh=False)
                 bar.update(1)
             stopping = stop_after is not None and done - start_step >= stop_after and done != steps

@@ -7,6 +7,8 @@ import json
 import random
 from pathlib import Path
 
+import pytest
+
 from fbcompress.data.dataset_dir import SPLITS, DatasetDir, EvalSetSizes
 from fbcompress.data.search_sets import SEARCH_FILE, build_name_queries
 from fbcompress.data.synth import synthesize_dataset
@@ -125,3 +127,61 @@ def test_product_names_are_a_labelled_proxy_where_there_are_no_queries():
     assert test["slim jeans"]["relevant"] == {"a": 2, "b": 2} and test["slim jeans"]["proxy"] is True
     assert [r["query"] for r in rows if r["split"] == "val"] == ["silk scarf"]
     assert len(build_name_queries(names, split_of, queries=1, seed=0)) == 3  # at most `queries` per split
+
+
+def test_the_train_split_can_have_more_queries_without_moving_val_and_test():
+    """`data.search_train_queries`: the retriever's training queries; val and test sets stay the ones drawn before."""
+    products, split_of = _catalogue(300)
+    same = build_search_set(products, split_of, queries=10, seed=0)
+    more = build_search_set(products, split_of, queries={"train": 40, "val": 10, "test": 10}, seed=0)
+    assert [r for r in more if r["split"] != "train"] == [r for r in same if r["split"] != "train"]
+    train = [r for r in more if r["split"] == "train"]
+    assert 10 < len(train) <= 40 and train[:10] == [r for r in same if r["split"] == "train"]
+    assert EvalSetSizes(10, 4, train_search_queries=40).search_counts() == {"train": 40, "val": 10, "test": 10}
+    assert EvalSetSizes(10, 4).search_counts() == {"train": 10, "val": 10, "test": 10}
+
+
+def test_search_queries_read_the_split_and_refuse_broken_rows(tmp_path: Path):
+    from fbcompress.core.errors import FbError
+    from fbcompress.data.search_sets import search_queries
+
+    out = synthesize_dataset(tmp_path / "cat", products=40, image_size=32, seed=0, val_fraction=0.2,
+                             test_fraction=0.2, eval_sizes=EvalSetSizes(5, 4))
+    dataset = DatasetDir.open(out)
+    rows = [json.loads(line) for line in (out / SEARCH_FILE).read_text().splitlines()]
+    val = search_queries(dataset, "val")
+    assert [q.text for q in val] == [r["query"] for r in rows if r["split"] == "val"]
+    assert val[0].relevant == next(r["relevant"] for r in rows if r["split"] == "val") and not val[0].proxy
+    for broken, message in ((dict(rows[0], relevant={}), "no relevant products"),
+                            (dict(rows[0], relevant={"s1": 3}), "expected 1 or 2"),
+                            (dict(rows[0], query=""), "without a query text")):
+        (out / SEARCH_FILE).write_text(json.dumps(broken) + "\n")
+        with pytest.raises(FbError, match=message):
+            search_queries(dataset, broken["split"])
+    (out / SEARCH_FILE).unlink()
+    with pytest.raises(FbError, match="has no search queries"):
+        search_queries(dataset, "val")
+
+
+def test_search_logs_become_graded_queries_over_every_split(tmp_path: Path):
+    """An import's logs: a query is relevant to every product it led to, in any split; grade 2 for products with at
+    least half its largest weight. A split's queries are the texts of its own log."""
+    from fbcompress.data.search_sets import log_queries, search_queries
+
+    out = synthesize_dataset(tmp_path / "cat", products=40, image_size=32, seed=0, val_fraction=0.2,
+                             test_fraction=0.2, eval_sizes=EvalSetSizes(5, 4))
+    (out / SEARCH_FILE).unlink()
+    dataset = DatasetDir.open(out)
+    train, test = dataset.records("train"), dataset.records("test")
+    logs = {"train": [{"query": "red  dress", "id": train[0]["id"], "weight": 10},
+                      {"query": "red dress", "id": train[1]["id"], "weight": 4},
+                      {"query": "coat", "id": train[2]["id"], "weight": 1}],
+            "val": [],
+            "test": [{"query": "red dress", "id": test[0]["id"], "weight": 5}]}
+    for split, rows in logs.items():
+        (out / f"queries-{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    queries = {q.text: q for q in log_queries(dataset, "train")}
+    assert set(queries) == {"red dress", "coat"}
+    assert queries["red dress"].relevant == {train[0]["product_id"]: 2, train[1]["product_id"]: 1,
+                                             test[0]["product_id"]: 2}
+    assert [q.text for q in search_queries(dataset, "test")] == ["red dress"]

@@ -360,3 +360,14 @@ def test_smoke_quickstart_end_to_end_then_reused(tmp_path):
     assert {s["status"] for s in report["stages"]} <= {"reused", "skipped"}
     teacher = next(row for row in report["models"] if row["key"] == "teacher")
     assert teacher["scored_by"].startswith("onnxruntime") and teacher["parity_vs_pytorch"]["max_abs_diff"] <= 1e-4
+    # the search stack ran after the scorer's, and its gated bundle ships inside the scorer's, a bundle of its own
+    names = [s["name"] for s in report["stages"]]
+    assert names[-9:] == ["retriever", "index", "query-encoder", "search-onnx", "search-int8", "search-eval",
+                          "search-check", "ship-search", "search-bench"]
+    from fbcompress.bundle.store import Bundle
+
+    search = Bundle.open(bundle / "search")
+    assert search.manifest["kind"] == "search" and "query_encoder.int8.onnx" in search.verify_all()
+    assert Bundle.open(bundle).verify_all() and not any(rel.startswith("search/") for rel in Bundle.open(bundle).files)
+    assert set(report["search"]["retrieval"]["stages"]) == {"ann", "rerank"}
+    assert "## Search" in (tmp_path / "run" / "report.md").read_text()

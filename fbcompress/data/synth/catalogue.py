@@ -120,7 +120,7 @@ def synthesize_dataset(
     poses: int = 1,
 ) -> Path:
     """Write the synthetic catalogue as a dataset dir at `out` (atomically: nothing there on failure), with its
-    search queries (`eval-search.jsonl`, `queries.py`): up to `eval_sizes.queries` per split."""
+    search queries (`eval-search.jsonl`, `queries.py`): `eval_sizes.search_counts()` per split."""
     _check_arguments(products, image_size, poses)
     extra_meta = {"synthetic": True, "image_size": image_size, "generator": GENERATOR, "poses": poses,
                   "search_queries": "synthetic shopper queries, graded relevance from the attributes they name"}
@@ -129,7 +129,7 @@ def synthesize_dataset(
 
     def search_set(root: Path, split_of: dict[str, str]) -> None:
         product_split = {product_of[record_id]: split for record_id, split in split_of.items()}
-        rows = build_search_set(list(catalogue.values()), product_split, eval_sizes.queries, seed)
+        rows = build_search_set(list(catalogue.values()), product_split, eval_sizes.search_counts(), seed)
         write_search_set(root / SEARCH_FILE, rows)
 
     with dataset_writer(

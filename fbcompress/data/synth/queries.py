@@ -23,6 +23,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from fbcompress.data.search_sets import queries_for
 from fbcompress.data.synth.text import PATTERN_ADJ, TITLE_ADJ
 from fbcompress.data.synth.vocabulary import COLOUR_WORDS, DESCRIBED_KEYS, SUBCATEGORY_BY_NAME
 
@@ -105,10 +106,11 @@ def draw_query(product: CatalogueProduct, rng: random.Random) -> tuple[str, dict
     return phrase(product.subcategory, named, rng), named
 
 
-def build_search_set(catalogue: list[CatalogueProduct], split_of: Mapping[str, str], queries: int, seed: int,
-                     splits: Iterable[str] = ("train", "val", "test")) -> list[dict[str, Any]]:
-    """`queries` queries per split (at most one per product of the split, distinct texts), each with its graded
-    relevant products over the whole catalogue, deterministically for `seed`."""
+def build_search_set(catalogue: list[CatalogueProduct], split_of: Mapping[str, str], queries: int | Mapping[str, int],
+                     seed: int, splits: Iterable[str] = ("train", "val", "test")) -> list[dict[str, Any]]:
+    """`queries` queries per split (or {split: count}; at most one per product of the split, distinct texts), each
+    with its graded relevant products over the whole catalogue, deterministically for `seed`. A split's queries do
+    not depend on another split's count: each split draws from its own seeded stream."""
     by_subcategory: dict[str, list[CatalogueProduct]] = {}
     for product in catalogue:
         by_subcategory.setdefault(product.subcategory, []).append(product)
@@ -118,8 +120,9 @@ def build_search_set(catalogue: list[CatalogueProduct], split_of: Mapping[str, s
         pool = [p for p in catalogue if split_of.get(p.product_id) == split]
         rng.shuffle(pool)
         seen: set[str] = set()
+        wanted = queries_for(queries, split)
         for product in pool:
-            if len(seen) >= queries:
+            if len(seen) >= wanted:
                 break
             text, named = draw_query(product, rng)
             if text in seen:
