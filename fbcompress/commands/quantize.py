@@ -156,14 +156,14 @@ def _search_bundle(model: Path) -> Path | None:
     """The search bundle `model` is (or whose query_encoder.onnx it is), else None."""
     import json
 
-    from fbcompress.bundle.names import MANIFEST
+    from fbcompress.bundle.names import MANIFEST, SEARCH_KIND
 
     root = model if model.is_dir() else model.parent
     try:
         manifest = json.loads((root / MANIFEST).read_text())
     except (OSError, ValueError):
         return None
-    return root if isinstance(manifest, dict) and manifest.get("kind") == "search" else None
+    return root if isinstance(manifest, dict) and manifest.get("kind") == SEARCH_KIND else None
 
 
 def _quantize_query_encoder(bundle: Path, data_dir: Path, index_dir: Path | None, section, split: str,

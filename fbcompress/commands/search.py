@@ -140,13 +140,15 @@ def search_cmd(index_dir, model_path, backend, rerank, data_dir, exact, device, 
     for query in queries or (line.strip() for line in sys.stdin if line.strip()):
         hits, timing = searcher.search(query, k, rerank_k if rerank is not None else 0)
         stages = f"encode {timing.encode * 1e3:.1f} ms, search {timing.search * 1e3:.2f} ms" + (
-            f", re-rank {timing.rerank * 1e3:.1f} ms" if rerank is not None else "")
+            f", image tokens {timing.fetch * 1e3:.1f} ms, re-rank {timing.rerank * 1e3:.1f} ms"
+            if rerank is not None else "")
         click.echo(f"{query!r} ({stages})", err=json_path == "-")
         for rank, hit in enumerate(hits, 1):
             extra = f"  match {hit.rerank_score:.3f}" if hit.rerank_score is not None else ""
             click.echo(f"{rank:>3}. {hit.product_id}  {hit.score:.4f}{extra}  {hit.title}", err=json_path == "-")
         results.append({"query": query, "hits": [vars(h) for h in hits], "ms": {
-            "encode": timing.encode * 1e3, "search": timing.search * 1e3, "rerank": timing.rerank * 1e3}})
+            "encode": timing.encode * 1e3, "search": timing.search * 1e3, "fetch": timing.fetch * 1e3,
+            "rerank": timing.rerank * 1e3}})
     if json_path:
         write_json_output(json_path, results)
 

@@ -49,18 +49,25 @@ def atomic_dir(target: str | Path, overwrite: bool = True) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         yield tmp
-        if target.exists():
-            old = target.with_name(f".{target.name}.old-{os.getpid()}")
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
+        replace_dir(tmp, target)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(exc, OSError) and exc.errno == 28:  # ENOSPC
             raise FbError(f"disk full while writing {target}") from None
         raise
+
+
+def replace_dir(finished: Path, target: Path) -> None:
+    """Put the complete directory `finished` at `target` by renames: an existing target is moved aside first and
+    removed after, so `target` is never a half-written directory."""
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.replace(target, old)
+        os.replace(finished, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(finished, target)
 
 
 @contextlib.contextmanager

@@ -119,9 +119,9 @@ def feature_parity(encoder: ImageEncoder, run: Callable[[np.ndarray], np.ndarray
 
 def ort_features(path: Path) -> Callable[[np.ndarray], np.ndarray]:
     """images -> patch features with an ONNX Runtime CPU session of `path` (any of the encoder's graphs)."""
-    import onnxruntime as ort
+    from fbcompress.runtime.onnxruntime import cpu_session
 
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = cpu_session(path)
     return lambda images: session.run([OUTPUT], {INPUT: images})[0]
 
 

@@ -504,10 +504,11 @@ def _build_kit_step(ctx: _Ctx, precisions: list[str], not_built: str | None) -> 
                 "serving GPU")
 
 
-def _triton_model(ctx: _Ctx, root: Path, name: str, source: str, graph: str, max_batch: int,
-                  preferred: list[int], profiles: list[int]) -> dict[str, Any]:
+def write_triton_model(w: B.BundleWriter, opts: Any, summary: dict[str, Any], root: Path, name: str, source: str,
+                       graph: str, max_batch: int, preferred: list[int], profiles: list[int]) -> dict[str, Any]:
     """One model of the Triton repository: `source` (a .plan when `profiles`, else ONNX) under `name/1/`, and a
-    config.pbtxt made from the I/O of the ONNX `graph` it came from, read back and checked against it."""
+    config.pbtxt made from the I/O of the ONNX `graph` it came from, read back and checked against it (the scorer,
+    the image encoder, a search bundle's query encoder)."""
     from fbcompress.export.onnx_export import graph_io
     from fbcompress.export.triton import (
         MODEL_FILES,
@@ -518,7 +519,6 @@ def _triton_model(ctx: _Ctx, root: Path, name: str, source: str, graph: str, max
         read_config,
     )
 
-    w, opts = ctx.w, ctx.opts
     plan = source.endswith(".plan")
     platform = PLATFORM_PLAN if plan else PLATFORM_ONNX
     model_dir = root / name
@@ -537,7 +537,7 @@ def _triton_model(ctx: _Ctx, root: Path, name: str, source: str, graph: str, max
     w.add_model(rel, {"role": B.ROLE_TRITON, "format": "tensorrt-plan" if plan else "onnx",
                       "precision": source_entry.get("precision", "fp32"), "copy_of": source,
                       **({"tensorrt": source_entry["tensorrt"]} if plan and "tensorrt" in source_entry else {})})
-    ctx.summary["files_written"] += [rel, f"triton/{name}/config.pbtxt"]
+    summary["files_written"] += [rel, f"triton/{name}/config.pbtxt"]
     return {"model_name": name, "platform": platform, "model_file": rel, "copy_of": source,
             "max_batch_size": max_batch, "instance_kind": kind, "config": f"triton/{name}/config.pbtxt"}
 
@@ -559,8 +559,9 @@ def _triton_step(ctx: _Ctx, force_onnx: bool = False) -> None:
         raise FbError("a TensorRT engine runs on a GPU: --triton-kind cpu only works with the ONNX model")
     source = plan or (ORT_FILE if (w.dir / ORT_FILE).is_file() else ONNX_FILE)
     root = w.replace_tree("triton", B.ROLE_TRITON)
-    scorer = _triton_model(ctx, root, opts.triton_name, source, ONNX_FILE, max(p.batch[2] for p in ctx.profiles),
-                           [p.batch[1] for p in ctx.profiles], list(range(len(ctx.profiles))))
+    scorer = write_triton_model(w, opts, ctx.summary, root, opts.triton_name, source, ONNX_FILE,
+                                max(p.batch[2] for p in ctx.profiles), [p.batch[1] for p in ctx.profiles],
+                                list(range(len(ctx.profiles))))
     w.manifest["triton"] = {"repository": "triton", **scorer}
     if ctx.image_encoder is not None:
         w.manifest["triton"]["image_encoder"] = _triton_image_encoder(ctx, root, use_plan=plan is not None)
@@ -578,8 +579,8 @@ def _triton_image_encoder(ctx: _Ctx, root: Path, use_plan: bool) -> dict[str, An
     plans = [image_encoder_engine(p) for p in ("int8", "fp16") if opts.precision in (p, None)]
     plan = next((p for p in plans if use_plan and (w.dir / p).is_file()), None)
     _, opt, high = (int(n) for n in opts.export.image_encoder_batch)
-    return _triton_model(ctx, root, f"{opts.triton_name}_image_encoder", plan or IMAGE_ENCODER_FILE,
-                         IMAGE_ENCODER_FILE, high, [opt, high], [0])
+    return write_triton_model(w, opts, ctx.summary, root, f"{opts.triton_name}_image_encoder",
+                              plan or IMAGE_ENCODER_FILE, IMAGE_ENCODER_FILE, high, [opt, high], [0])
 
 
 def _refresh_triton(ctx: _Ctx) -> None:

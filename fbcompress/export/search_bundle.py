@@ -252,15 +252,7 @@ def _build_engines(writer: B.BundleWriter, opts: Any, profiles: list[Profile], p
 def _triton(writer: B.BundleWriter, opts: Any, profiles: list[Profile], summary: dict[str, Any]) -> None:
     """`triton/<name>_query/`: the query encoder's engine (GPU, where one was built) or its ONNX graph (ONNX Runtime),
     dynamic batching up to the profiles' max batch; the config read back and checked against the graph."""
-    from fbcompress.export.onnx_export import graph_io
-    from fbcompress.export.triton import (
-        MODEL_FILES,
-        PLATFORM_ONNX,
-        PLATFORM_PLAN,
-        check_config_matches,
-        make_config,
-        read_config,
-    )
+    from fbcompress.export.pipeline import write_triton_model
 
     plan = None
     if opts.precision:
@@ -271,21 +263,9 @@ def _triton(writer: B.BundleWriter, opts: Any, profiles: list[Profile], summary:
         plan = next((engine_file(p) for p in ("int8", "fp16") if (writer.dir / engine_file(p)).is_file()), None)
     if plan and opts.triton_kind != "gpu":
         raise FbError("a TensorRT engine runs on a GPU: --triton-kind cpu only works with the ONNX model")
-    platform = PLATFORM_PLAN if plan else PLATFORM_ONNX
-    name = f"{opts.triton_name}_query"
     root = writer.replace_tree("triton", B.ROLE_TRITON)
-    io = graph_io(writer.dir / QUERY_ENCODER_FILE)
-    config = make_config(name, platform, io["inputs"], io["outputs"], max(p.batch[2] for p in profiles),
-                         [p.batch[1] for p in profiles], int(opts.export.triton_max_queue_delay_us),
-                         "KIND_GPU" if opts.triton_kind == "gpu" else "KIND_CPU",
-                         list(range(len(profiles))) if plan else [])
-    check_config_matches(read_config(config), io)
-    (root / name / "1").mkdir(parents=True)
-    (root / name / "config.pbtxt").write_text(config)
-    shutil.copy2(writer.dir / (plan or QUERY_ENCODER_FILE), root / name / "1" / MODEL_FILES[platform])
-    writer.manifest["triton"] = {"repository": "triton", "model_name": name, "platform": platform,
-                                 "max_batch_size": max(p.batch[2] for p in profiles),
-                                 "copy_of": plan or QUERY_ENCODER_FILE,
-                                 "instance_kind": "KIND_GPU" if opts.triton_kind == "gpu" else "KIND_CPU"}
+    model = write_triton_model(writer, opts, summary, root, f"{opts.triton_name}_query", plan or QUERY_ENCODER_FILE,
+                               QUERY_ENCODER_FILE, max(p.batch[2] for p in profiles), [p.batch[1] for p in profiles],
+                               list(range(len(profiles))))
+    writer.manifest["triton"] = {"repository": "triton", **model}
     summary["triton"] = writer.manifest["triton"]
-    summary["files_written"].append(f"triton/{name}")

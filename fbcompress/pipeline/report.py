@@ -296,10 +296,10 @@ def search_lines(search: dict[str, Any] | None) -> list[str]:
     bench = search.get("bench")
     if isinstance(bench, dict) and bench.get("end_to_end"):
         lines += ["", "End to end, one search at a time (p50 ms, share of the mean):", "",
-                  "| re-rank top K | encode | ANN | re-rank | total p50 |", "|---" * 5 + "|"]
+                  "| re-rank top K | encode | ANN | image tokens | re-rank | total p50 |", "|---" * 6 + "|"]
         for row in bench["end_to_end"]:
             cells = [f"{row[s]['p50_ms']:.2f} ({row[s]['share']:.0%})" if s in row else "-"
-                     for s in ("encode", "search", "rerank")]
+                     for s in ("encode", "search", "fetch", "rerank")]
             lines.append(f"| {row['rerank_k'] or 'none'} | {' | '.join(cells)} | {row['total']['p50_ms']:.2f} |")
     return lines
 

@@ -84,10 +84,11 @@ def open_scorer(path: str | Path, device: str = "cpu", backend: str = "auto") ->
 
 def _open_by_form(path: Path, device: str) -> Scorer:
     if path.is_dir() and (path / "manifest.json").is_file() and not (path / "fbcompress.json").is_file():
+        from fbcompress.bundle.names import SEARCH_KIND
         from fbcompress.bundle.store import Bundle
 
         bundle = Bundle.open(path)
-        if bundle.manifest.get("kind") == "search":
+        if bundle.manifest.get("kind") == SEARCH_KIND:
             raise FbError(f"{path} is a search bundle (a query encoder), not a scorer: use it with `fbcompress search` "
                           "or `eval-retrieval --model`")
         path = path / bundle.primary_model()

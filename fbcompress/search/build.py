@@ -12,8 +12,6 @@ last and renames the work folder into place (`store.py` has the layout).
 from __future__ import annotations
 
 import hashlib
-import os
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,7 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from fbcompress.core import distributed
-from fbcompress.core.artifacts import atomic_write_json, open_work_dir, sha256_file
+from fbcompress.core.artifacts import atomic_write_json, open_work_dir, replace_dir, sha256_file
 from fbcompress.core.errors import FbError
 from fbcompress.data.dataset_dir import SPLITS, DatasetDir
 from fbcompress.data.loader import SplitData
@@ -233,14 +231,7 @@ def _finish(model: TowerModel, catalogue: Catalogue, tokenizer: Any, dataset: Da
     }
     atomic_write_json(work / INDEX_MANIFEST, manifest)
     (work / "state.json").unlink(missing_ok=True)
-    if out.exists():
-        retired = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, retired)
-        os.replace(work, out)
-        shutil.rmtree(retired, ignore_errors=True)
-    else:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(work, out)
+    replace_dir(work, out)
     return IndexSummary(out, len(vectors), kind, encoded_total, resumed, encode_seconds, recall, size,
                         built.build_seconds, manifest)
 

@@ -50,7 +50,8 @@ def evaluate_retrieval(searcher: Searcher, dataset: DatasetDir, split: str = "te
                                                      "search": summarise([t.search for t in timings]).to_dict()}}}
     if rerank_k:
         stages["rerank"] = {**retrieval_metrics(second, relevance), "rerank_k": rerank_k,
-                            "latency_ms": {"rerank": summarise([t.rerank for t in timings]).to_dict()}}
+                            "latency_ms": {"fetch": summarise([t.fetch for t in timings]).to_dict(),
+                                           "rerank": summarise([t.rerank for t in timings]).to_dict()}}
     encoder = searcher.encoder
     return {
         "split": split,

@@ -61,25 +61,37 @@ class Reranker:
         self.images = images
         self.tokenizer = tokenizer
 
-    def scores(self, query: str, product_ids: list[str]) -> np.ndarray:
-        """Match probability of `query` with each product, in one batch (the query's text is the same for all)."""
-        if not product_ids:
+    def patches(self, product_ids: list[str]) -> np.ndarray:
+        """The products' image tokens [K, 64, D]: read from the dataset here, a feature-store lookup in serving."""
+        return np.stack([self.images.patches(p) for p in product_ids])
+
+    def score(self, query: str, patches: np.ndarray) -> np.ndarray:
+        """Match probability of `query` with each product's patches, in one batch (the same text for all)."""
+        if not len(patches):
             return np.zeros(0)
         ids = self.tokenizer([query], truncation=True, max_length=self.scorer.spec.max_text_len)["input_ids"]
-        text = pad_texts(ids * len(product_ids), int(self.tokenizer.pad_token_id))
-        patches = torch.from_numpy(np.stack([self.images.patches(p) for p in product_ids]))
+        text = pad_texts(ids * len(patches), int(self.tokenizer.pad_token_id))
         return match_probability(self.scorer.logits({"input_ids": text.input_ids, "attention_mask":
                                                      text.attention_mask, "token_type_ids": text.token_type_ids,
-                                                     "patches": patches}))
+                                                     "patches": torch.from_numpy(patches)}))
+
+    def scores(self, query: str, product_ids: list[str]) -> np.ndarray:
+        return self.score(query, self.patches(product_ids)) if product_ids else np.zeros(0)
 
 
 @dataclass
 class Timings:
-    """Seconds per stage for one query."""
+    """Seconds per stage for one query: `fetch` reads the re-ranked products' image tokens (a feature-store lookup
+    in serving, PNG decoding here), `rerank` is the cross-encoder itself."""
 
     encode: float
     search: float
     rerank: float = 0.0
+    fetch: float = 0.0
+
+    @property
+    def total(self) -> float:
+        return self.encode + self.search + self.fetch + self.rerank
 
 
 class Searcher:
@@ -121,16 +133,18 @@ class Searcher:
         searched = time.perf_counter()
         hits = [Hit(self.index.product_ids[r], self.index.titles[r], float(s)) for r, s in zip(rows, scores,
                                                                                               strict=True)]
-        rerank_s = 0.0
+        timings = Timings(encoded - start, searched - encoded)
         if self.reranker is not None and rerank_k > 0:
             head, tail = hits[:rerank_k], hits[rerank_k:]
-            probabilities = self.reranker.scores(query, [h.product_id for h in head])
+            patches = self.reranker.patches([h.product_id for h in head])
+            fetched = time.perf_counter()
+            probabilities = self.reranker.score(query, patches)
+            timings.fetch, timings.rerank = fetched - searched, time.perf_counter() - fetched
             for hit, p in zip(head, probabilities, strict=True):
                 hit.rerank_score = float(p)
             head.sort(key=lambda h: -(h.rerank_score or 0.0))
             hits = head + tail
-            rerank_s = time.perf_counter() - searched
-        return hits[:k], Timings(encoded - start, searched - encoded, rerank_s)
+        return hits[:k], timings
 
 
 def open_reranker(bundle: str | Path, index: ProductIndex, data: str | Path | None, device: str = "cpu") -> Reranker:

@@ -45,8 +45,8 @@ def _students(overrides: tuple[str, ...] = ()) -> list[str]:
 
 def _base(args: list[str]) -> tuple[str, ...]:
     """The stage's own command line, without the --resume/--force the orchestrator appends to training stages."""
-    return tuple(args[:-1] if args[-1] in ("--resume", "--force") and args[0] in ("train-teacher", "distill")
-                 else args)
+    return tuple(args[:-1] if args[-1] in ("--resume", "--force")
+                 and args[0] in ("train-teacher", "distill", "train-retriever") else args)
 
 
 @pytest.fixture(autouse=True)
@@ -62,8 +62,9 @@ def _run(tmp_path: Path, fake: FakeCommands, overrides: tuple[str, ...] = (), **
 
 
 def _commands() -> list[str]:
-    """The stages that run a command (not tensorrt: no TensorRT here; not ship: an in-process copy)."""
-    return [s.name for s in qs.build_stages("smoke", (), Path("r"), Path("b")) if s.name not in ("tensorrt", "ship")]
+    """The stages that run a command (not tensorrt: no TensorRT here; not the ships: in-process copies)."""
+    return [s.name for s in qs.build_stages("smoke", (), Path("r"), Path("b"))
+            if s.name != "tensorrt" and s.action is None]
 
 
 # the smoke recipe's ladder has one student, named "student"
@@ -115,8 +116,9 @@ def test_missing_output_reruns_the_stage(tmp_path):
     (tmp_path / "run" / "eval" / "teacher.json").unlink()
     again = FakeCommands(tmp_path)
     _run(tmp_path, again)
-    # the gate reads the teacher's eval; a re-checked student is shipped again, and benchmarked
-    assert again.names() == ["teacher-eval", CHECK, "bench"]
+    # the gate reads the teacher's eval; a re-checked student is shipped again, and benchmarked; the search stages
+    # that use the shipped scorer (re-ranking) run again, the ones that do not (retriever, index, INT8) are reused
+    assert again.names() == ["teacher-eval", CHECK, "bench", "search-eval", "search-bench"]
 
 
 def test_force_redoes_everything(tmp_path):
@@ -237,7 +239,8 @@ def test_a_changed_recipe_section_reruns_only_the_stages_that_read_it(tmp_path):
     fake = FakeCommands(tmp_path)
     fake.stages = {tuple(s.args): s for s in stages}
     qs.run_quickstart("smoke", overrides, tmp_path / "run", tmp_path / "bundle", invoke=fake)
-    assert fake.names() == [INT8, CHECK, "bench"]
+    # the scorer's INT8 and what follows it; the query encoder's INT8 reads the quantize section too
+    assert fake.names() == [INT8, CHECK, "bench", "search-int8", "search-eval", "search-check", "search-bench"]
 
 
 def test_ctrl_c_in_a_stage_stops_the_pipeline_and_keeps_finished_stages(tmp_path):

@@ -190,6 +190,10 @@ class Pipeline:
     def calls_of(self, command: str) -> list[list[str]]:
         return [c for c in self.calls if c[0] == command]
 
+    def student_distills(self) -> list[list[str]]:
+        """The scorer students' `distill` calls (not the query encoder's, `distill --retriever`)."""
+        return [c for c in self.calls_of("distill") if "--teacher" in c]
+
     @staticmethod
     def _student(args: list[str]) -> str | None:
         for arg in args:
@@ -219,7 +223,9 @@ class Pipeline:
         code = self.fail.get((command, student), self.fail.get((command, None)))
         if code is not None:
             return code
-        if command == "data":
+        if command in SEARCH_COMMANDS or "--retriever" in args or "--index" in args or _query_encoder(args):
+            self._search(command, args)
+        elif command == "data":
             self._write(Path(flag(args, "--out")) / "dataset.json", "dataset")
         elif command in ("train-teacher", "distill"):
             if command == "distill":
@@ -258,6 +264,49 @@ class Pipeline:
             raise AssertionError(f"unexpected command {args}")
         return 0
 
+    def _search(self, command: str, args: list[str]) -> None:
+        """The search stages: each reads what an earlier one wrote (the retriever from the teacher, the index and the
+        query encoder from the retriever, the bundle from the query encoder, the INT8 file from that bundle)."""
+        if command == "train-retriever":
+            self._read(str(Path(flag(args, "--teacher")) / "model.safetensors"), "checkpoint")
+            self._write(Path(flag(args, "--out")) / "model.safetensors", "retriever")
+        elif command == "index":
+            self._read(str(Path(flag(args, "--model")) / "model.safetensors"), "retriever")
+            self._write(Path(flag(args, "--out")) / "index.json", f"index of {flag(args, '--model')}")
+        elif command == "distill":
+            self._read(str(Path(flag(args, "--retriever")) / "model.safetensors"), "retriever")
+            self._write(Path(flag(args, "--out")) / "model.safetensors", "query encoder")
+        elif command == "export":
+            self._read(str(Path(flag(args, "--model")) / "model.safetensors"), "query encoder")
+            bundle = Path(flag(args, "--out"))
+            self._write(bundle / "query_encoder.onnx", "query encoder onnx")
+            self._write(bundle / "manifest.json", "{}")
+        elif command == "quantize":
+            source = Path(flag(args, "--model")) / "query_encoder.onnx"
+            self._read(str(source), "query encoder onnx")
+            self._read(str(Path(flag(args, "--index")) / "index.json"), "index of ")
+            self._write(Path(flag(args, "--model")) / "query_encoder.int8.onnx", f"int8 of {source}")
+            self._write(Path(flag(args, "--json")), "{}")
+        elif command in ("eval-retrieval", "check", "bench"):
+            self._read(str(Path(flag(args, "--index")) / "index.json"), "index of ")
+            models = [flag(args, "--model" if command != "check" else "--candidate")] if command != "bench" else \
+                flags(args, "--model")
+            self._read(models[-1], "int8 of ")
+            if command != "check":
+                self._read(flag(args, "--rerank"), "int8 of ")
+            report = verdict_record({}, models[-1]) if command == "check" else {}
+            self._write(Path(flag(args, "--json")), json.dumps(report))
+        else:
+            raise AssertionError(f"unexpected search command {args}")
+
+
+SEARCH_COMMANDS = ("train-retriever", "index", "eval-retrieval")
+
+
+def _query_encoder(args: list[str]) -> bool:
+    """An export of the query encoder (its stage's --model)."""
+    return args[0] == "export" and Path(flag(args, "--model")).name == "query-encoder"
+
 
 def run_pipeline(tmp_path: Path, fake: Pipeline, recipe: str = QUICKSTART, **kwargs) -> list[qs.StageResult]:
     return qs.run_quickstart(recipe, (), tmp_path / "run", tmp_path / "bundle", invoke=fake, **kwargs)
@@ -291,7 +340,7 @@ def test_ships_the_first_student_whose_gate_passed_at_every_ladder_position(firs
     assert qs.shipped_student(list(results.values())) == shipped
     assert (bundle / "model.int8.onnx").read_text() == f"int8 of {run / 'bundles' / shipped / 'model.onnx'}"
     assert results["ship"].status == "ran" and results["ship"].student == shipped
-    assert [flag(c, "--out") for c in fake.calls_of("distill")] == [str(run / "students" / n)
+    assert [flag(c, "--out") for c in fake.student_distills()] == [str(run / "students" / n)
                                                                    for n in names[: first_pass + 1]]
     for name in names[first_pass + 1:]:
         assert results[f"check[{name}]"].status == "skipped"
@@ -318,7 +367,7 @@ def test_all_students_ships_the_fastest_by_the_gates_own_p50(tmp_path):
     counting a failed gate as passed."""
     fake = Pipeline(fail={("check", "h128"): 1}, p50={"h128": 0.1, "h192": 2.5, "h256": 1.25})
     results = run_pipeline(tmp_path, fake, all_students=True)
-    assert [flag(c, "--out") for c in fake.calls_of("distill")] == [
+    assert [flag(c, "--out") for c in fake.student_distills()] == [
         str(tmp_path / "run" / "students" / n) for n in LADDERS[QUICKSTART]]
     assert qs.shipped_student(results) == "h256"
     assert (tmp_path / "bundle" / "model.int8.onnx").read_text().endswith(str(Path("h256") / "model.onnx"))
@@ -499,3 +548,54 @@ def test_the_report_names_the_gpu_it_ran_on():
     on_cpu = render_markdown({**report, "machine": {**base, "gpu": None}}, has_weights=False)
     line = "Machine: CPU AMD EPYC (2 usable cores, torch threads 2, FP32 GEMM 40 GFLOPS); torch 2.13.0; no GPU."
     assert line in on_cpu
+
+
+@pytest.mark.parametrize("recipe", [SMOKE, QUICKSTART])
+def test_search_stages_read_and_write_the_documented_paths(recipe, tmp_path):
+    """The search stack: OUT/retriever from the teacher, OUT/index and OUT/query-encoder from the retriever, the
+    search bundle OUT/bundles/search from the query encoder, its INT8 file judged by the gate against the retriever
+    over the index, re-ranking by the shipped scorer's INT8 file, and the gated bundle shipped as BUNDLE/search.
+    Breaks caught: the index built from the teacher (the zero-shot tower) or the query encoder; the gate judging the
+    FP32 graph or the checkpoint; re-ranking with the unshipped student's bundle; the search bundle shipped ungated."""
+    out, bundle = tmp_path / "run", tmp_path / "bundle"
+    stages = stages_by_name(recipe, out, bundle)
+    search, int8 = out / "bundles" / "search", out / "bundles" / "search" / "query_encoder.int8.onnx"
+    assert flag(stages["retriever"].args, "--teacher") == str(out / "teacher")
+    assert flag(stages["index"].args, "--model") == str(out / "retriever")
+    assert flag(stages["query-encoder"].args, "--retriever") == str(out / "retriever")
+    assert flag(stages["search-onnx"].args, "--model") == str(out / "query-encoder")
+    assert flag(stages["search-onnx"].args, "--out") == str(search)
+    assert flag(stages["search-int8"].args, "--model") == str(search)
+    assert flag(stages["search-int8"].args, "--index") == str(out / "index")
+    assert stages["search-int8"].outputs == [int8] and stages["search-int8"].gate
+    assert flag(stages["search-eval"].args, "--model") == str(int8)
+    assert flag(stages["search-eval"].args, "--rerank") == str(bundle / "model.int8.onnx")
+    check = stages["search-check"]
+    assert (flag(check.args, "--teacher"), flag(check.args, "--candidate")) == (str(out / "retriever"), str(int8))
+    assert check.gate and check.outputs == [out / "eval" / "search" / "check.json"]
+    assert set(stages["ship-search"].after) == {"search-check", "ship"}
+    assert stages["ship-search"].outputs == [bundle / "search" / "manifest.json"]
+
+
+def test_the_search_stages_run_in_order_after_the_scorer_and_ship_into_its_bundle(tmp_path):
+    fake = Pipeline()
+    results = run_pipeline(tmp_path, fake, SMOKE)
+    names = [r.name for r in results]
+    assert names[names.index("bench") + 1:] == ["retriever", "index", "query-encoder", "search-onnx", "search-int8",
+                                                "search-eval", "search-check", "ship-search", "search-bench"]
+    assert all(r.status == "ran" for r in results if r.name in names[names.index("retriever"):])
+    assert (tmp_path / "bundle" / "search" / "query_encoder.int8.onnx").read_text().startswith("int8 of ")
+
+
+def test_a_failed_search_gate_ships_no_search_bundle_and_is_a_verdict(tmp_path):
+    class FailSearchCheck(Pipeline):
+        def __call__(self, args):
+            if args[0] == "check" and "--index" in args:
+                self.calls.append(list(args))
+                return 1
+            return super().__call__(args)
+
+    results = {r.name: r for r in run_pipeline(tmp_path, FailSearchCheck(), SMOKE)}
+    assert results["search-check"].status == "failed" and results["search-check"].gate
+    assert results["ship-search"].status == "skipped" and not (tmp_path / "bundle" / "search").exists()
+    assert qs.exit_code(list(results.values()), "student") == 0  # the scorer shipped; the search gate said no

@@ -52,6 +52,7 @@ def test_every_conv_is_int8_and_onnx_runtime_runs_it(tiny):
     from fbcompress.export.image_encoder_export import export_image_encoder, sample_images
     from fbcompress.modeling.image_encoder import load_image_encoder
     from fbcompress.quantize.image_encoder import calibration_images, quantize_encoder
+    from fbcompress.runtime.onnxruntime import cpu_session
 
     root, dataset = tiny
     encoder = load_image_encoder(root / "resnet", grid=8)
@@ -61,7 +62,7 @@ def test_every_conv_is_int8_and_onnx_runtime_runs_it(tiny):
                                 per_channel=True)
     assert settings["convs"] > 0 and settings["convs_quantized"] == settings["convs"]
     images = sample_images(encoder, 2)
-    got = ort.InferenceSession(str(int8), providers=["CPUExecutionProvider"]).run(None, {"images": images})[0]
+    got = cpu_session(int8).run(None, {"images": images})[0]  # the project's session options (x64quantprecision)
     want = ort.InferenceSession(str(fp32), providers=["CPUExecutionProvider"]).run(None, {"images": images})[0]
     assert got.shape == want.shape == (2, 64, 16)
     assert 0 < np.abs(got - want).max() <= 0.25 * np.abs(want).max()  # rounded, not another function

@@ -127,3 +127,11 @@ def test_a_feature_array_of_the_wrong_shape_is_one_line(feature_scorer):
     """Breaks caught: the message dropped or not naming both shapes."""
     with pytest.raises(FbError, match=r"patch features of shape \(4, 5\), the model expects \(4, 6\)"):
         match_scores(feature_scorer, ["a shirt"], [np.zeros((4, 5))])
+
+
+def test_every_session_widens_int8_kernels_that_saturate_without_vnni():
+    """ORT's u8s8 kernels on AVX2 / AVX-512 without VNNI saturate on full 8-bit weights (the symmetric QDQ graphs
+    for TensorRT): every session fbcompress opens asks for the widened kernels (tests/quantize shows the effect)."""
+    from fbcompress.runtime.onnxruntime import session_options
+
+    assert session_options().get_session_config_entry("session.x64quantprecision") == "1"

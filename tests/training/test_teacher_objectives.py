@@ -116,7 +116,9 @@ def test_pooler_init_at_its_default_leaves_training_fingerprints_as_they_were_be
 
     before_the_field = load_recipe("smoke").model_dump(mode="json")
     del before_the_field["teacher"]["pooler_init"]  # what checkpoints made before it stored
+    del before_the_field["data"]["search_train_queries"]  # likewise (added with the search path)
     stored = {name: before_the_field[name] for name in ("data", "teacher", "train", "distill")}
     stored["train"] = {k: v for k, v in stored["train"].items() if k not in ("eval_every", "save_every")}
     assert _recipe_fingerprint(load_recipe("smoke")) == stored
     assert _recipe_fingerprint(load_recipe("smoke", {"teacher": {"pooler_init": "identity"}})) != stored
+    assert _recipe_fingerprint(load_recipe("smoke", {"data": {"search_train_queries": 50}})) != stored
