@@ -184,7 +184,7 @@ def varied_data(tmp_path_factory) -> Path:
 # it. Out of it, marked `slow`: tests that need the 600-step teacher or a quantized bundle (fixtures below), and
 # tests that train, export, quantize or fuzz at length themselves (`@pytest.mark.slow` by hand, measured with
 # `pytest --durations`: over ~3 s on this 2-core VM).
-HEAVY_FIXTURES = frozenset({"good_teacher", "quantized_smoke"})
+HEAVY_FIXTURES = frozenset({"good_teacher", "quantized_smoke", "search_bundle"})
 
 
 def pytest_collection_modifyitems(config, items):
