@@ -32,7 +32,7 @@ ROLE_QUERY_ENCODER = "query-encoder"
 ROLE_QUERY_ENCODER_FP16 = "query-encoder-fp16"
 ROLE_QUERY_ENCODER_INT8 = "query-encoder-int8"
 ROLE_QUERY_ENCODER_INT8_QDQ = "query-encoder-int8-qdq"
-ENGINE_SOURCES = {"fp16": QUERY_ENCODER_FP16_FILE, "int8": QUERY_ENCODER_INT8_TRT_FILE}
+ENGINE_SOURCES = {"fp32": QUERY_ENCODER_FILE, "fp16": QUERY_ENCODER_FP16_FILE, "int8": QUERY_ENCODER_INT8_TRT_FILE}
 LATENCY_TEXTS = (6, 16)  # a typical query (6 wordpieces with [CLS]/[SEP]) and the profiles' usual max
 
 
@@ -133,8 +133,7 @@ def _engine_precisions(opts: Any) -> list[str]:
         raise FbError("--precision applies to --target tensorrt (and triton); the ONNX export is fp32")
     if opts.target != "tensorrt":
         return []
-    precisions = [opts.precision] if opts.precision else [p for p in dict.fromkeys(opts.export.precisions)
-                                                          if p != "fp32"]
+    precisions = [opts.precision] if opts.precision else list(dict.fromkeys(opts.export.precisions))
     if "int8" in precisions:
         existing = B.Bundle.open(opts.out) if (opts.out / B.MANIFEST).is_file() else None
         if existing is None or QUERY_ENCODER_INT8_TRT_FILE not in existing.files:
@@ -192,7 +191,7 @@ def _tensorrt(writer: B.BundleWriter, opts: Any, profiles: list[Profile], precis
     from fbcompress.export.onnx_export import convert_fp16
 
     if not precisions:
-        raise FbError("no TensorRT precision to build: the recipe's export.precisions are fp32 only (give --precision)")
+        raise FbError("no TensorRT precision left to build (int8 waits for `fbcompress quantize`): give --precision")
     if "fp16" in precisions:
         info = convert_fp16(writer.dir / QUERY_ENCODER_FILE, writer.path(QUERY_ENCODER_FP16_FILE,
                                                                          ROLE_QUERY_ENCODER_FP16))
@@ -260,7 +259,8 @@ def _triton(writer: B.BundleWriter, opts: Any, profiles: list[Profile], summary:
         if plan is None and opts.precision != "fp32":
             raise FbError(f"bundle has no {engine_file(opts.precision)}: build it first with --target tensorrt")
     else:
-        plan = next((engine_file(p) for p in ("int8", "fp16") if (writer.dir / engine_file(p)).is_file()), None)
+        plan = next((engine_file(p) for p in ("int8", "fp16", "fp32") if (writer.dir / engine_file(p)).is_file()),
+                    None)
     if plan and opts.triton_kind != "gpu":
         raise FbError("a TensorRT engine runs on a GPU: --triton-kind cpu only works with the ONNX model")
     root = writer.replace_tree("triton", B.ROLE_TRITON)
