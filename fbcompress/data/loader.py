@@ -29,15 +29,23 @@ class TextBatch:
     token_type_ids: torch.Tensor
 
 
-def pad_texts(token_ids: Sequence[Sequence[int]], pad_id: int) -> TextBatch:
-    """Right-pad to the longest text *of this batch* (VSL)."""
+def pad_token_ids(token_ids: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """int64 ids and attention mask [B, T], right-padded to the longest text *of this batch* (VSL). numpy only: the
+    serving bundle's `preprocess.py` carries this very function (export/preprocessing.py)."""
     longest = max(len(ids) for ids in token_ids)
-    ids = torch.full((len(token_ids), longest), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(token_ids), longest), dtype=torch.long)
+    ids = np.full((len(token_ids), longest), pad_id, dtype=np.int64)
+    mask = np.zeros((len(token_ids), longest), dtype=np.int64)
     for row, seq in enumerate(token_ids):
-        ids[row, : len(seq)] = torch.as_tensor(seq, dtype=torch.long)
+        ids[row, : len(seq)] = np.asarray(seq, dtype=np.int64)
         mask[row, : len(seq)] = 1
-    return TextBatch(ids, mask, torch.zeros_like(ids))
+    return ids, mask
+
+
+def pad_texts(token_ids: Sequence[Sequence[int]], pad_id: int) -> TextBatch:
+    """Right-pad to the longest text *of this batch* (VSL), as torch tensors; segment 0 everywhere."""
+    ids, mask = pad_token_ids(token_ids, pad_id)
+    input_ids = torch.from_numpy(ids)
+    return TextBatch(input_ids, torch.from_numpy(mask), torch.zeros_like(input_ids))
 
 
 class SplitData:

@@ -28,6 +28,14 @@ def open_rgb(path: Path) -> Image.Image:
         raise FbError(f"cannot read image {path}: {exc}") from None
 
 
+def square_rgb(image: Image.Image, size: int) -> Image.Image:
+    """What a catalogue image becomes before the model sees it (`data import`, the serving bundle's
+    `preprocess.py`): RGB (grayscale and alpha dropped as PIL converts them), then LANCZOS-resized to size x size
+    unless it already is."""
+    rgb = image.convert("RGB")
+    return rgb if rgb.size == (size, size) else rgb.resize((size, size), Image.Resampling.LANCZOS)
+
+
 def load_rgb(path: Path, image_size: int) -> np.ndarray:
     """Read an image as uint8 [S, S, 3]; a wrong size is an error, never a silent resize."""
     arr = np.asarray(open_rgb(path))

@@ -651,9 +651,17 @@ def describe_bundle(writer: B.BundleWriter, ckpt_dir: Path, spec, max_positions:
     Every stage that may create a bundle calls this (export here; `quantize` may too), so a bundle is always
     self-describing whichever stage wrote it first.
     """
+    from fbcompress.export.preprocessing import MODULE_FILE, ROLE_PREPROCESSING, render_preprocess_module
+    from fbcompress.modeling.backbone import load_tokenizer
+
     files = _tokenizer_files(ckpt_dir)
     for path in files:
         shutil.copyfile(path, writer.path(f"{B.TOKENIZER_DIR}/{path.name}", B.ROLE_TOKENIZER))
+    tokenizer = load_tokenizer(ckpt_dir)
+    if not any(path.name == "tokenizer.json" for path in files):  # the preprocessing module reads the fast tokenizer
+        tokenizer.backend_tokenizer.save(str(writer.path(f"{B.TOKENIZER_DIR}/tokenizer.json", B.ROLE_TOKENIZER)))
+    writer.path(MODULE_FILE, ROLE_PREPROCESSING).write_text(render_preprocess_module(spec,
+                                                                                     int(tokenizer.pad_token_id)))
     writer.manifest.update({
         "name": writer.root.name,
         "primary_model": ONNX_FILE,
@@ -668,7 +676,7 @@ def describe_bundle(writer: B.BundleWriter, ckpt_dir: Path, spec, max_positions:
         "max_text_len": spec.max_text_len,
         "max_text_positions": max_positions,
         "shape_profiles": [p.to_dict() for p in profiles],
-        "preprocessing": B.preprocessing(spec),
+        "preprocessing": {**B.preprocessing(spec), "module": MODULE_FILE},
         "tokenizer": _tokenizer_info(ckpt_dir, files),
         "recipe": {"source": recipe_source, "export": export_settings},
     })

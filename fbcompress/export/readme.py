@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fbcompress.bundle.manifest import parse_patch_spec
-from fbcompress.bundle.names import IMAGE_ENCODER_FILE, ONNX_FILE
+from fbcompress.bundle.names import IMAGE_ENCODER_FILE, ONNX_FILE, PREPROCESS_FILE
 from fbcompress.bundle.shapes import Profile, format_command, trtexec_command
 from fbcompress.bundle.store import (
     MANIFEST,
@@ -290,6 +290,10 @@ def render_readme(manifest: dict) -> str:
         "",
         "## Making inputs from an image and a text",
         "",
+        *([f"`{PREPROCESS_FILE}` does all of this, generated from the code training runs (numpy, Pillow and "
+           "`tokenizers` only): `Preprocessor(BUNDLE).inputs(texts, image_bytes)` returns the four inputs. What it "
+           "does, for those who write their own:", ""]
+          if manifest.get("preprocessing", {}).get("module") == PREPROCESS_FILE else []),
     ]
     if spec.patch_encoder == "pixels":
         p = spec.image_size // spec.grid

@@ -12,6 +12,8 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
+from fbcompress.data.patches import square_rgb
+
 Image.MAX_IMAGE_PIXELS = 10_000 * 10_000  # a product photo above this is a decompression bomb, not a photo
 
 
@@ -30,14 +32,12 @@ def prepare_image(job: tuple[str, str, int]) -> str | None:
     try:
         with Image.open(source) as image:
             image.load()  # a truncated or corrupt file fails here, not at Image.open
-            rgb = image.convert("RGB")
+            if image.width < 1 or image.height < 1:
+                return "image has no pixels"
+            rgb = square_rgb(image, size)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         return f"image undecodable ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})".replace(
             ": )", ")")
-    if rgb.width < 1 or rgb.height < 1:
-        return "image has no pixels"
-    if rgb.size != (size, size):
-        rgb = rgb.resize((size, size), Image.Resampling.LANCZOS)
     tmp = f"{target}.tmp"
     rgb.save(tmp, format="PNG", optimize=False, compress_level=1)
     os.replace(tmp, target)
