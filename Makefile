@@ -6,7 +6,9 @@ PY     := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 QUICKSTART_OUT ?= runs/quickstart
 
-.PHONY: setup test test-fast mutation quickstart lint clean
+SERVE_ENV ?= .venv-serve
+
+.PHONY: setup serve-env test test-fast mutation quickstart lint clean
 
 # uv installs in parallel, which shortens the set-up that the quickstart's time budget includes. --compile-bytecode
 # because this machine sets PYTHONDONTWRITEBYTECODE: without .pyc files every stage process would compile torch
@@ -28,11 +30,23 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
+# The serving environment of the real Triton server tests and benchmark (fbcompress/serving/triton_server.py says
+# why it is its own: the nvidia-pytriton wheel, which carries tritonserver and its Python backend, needs numpy < 2).
+# It holds what a bundle's Triton Python models import, and tritonclient. A failed install is said, not fatal: the
+# tests that need it then skip, naming it.
+$(SERVE_ENV)/.installed: $(VENV)/.installed
+	@$(PYTHON) -m venv $(SERVE_ENV) && \
+	{ $(VENV)/bin/uv pip install -q --python $(SERVE_ENV)/bin/python "nvidia-pytriton==0.7.0" onnxruntime tokenizers \
+	      pillow 2>/dev/null || $(SERVE_ENV)/bin/pip install -q "nvidia-pytriton==0.7.0" onnxruntime tokenizers pillow; } \
+	&& touch $@ || echo "warning: the serving environment did not install: the Triton server tests will skip" >&2
+
+serve-env: $(SERVE_ENV)/.installed
+
 # Tests write bytecode even where the machine sets PYTHONDONTWRITEBYTECODE: the package and the tests are not in
 # the venv that --compile-bytecode fills, and would be compiled again in every pytest and CLI process.
 TEST_ENV = PYTHONDONTWRITEBYTECODE=
 
-test: setup
+test: setup serve-env
 	$(TEST_ENV) $(PY) -m pytest
 
 # The fast tier: unit tests without the slow ones (pytest marker `slow`, see tests/conftest.py), for the edit loop
@@ -56,4 +70,4 @@ quickstart: setup
 	$(PY) -m fbcompress quickstart --out $(QUICKSTART_OUT) --bundle exported/quickstart
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) $(SERVE_ENV) .pytest_cache

@@ -94,6 +94,7 @@ LAYERS = [
     ("quantize",),
     ("benchmark",),
     ("release",),
+    ("serving",),
     ("pipeline",),
     ("commands",),
 ]

@@ -10,6 +10,7 @@ MANIFEST = "manifest.json"
 README = "README.md"
 TOKENIZER_DIR = "tokenizer"
 PREPROCESS_FILE = "preprocess.py"  # raw text and image bytes -> the scorer's inputs (export/preprocessing.py)
+TRITON_CLIENT_FILE = "triton_client.py"  # calls the bundle's Triton ensemble (export --target triton)
 ONNX_FILE = "model.onnx"  # portable FP32 graph, standard ONNX ops only: ORT, TensorRT and quantization start here
 ORT_FILE = "model.ort.onnx"  # ORT transformer fusions: what ONNX Runtime serves
 FP16_FILE = "model.fp16.onnx"  # mixed precision graph, the TensorRT FP16 engine's source

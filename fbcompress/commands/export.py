@@ -42,6 +42,9 @@ from fbcompress.core.errors import FbError
 @click.option("--timing-cache", type=click.Path(path_type=Path),
               help="TensorRT timing cache file to reuse and update (default: the bundle's timing.cache)")
 @click.option("--triton-name", default="fashionbert", show_default=True, help="Triton model name")
+@click.option("--triton-scorer", default="onnxruntime", show_default=True, type=click.Choice(["onnxruntime", "python"]),
+              help="triton: the scorer on Triton's ONNX Runtime (or TensorRT) backend, or ONNX Runtime inside the "
+                   "Python backend (CPU; Triton builds without the ONNX Runtime backend, the test server)")
 @click.option("--triton-kind", default="gpu", show_default=True, type=click.Choice(["gpu", "cpu"]),
               help="Triton instance kind")
 @device_option("cuda", "GPU for TensorRT engines (cuda or cuda:N)")
@@ -55,7 +58,8 @@ from fbcompress.core.errors import FbError
 def export_cmd(model_dir: Path, target: str, out: Path, recipe: str | None, overrides: tuple[str, ...],
                opset: int | None, precision: str | None, data_dir: Path | None, split: str,
                image_encoder: Path | None, exporter: str,
-               timing_cache: Path | None, triton_name: str, triton_kind: str, device: str, engines: str,
+               timing_cache: Path | None, triton_name: str, triton_scorer: str, triton_kind: str, device: str,
+               engines: str,
                latency_runs: int, force: bool, json_path: str | None) -> None:
     """Export a checkpoint into a serving bundle: ONNX, TensorRT engines, Triton repository + manifest + README.
 
@@ -90,7 +94,8 @@ def export_cmd(model_dir: Path, target: str, out: Path, recipe: str | None, over
         model_dir=model_dir, out=out, target=target, export=section, recipe_source=source, opset=opset,
         precision=precision, exporter=exporter, data_dir=data_dir, image_encoder=image_encoder, split=split,
         force=force,
-        timing_cache=timing_cache, triton_name=triton_name, triton_kind=triton_kind, device=device,
+        timing_cache=timing_cache, triton_name=triton_name, triton_kind=triton_kind, triton_scorer=triton_scorer,
+        device=device,
         engines=engines, latency_runs=latency_runs, progress=progress_wanted(), log=echo_log,
     )
     if _is_dual_tower(model_dir):

@@ -24,6 +24,7 @@ from fbcompress.bundle.names import (
     ONNX_FILE,
     ORT_FILE,
     TIMING_CACHE,
+    TRITON_CLIENT_FILE,
 )
 from fbcompress.bundle.shapes import Profile, input_specs, output_specs, resolve_profiles
 from fbcompress.core.errors import FbError
@@ -59,6 +60,7 @@ class ExportOptions:
     timing_cache: Path | None = None
     triton_name: str = "fashionbert"
     triton_kind: str = "gpu"
+    triton_scorer: str = "onnxruntime"  # onnxruntime: the platform (or the engine); python: ORT in the Python backend
     device: str = "cuda"
     engines: str = "auto"  # tensorrt target: auto (build where TensorRT + a GPU are here, else the kit) | require
     progress: bool = True
@@ -543,6 +545,9 @@ def write_triton_model(w: B.BundleWriter, opts: Any, summary: dict[str, Any], ro
 
 
 def _triton_step(ctx: _Ctx, force_onnx: bool = False) -> None:
+    from fbcompress.export.onnx_export import graph_io
+    from fbcompress.export.triton_ensemble import client_script, write_python_scorer, write_scorer_ensemble
+
     w, opts = ctx.w, ctx.opts
     plan = None
     if force_onnx:
@@ -557,12 +562,25 @@ def _triton_step(ctx: _Ctx, force_onnx: bool = False) -> None:
         plan = next((engine_file(p) for p in ("fp16", "int8", "fp32") if (w.dir / engine_file(p)).is_file()), None)
     if plan and opts.triton_kind != "gpu":
         raise FbError("a TensorRT engine runs on a GPU: --triton-kind cpu only works with the ONNX model")
+    if plan and opts.triton_scorer == "python":
+        raise FbError("--triton-scorer python runs the ONNX graph in ONNX Runtime: it cannot serve a TensorRT engine "
+                      "(drop --precision, or use --triton-scorer onnxruntime)")
     source = plan or (ORT_FILE if (w.dir / ORT_FILE).is_file() else ONNX_FILE)
     root = w.replace_tree("triton", B.ROLE_TRITON)
-    scorer = write_triton_model(w, opts, ctx.summary, root, opts.triton_name, source, ONNX_FILE,
-                                max(p.batch[2] for p in ctx.profiles), [p.batch[1] for p in ctx.profiles],
-                                list(range(len(ctx.profiles))))
-    w.manifest["triton"] = {"repository": "triton", **scorer}
+    max_batch, preferred = max(p.batch[2] for p in ctx.profiles), [p.batch[1] for p in ctx.profiles]
+    delay = int(opts.export.triton_max_queue_delay_us)
+    io = graph_io(w.dir / ONNX_FILE)
+    if opts.triton_scorer == "python":
+        scorer = write_python_scorer(root, opts.triton_name, w.dir / source, io, max_batch, preferred, delay)
+    else:
+        scorer = write_triton_model(w, opts, ctx.summary, root, opts.triton_name, source, ONNX_FILE, max_batch,
+                                    preferred, list(range(len(ctx.profiles))))
+    kind = "KIND_GPU" if opts.triton_kind == "gpu" else "KIND_CPU"
+    ensemble = write_scorer_ensemble(root, opts.triton_name, w.dir, io, max_batch, preferred, delay, kind)
+    w.path(TRITON_CLIENT_FILE, B.ROLE_TRITON).write_text(client_script(ensemble["model_name"], None))
+    w.manifest["triton"] = {"repository": "triton", **scorer, "scorer_backend": opts.triton_scorer,
+                            "ensemble": ensemble}
+    ctx.summary["files_written"].append(f"triton/{ensemble['model_name']}")
     if ctx.image_encoder is not None:
         w.manifest["triton"]["image_encoder"] = _triton_image_encoder(ctx, root, use_plan=plan is not None)
     ctx.summary["triton"] = w.manifest["triton"]
@@ -590,7 +608,8 @@ def _refresh_triton(ctx: _Ctx) -> None:
     if not sources & set(ctx.summary["files_written"]):
         return
     ctx.say(f"refreshing triton/{triton['model_name']} (its source {triton['copy_of']} was rewritten) ...")
-    saved = (ctx.opts.triton_name, ctx.opts.triton_kind, ctx.opts.precision)
+    saved = (ctx.opts.triton_name, ctx.opts.triton_kind, ctx.opts.precision, ctx.opts.triton_scorer)
+    ctx.opts.triton_scorer = triton.get("scorer_backend", "onnxruntime")
     ctx.opts.triton_name = triton["model_name"]
     ctx.opts.triton_kind = "cpu" if triton.get("instance_kind") == "KIND_CPU" else "gpu"
     plan = triton["copy_of"] if str(triton["copy_of"]).endswith(".plan") else None
@@ -598,7 +617,7 @@ def _refresh_triton(ctx: _Ctx) -> None:
     try:
         _triton_step(ctx, force_onnx=plan is None)
     finally:
-        ctx.opts.triton_name, ctx.opts.triton_kind, ctx.opts.precision = saved
+        ctx.opts.triton_name, ctx.opts.triton_kind, ctx.opts.precision, ctx.opts.triton_scorer = saved
 
 
 # ------------------------------------------------------------------------------------------------------------ main
@@ -641,6 +660,8 @@ def _precheck(opts: ExportOptions) -> tuple[list[str], dict[str, Any] | None, st
             not_built = str(exc)
     if opts.triton_kind not in ("gpu", "cpu"):
         raise FbError(f"--triton-kind {opts.triton_kind} is not gpu or cpu")
+    if opts.triton_scorer not in ("onnxruntime", "python"):
+        raise FbError(f"--triton-scorer {opts.triton_scorer} is not onnxruntime or python")
     return precisions, gpu, not_built
 
 

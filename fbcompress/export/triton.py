@@ -20,8 +20,8 @@ from fbcompress.core.errors import FbError
 PLATFORM_ONNX = "onnxruntime_onnx"
 PLATFORM_PLAN = "tensorrt_plan"
 MODEL_FILES = {PLATFORM_ONNX: "model.onnx", PLATFORM_PLAN: "model.plan"}
-TRITON_DTYPES = {"int64": "TYPE_INT64", "int32": "TYPE_INT32", "float32": "TYPE_FP32", "float16": "TYPE_FP16",
-                 "bool": "TYPE_BOOL", "int8": "TYPE_INT8", "uint8": "TYPE_UINT8"}
+TRITON_DTYPES = {"bytes": "TYPE_STRING", "int64": "TYPE_INT64", "int32": "TYPE_INT32", "float32": "TYPE_FP32",
+                 "float16": "TYPE_FP16", "bool": "TYPE_BOOL", "int8": "TYPE_INT8", "uint8": "TYPE_UINT8"}
 NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
@@ -30,7 +30,7 @@ def triton_dims(shape: Sequence[Any]) -> list[int]:
     return [d if isinstance(d, int) and d > 0 else -1 for d in list(shape)[1:]]
 
 
-def _tensor_block(item: dict) -> str:
+def tensor_block(item: dict) -> str:
     dtype = TRITON_DTYPES.get(item["dtype"])
     if dtype is None:
         raise FbError(f"tensor {item['name']} has dtype {item['dtype']}, which this exporter cannot map to Triton")
@@ -60,8 +60,8 @@ def make_config(
         f'name: "{model_name}"',
         f'platform: "{platform}"',
         f"max_batch_size: {max_batch_size}",
-        "input [\n" + ",\n".join(_tensor_block(i) for i in inputs) + "\n]",
-        "output [\n" + ",\n".join(_tensor_block(o) for o in outputs) + "\n]",
+        "input [\n" + ",\n".join(tensor_block(i) for i in inputs) + "\n]",
+        "output [\n" + ",\n".join(tensor_block(o) for o in outputs) + "\n]",
     ]
     preferred = sorted({b for b in preferred_batch_sizes if 1 < b <= max_batch_size})
     batching = ["dynamic_batching {"]
