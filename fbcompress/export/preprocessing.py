@@ -2,7 +2,8 @@
 
 Copied preprocessing is where train/serve skew comes from, so the module is generated from the functions training
 itself runs (`inspect.getsource`): `square_rgb` (what `data import` does to a catalogue image), `image_to_patches`
-(what the loader does to it) and `pad_token_ids` (the loader's VSL padding), plus the bundle's patch spec. It needs
+(what the loader does to it), `pad_token_ids` (the loader's VSL padding), `normalized_queries` and `query_arrays` (a
+query encoder's inputs), plus the bundle's patch spec or query length. It needs
 numpy, Pillow and the `tokenizers` library (the fast tokenizer's own engine, reading the bundle's tokenizer.json):
 no torch, no fbcompress, so a Triton Python backend or any service can import it. A test holds its tensors equal
 to the training loader's, bit for bit.
@@ -16,7 +17,9 @@ import textwrap
 from fbcompress.bundle.names import PREPROCESS_FILE
 from fbcompress.data.loader import pad_token_ids
 from fbcompress.data.patches import PIXEL_MEAN, PIXEL_STD, image_to_patches, square_rgb
+from fbcompress.modeling.dual_tower import QUERY_SEGMENT
 from fbcompress.modeling.model import PatchSpec
+from fbcompress.runtime.embedding import normalized_queries, query_arrays
 
 MODULE_FILE = PREPROCESS_FILE
 ROLE_PREPROCESSING = "preprocessing"
@@ -50,21 +53,27 @@ class FbError(ValueError):
 _PREPROCESSOR = '''
 
 class Preprocessor:
-    """Texts and images (encoded bytes, or stored patch features for a features model) -> model inputs."""
+    """Raw inputs -> model inputs: (text, image) pairs for a scorer bundle (`inputs`), queries for a search
+    bundle (`query_inputs`)."""
 
     def __init__(self, bundle: str | Path = Path(__file__).resolve().parent):
         from tokenizers import Tokenizer
 
         self.tokenizer = Tokenizer.from_file(str(Path(bundle) / TOKENIZER_JSON))
-        self.tokenizer.enable_truncation(max_length=SPEC["max_text_len"])
         self.tokenizer.no_padding()
 
+    def _ids(self, texts: Sequence[str], max_len: int) -> list[list[int]]:
+        self.tokenizer.enable_truncation(max_length=max_len)
+        return [encoding.ids for encoding in self.tokenizer.encode_batch([str(t) for t in texts])]
+
     def token_ids(self, texts: Sequence[str]) -> list[list[int]]:
-        """`[CLS] text [SEP]` WordPiece ids, truncated to the model's text length; an empty text is refused."""
+        """`[CLS] text [SEP]` WordPiece ids, truncated to the scorer's text length; an empty text is refused."""
+        if SPEC is None:
+            raise FbError("this bundle's model reads queries, not (text, image) pairs: use query_inputs")
         empty = [i for i, text in enumerate(texts) if not str(text).strip()]
         if empty:
             raise FbError(f"text {empty[0]} is empty")
-        return [encoding.ids for encoding in self.tokenizer.encode_batch([str(t) for t in texts])]
+        return self._ids(texts, SPEC["max_text_len"])
 
     def text_inputs(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
         ids, mask = pad_token_ids(self.token_ids(texts), PAD_ID)
@@ -72,6 +81,8 @@ class Preprocessor:
 
     def image_patches(self, image: bytes | np.ndarray) -> np.ndarray:
         """float32 [num_patches, patch_dim]: an encoded image (pixels models) or stored features (features models)."""
+        if SPEC is None:
+            raise FbError("this bundle's model reads queries, not images")
         if SPEC["patch_encoder"] == "features":
             array = np.asarray(image, dtype=np.float32)
             if array.shape != (SPEC["num_patches"], SPEC["patch_dim"]):
@@ -91,14 +102,23 @@ class Preprocessor:
         if len(texts) != len(images):
             raise FbError(f"{len(texts)} texts but {len(images)} images: one image per text")
         return {**self.text_inputs(texts), "patches": np.stack([self.image_patches(i) for i in images])}
+
+    def query_inputs(self, queries: Sequence[str]) -> dict[str, np.ndarray]:
+        """A query encoder's three inputs (segment Q on the real tokens) for what shoppers typed."""
+        if QUERY_LEN is None:
+            raise FbError("this bundle's model scores (text, image) pairs: use inputs")
+        return query_arrays(self._ids(normalized_queries(queries), QUERY_LEN), PAD_ID)
 '''
 
 
-def render_preprocess_module(spec: PatchSpec, pad_id: int, tokenizer_json: str = "tokenizer/tokenizer.json") -> str:
-    """The text of `preprocess.py` for a scorer of patch spec `spec`."""
+def render_preprocess_module(spec: PatchSpec | None, pad_id: int, query_len: int | None = None,
+                             tokenizer_json: str = "tokenizer/tokenizer.json") -> str:
+    """The text of `preprocess.py`: for a scorer of patch spec `spec`, or (spec None) a query encoder reading at
+    most `query_len` wordpieces."""
+    spec_text = repr(dict(sorted(spec.to_dict().items()))) if spec is not None else "None"
     constants = (f"PIXEL_MEAN = {PIXEL_MEAN!r}\nPIXEL_STD = {PIXEL_STD!r}\nPAD_ID = {int(pad_id)}\n"
-                 f"TOKENIZER_JSON = {tokenizer_json!r}\n"
-                 f"SPEC = {dict(sorted(spec.to_dict().items()))!r}\n\n\n")
-    functions = "\n\n".join(textwrap.dedent(inspect.getsource(f)) for f in (square_rgb, image_to_patches,
-                                                                              pad_token_ids))
+                 f"QUERY_SEGMENT = {QUERY_SEGMENT}\nTOKENIZER_JSON = {tokenizer_json!r}\n"
+                 f"SPEC = {spec_text}\nQUERY_LEN = {query_len!r}\n\n\n")
+    functions = "\n\n".join(textwrap.dedent(inspect.getsource(f)) for f in (
+        square_rgb, image_to_patches, pad_token_ids, query_arrays, normalized_queries))
     return _HEADER + constants + functions + "\n" + _PREPROCESSOR

@@ -110,6 +110,7 @@ def run_search_export(opts: Any) -> dict[str, Any]:
         })
         for path in tokenizer_files:
             shutil.copy2(path, writer.path(f"{B.TOKENIZER_DIR}/{path.name}", B.ROLE_TOKENIZER))
+        _preprocessing(writer, ckpt.directory, tokenizer_files, tower.tower.max_query_len)
         if opts.target == "onnx" or not (writer.dir / QUERY_ENCODER_FILE).is_file() or not writer.has_verified(
                 QUERY_ENCODER_FILE):
             _onnx(tower, writer, opts, summary)
@@ -126,6 +127,19 @@ def run_search_export(opts: Any) -> dict[str, Any]:
     summary.update({"bundle": str(opts.out), "target": opts.target, "source": _source(ckpt), "kind": SEARCH_KIND,
                     "files_written": sorted(set(summary["files_written"]))})
     return summary
+
+
+def _preprocessing(writer: B.BundleWriter, ckpt_dir: Path, tokenizer_files: list[Path], query_len: int) -> None:
+    """`preprocess.py` for queries (export/preprocessing.py), and the fast tokenizer's tokenizer.json it reads."""
+    from fbcompress.export.preprocessing import MODULE_FILE, ROLE_PREPROCESSING, render_preprocess_module
+    from fbcompress.modeling.backbone import load_tokenizer
+
+    tokenizer = load_tokenizer(ckpt_dir)
+    if not any(path.name == "tokenizer.json" for path in tokenizer_files):
+        tokenizer.backend_tokenizer.save(str(writer.path(f"{B.TOKENIZER_DIR}/tokenizer.json", B.ROLE_TOKENIZER)))
+    writer.path(MODULE_FILE, ROLE_PREPROCESSING).write_text(
+        render_preprocess_module(None, int(tokenizer.pad_token_id), query_len))
+    writer.manifest["preprocessing"]["module"] = MODULE_FILE
 
 
 def _engine_precisions(opts: Any) -> list[str]:
@@ -249,23 +263,38 @@ def _build_engines(writer: B.BundleWriter, opts: Any, profiles: list[Profile], p
 
 
 def _triton(writer: B.BundleWriter, opts: Any, profiles: list[Profile], summary: dict[str, Any]) -> None:
-    """`triton/<name>_query/`: the query encoder's engine (GPU, where one was built) or its ONNX graph (ONNX Runtime),
-    dynamic batching up to the profiles' max batch; the config read back and checked against the graph."""
+    """`triton/`: `<name>_query` (the query encoder's engine where one was built, else its ONNX graph on Triton's ONNX
+    Runtime backend, or `--triton-scorer python`: ONNX Runtime inside the Python backend), `<name>_query_preprocess`
+    (the bundle's preprocess.py) and `<name>_query_ensemble` (query bytes -> embedding); `triton_client.py`."""
+    from fbcompress.bundle.names import TRITON_CLIENT_FILE
+    from fbcompress.export.onnx_export import graph_io
     from fbcompress.export.pipeline import write_triton_model
+    from fbcompress.export.triton_ensemble import client_script, write_python_scorer, write_query_ensemble
 
     plan = None
     if opts.precision:
         plan = engine_file(opts.precision) if (writer.dir / engine_file(opts.precision)).is_file() else None
         if plan is None and opts.precision != "fp32":
             raise FbError(f"bundle has no {engine_file(opts.precision)}: build it first with --target tensorrt")
-    else:
+    elif opts.triton_scorer != "python":
         plan = next((engine_file(p) for p in ("int8", "fp16", "fp32") if (writer.dir / engine_file(p)).is_file()),
                     None)
-    if plan and opts.triton_kind != "gpu":
-        raise FbError("a TensorRT engine runs on a GPU: --triton-kind cpu only works with the ONNX model")
+    if plan and (opts.triton_kind != "gpu" or opts.triton_scorer == "python"):
+        raise FbError("a TensorRT engine runs on a GPU, on Triton's TensorRT backend: drop --precision for the ONNX "
+                      "model (--triton-kind cpu, --triton-scorer python)")
     root = writer.replace_tree("triton", B.ROLE_TRITON)
-    model = write_triton_model(writer, opts, summary, root, f"{opts.triton_name}_query", plan or QUERY_ENCODER_FILE,
-                               QUERY_ENCODER_FILE, max(p.batch[2] for p in profiles), [p.batch[1] for p in profiles],
-                               list(range(len(profiles))))
-    writer.manifest["triton"] = {"repository": "triton", **model}
+    name = f"{opts.triton_name}_query"
+    max_batch, preferred = max(p.batch[2] for p in profiles), [p.batch[1] for p in profiles]
+    delay = int(opts.export.triton_max_queue_delay_us)
+    io = graph_io(writer.dir / QUERY_ENCODER_FILE)
+    if opts.triton_scorer == "python":
+        model = write_python_scorer(root, name, writer.dir / QUERY_ENCODER_FILE, io, max_batch, preferred, delay)
+    else:
+        model = write_triton_model(writer, opts, summary, root, name, plan or QUERY_ENCODER_FILE,
+                                   QUERY_ENCODER_FILE, max_batch, preferred, list(range(len(profiles))))
+    ensemble = write_query_ensemble(root, name, writer.dir, io, max_batch, preferred, delay)
+    writer.path(TRITON_CLIENT_FILE, B.ROLE_TRITON).write_text(client_script(None, ensemble["model_name"]))
+    writer.manifest["triton"] = {"repository": "triton", **model, "scorer_backend": opts.triton_scorer,
+                                 "ensemble": ensemble}
     summary["triton"] = writer.manifest["triton"]
+    summary["files_written"] += [f"triton/{ensemble['model_name']}", TRITON_CLIENT_FILE]

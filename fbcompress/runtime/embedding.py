@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from fbcompress.core.errors import FbError
-from fbcompress.data.loader import SplitData, pad_texts
+from fbcompress.data.loader import SplitData, pad_texts, pad_token_ids
 from fbcompress.modeling.dual_tower import QUERY_SEGMENT, DualTower, TowerSpec
 
 QUERY_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -79,19 +79,30 @@ def in_length_order(lengths: Sequence[int], embed: Callable[[np.ndarray], np.nda
     return out
 
 
+def query_arrays(token_ids: Sequence[Sequence[int]], pad_id: int) -> dict[str, np.ndarray]:
+    """int64 model inputs of a batch of tokenized queries, padded to the batch's longest query, segment Q on the real
+    tokens (0 on padding). numpy only: a search bundle's `preprocess.py` carries this very function."""
+    ids, mask = pad_token_ids(token_ids, pad_id)
+    return {"input_ids": ids, "attention_mask": mask,
+            "token_type_ids": np.where(mask == 1, QUERY_SEGMENT, 0).astype(np.int64)}
+
+
 def query_inputs(token_ids: Sequence[Sequence[int]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Model inputs of a batch of tokenized queries: segment Q, padded to the batch's longest query."""
-    text = pad_texts(token_ids, pad_id)
-    segment = torch.where(text.attention_mask.bool(), QUERY_SEGMENT, 0)
-    return {"input_ids": text.input_ids, "attention_mask": text.attention_mask, "token_type_ids": segment}
+    """`query_arrays` as torch tensors."""
+    return {name: torch.from_numpy(value) for name, value in query_arrays(token_ids, pad_id).items()}
+
+
+def normalized_queries(texts: Sequence[str]) -> list[str]:
+    """What a shopper typed, whitespace collapsed; an empty query is bad input (also in `preprocess.py`)."""
+    empty = [i for i, t in enumerate(texts) if not str(t).strip()]
+    if empty:
+        raise FbError(f"query {empty[0] + 1} of {len(texts)} is empty: a search needs at least one word")
+    return [" ".join(str(t).split()) for t in texts]
 
 
 def tokenize_queries(tokenizer: Any, texts: Sequence[str], max_len: int) -> list[list[int]]:
     """WordPiece ids of queries, `[CLS] query [SEP]`, cut at `max_len`; an empty query is bad input."""
-    empty = [i for i, t in enumerate(texts) if not str(t).strip()]
-    if empty:
-        raise FbError(f"query {empty[0] + 1} of {len(texts)} is empty: a search needs at least one word")
-    return tokenizer([" ".join(str(t).split()) for t in texts], truncation=True, max_length=max_len)["input_ids"]
+    return tokenizer(normalized_queries(texts), truncation=True, max_length=max_len)["input_ids"]
 
 
 def embed_queries(encoder: QueryEncoder, texts: Sequence[str], batch_size: int = 64,

@@ -97,3 +97,27 @@ def test_the_module_needs_no_torch_and_no_fbcompress(smoke_bundle):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "['attention_mask', 'input_ids', 'patches', 'token_type_ids'] (1, 64, 48)" in result.stdout
+
+
+def test_a_search_bundles_preprocess_gives_the_query_inputs_search_runs(query_encoder, tmp_path):
+    from cli_helpers import run
+
+    from fbcompress.modeling.backbone import load_tokenizer
+    from fbcompress.modeling.checkpoint import load_tower
+    from fbcompress.runtime.embedding import query_inputs, tokenize_queries
+
+    bundle = tmp_path / "search"
+    assert run("export", "-m", query_encoder, "--target", "onnx", "--out", bundle, "--latency-runs", "0").exit_code == 0
+    module = load_module(bundle)
+    pre = module.Preprocessor(bundle)
+    tower, _ = load_tower(query_encoder)
+    queries = ["Red  floral\tmaxi dress", "shorts", " ".join(["striped shirt"] * 20)]
+    tokenizer = load_tokenizer(bundle / "tokenizer")
+    want = query_inputs(tokenize_queries(tokenizer, queries, tower.tower.max_query_len), int(tokenizer.pad_token_id))
+    got = pre.query_inputs(queries)
+    assert set(got) == set(want) and all(np.array_equal(got[k], want[k].numpy()) for k in want)
+    assert got["input_ids"].shape[1] == tower.tower.max_query_len  # the long one is cut
+    with pytest.raises(module.FbError, match="empty"):
+        pre.query_inputs(["red dress", " "])
+    with pytest.raises(module.FbError, match="reads queries"):
+        pre.text_inputs(["a red dress"])

@@ -115,3 +115,27 @@ def test_the_bundles_client_script_calls_the_ensemble(served, serving, tiny_data
                            "a red shirt", "--image", str(image)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert 0.0 < json.loads(done.stdout)["score"] < 1.0
+
+
+@pytest.mark.slow
+def test_the_query_encoder_ensemble_embeds_what_shoppers_type(serving, query_encoder, tmp_path):
+    """The search bundle's ensemble: query bytes in, the embedding the exported query encoder computes out (its
+    preprocess.py is the code `search` runs); an empty query is refused."""
+    from fbcompress.recipes import load_recipe
+    from fbcompress.runtime.embedding import embed_queries
+    from fbcompress.search.models import open_query_encoder
+    from fbcompress.serving.triton_server import serve
+
+    bundle = tmp_path / "search"
+    for target in ("onnx", "triton"):
+        extra = ["--triton-kind", "cpu", "--triton-scorer", "python"] if target == "triton" else []
+        result = run("export", "-m", query_encoder, "--target", target, "--out", bundle, "--latency-runs", "0", *extra)
+        assert result.exit_code == 0, result.output
+    queries = ["red floral maxi dress", "  shorts  ", "gingham button-front shirt long sleeve"]
+    expected = embed_queries(open_query_encoder(bundle, load_recipe("smoke").retriever), queries)
+    cases = [{"model": "fashionbert_query_ensemble", "output": "embedding",
+              "inputs": [{"name": "query", "datatype": "BYTES", "data": [[q]]}]} for q in [*queries, " "]]
+    with serve(bundle / "triton", serving, timeout=240) as server:
+        answers = probe(serving, server.grpc, "grpc", cases, tmp_path)
+    np.testing.assert_allclose(np.array([a["output"][0] for a in answers[:3]]), expected, atol=1e-5)
+    assert "empty" in answers[3]["error"]
