@@ -32,12 +32,14 @@ setup: $(VENV)/.installed
 
 # The serving environment of the real Triton server tests and benchmark (fbcompress/serving/triton_server.py says
 # why it is its own: the nvidia-pytriton wheel, which carries tritonserver and its Python backend, needs numpy < 2).
-# It holds what a bundle's Triton Python models import, and tritonclient. A failed install is said, not fatal: the
-# tests that need it then skip, naming it.
-$(SERVE_ENV)/.installed: $(VENV)/.installed
+# It holds what a bundle's Triton Python models import, and tritonclient: the requirements every bundle ships. A
+# failed install is said, not fatal: the tests that need it then skip, naming it.
+SERVE_REQUIREMENTS = fbcompress/export/triton_files/requirements.txt
+
+$(SERVE_ENV)/.installed: $(VENV)/.installed $(SERVE_REQUIREMENTS)
 	@$(PYTHON) -m venv $(SERVE_ENV) && \
-	{ $(VENV)/bin/uv pip install -q --python $(SERVE_ENV)/bin/python "nvidia-pytriton==0.7.0" onnxruntime tokenizers \
-	      pillow 2>/dev/null || $(SERVE_ENV)/bin/pip install -q "nvidia-pytriton==0.7.0" onnxruntime tokenizers pillow; } \
+	{ $(VENV)/bin/uv pip install -q --python $(SERVE_ENV)/bin/python -r $(SERVE_REQUIREMENTS) 2>/dev/null \
+	  || $(SERVE_ENV)/bin/pip install -q -r $(SERVE_REQUIREMENTS); } \
 	&& touch $@ || echo "warning: the serving environment did not install: the Triton server tests will skip" >&2
 
 serve-env: $(SERVE_ENV)/.installed

@@ -20,11 +20,11 @@ from fbcompress.bundle.names import (
     IMAGE_ENCODER_FILE,
     IMAGE_ENCODER_FP16_FILE,
     IMAGE_ENCODER_INT8_FILE,
+    INT8_CPU_FILE,
     INT8_TRT_FILE,
     ONNX_FILE,
     ORT_FILE,
     TIMING_CACHE,
-    TRITON_CLIENT_FILE,
 )
 from fbcompress.bundle.shapes import Profile, input_specs, output_specs, resolve_profiles
 from fbcompress.core.errors import FbError
@@ -544,20 +544,29 @@ def write_triton_model(w: B.BundleWriter, opts: Any, summary: dict[str, Any], ro
             "max_batch_size": max_batch, "instance_kind": kind, "config": f"triton/{name}/config.pbtxt"}
 
 
+def cpu_int8_source(bundle: Path, opts: Any, int8_file: str) -> str | None:
+    """The accuracy-guarded ONNX Runtime INT8 graph (`fbcompress quantize`) when INT8 is asked for on CPUs
+    (`--precision int8 --triton-kind cpu`, or the Python scorer, which is ONNX Runtime on CPU) and it exists."""
+    cpu = opts.triton_kind == "cpu" or opts.triton_scorer == "python"
+    return int8_file if opts.precision == "int8" and cpu and (bundle / int8_file).is_file() else None
+
+
 def _triton_step(ctx: _Ctx, force_onnx: bool = False) -> None:
     from fbcompress.export.onnx_export import graph_io
-    from fbcompress.export.triton_ensemble import client_script, write_python_scorer, write_scorer_ensemble
+    from fbcompress.export.triton_ensemble import write_python_scorer, write_scorer_ensemble, write_serving_files
 
     w, opts = ctx.w, ctx.opts
-    plan = None
+    plan = cpu_int8 = None
     if force_onnx:
         pass
     elif opts.precision:
         if (w.dir / engine_file(opts.precision)).is_file():
             plan = engine_file(opts.precision)
-        elif opts.precision != "fp32":
+        elif not (cpu_int8 := cpu_int8_source(w.dir, opts, INT8_CPU_FILE)) and opts.precision != "fp32":
             raise FbError(f"bundle has no {engine_file(opts.precision)}: build it first with --target tensorrt "
-                          f"--precision {opts.precision}, or omit --precision for the ONNX Runtime model")
+                          f"--precision {opts.precision}, or omit --precision for the ONNX Runtime model"
+                          + (f" (on CPUs: --triton-kind cpu serves {INT8_CPU_FILE} from `fbcompress quantize`)"
+                             if opts.precision == "int8" else ""))
     else:
         plan = next((engine_file(p) for p in ("fp16", "int8", "fp32") if (w.dir / engine_file(p)).is_file()), None)
     if plan and opts.triton_kind != "gpu":
@@ -565,7 +574,7 @@ def _triton_step(ctx: _Ctx, force_onnx: bool = False) -> None:
     if plan and opts.triton_scorer == "python":
         raise FbError("--triton-scorer python runs the ONNX graph in ONNX Runtime: it cannot serve a TensorRT engine "
                       "(drop --precision, or use --triton-scorer onnxruntime)")
-    source = plan or (ORT_FILE if (w.dir / ORT_FILE).is_file() else ONNX_FILE)
+    source = plan or cpu_int8 or (ORT_FILE if (w.dir / ORT_FILE).is_file() else ONNX_FILE)
     root = w.replace_tree("triton", B.ROLE_TRITON)
     max_batch, preferred = max(p.batch[2] for p in ctx.profiles), [p.batch[1] for p in ctx.profiles]
     delay = int(opts.export.triton_max_queue_delay_us)
@@ -575,12 +584,12 @@ def _triton_step(ctx: _Ctx, force_onnx: bool = False) -> None:
     else:
         scorer = write_triton_model(w, opts, ctx.summary, root, opts.triton_name, source, ONNX_FILE, max_batch,
                                     preferred, list(range(len(ctx.profiles))))
-    kind = "KIND_GPU" if opts.triton_kind == "gpu" else "KIND_CPU"
-    ensemble = write_scorer_ensemble(root, opts.triton_name, w.dir, io, max_batch, preferred, delay, kind)
-    w.path(TRITON_CLIENT_FILE, B.ROLE_TRITON).write_text(client_script(ensemble["model_name"], None))
+    features = ctx.spec.patch_encoder == "features"
+    ensemble = write_scorer_ensemble(root, opts.triton_name, w.dir, io, max_batch, preferred, delay, features)
+    kit = write_serving_files(w, ensemble["model_name"], None)
     w.manifest["triton"] = {"repository": "triton", **scorer, "scorer_backend": opts.triton_scorer,
                             "ensemble": ensemble}
-    ctx.summary["files_written"].append(f"triton/{ensemble['model_name']}")
+    ctx.summary["files_written"] += [f"triton/{ensemble['model_name']}", *kit]
     if ctx.image_encoder is not None:
         w.manifest["triton"]["image_encoder"] = _triton_image_encoder(ctx, root, use_plan=plan is not None)
     ctx.summary["triton"] = w.manifest["triton"]
@@ -590,13 +599,22 @@ def _triton_image_encoder(ctx: _Ctx, root: Path, use_plan: bool) -> dict[str, An
     """`<name>_image_encoder` beside the scorer in the repository, for the offline encoding of catalogue images (a
     Triton client or an ensemble feeds its output to the scorer). Its engine when the scorer is served from
     engines and one was built here (FP16: INT8 only where the guard admitted it and it was asked for), else the
-    ONNX graph. The batch axis is the images' in both modes, so Triton batches requests along it."""
+    ONNX graph (in ORT inside the Python backend with `--triton-scorer python`). The batch axis is the images' in
+    both modes, so Triton batches requests along it."""
     from fbcompress.export.build_kit import image_encoder_engine
 
     w, opts = ctx.w, ctx.opts
     plans = [image_encoder_engine(p) for p in ("int8", "fp16") if opts.precision in (p, None)]
     plan = next((p for p in plans if use_plan and (w.dir / p).is_file()), None)
     _, opt, high = (int(n) for n in opts.export.image_encoder_batch)
+    if opts.triton_scorer == "python":  # a Triton with only the Python backend serves every graph in ORT there
+        from fbcompress.export.onnx_export import graph_io
+        from fbcompress.export.triton_ensemble import write_python_scorer
+
+        graph = w.dir / IMAGE_ENCODER_FILE
+        return {**write_python_scorer(root, f"{opts.triton_name}_image_encoder", graph, graph_io(graph), high,
+                                      [opt, high], int(opts.export.triton_max_queue_delay_us)),
+                "config": f"triton/{opts.triton_name}_image_encoder/config.pbtxt"}
     return write_triton_model(w, opts, ctx.summary, root, f"{opts.triton_name}_image_encoder",
                               plan or IMAGE_ENCODER_FILE, IMAGE_ENCODER_FILE, high, [opt, high], [0])
 

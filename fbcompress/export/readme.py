@@ -16,6 +16,7 @@ from fbcompress.bundle.store import (
     ROLE_ONNX_ORT,
     TOKENIZER_DIR,
 )
+from fbcompress.export.triton_readme import triton_section
 
 
 def _fmt(value: Any) -> str:
@@ -251,6 +252,13 @@ def _trtexec_section(manifest: dict) -> list[str]:
     return lines
 
 
+SCORER_STEPS = {
+    "_preprocess": "`preprocess.py`: `[CLS] text [SEP]` WordPiece ids and the image's patches, as training made them",
+    "": "the scorer: `logits` [2]",
+    "_postprocess": "the match score `softmax(logits)[1]`",
+}
+
+
 def render_readme(manifest: dict) -> str:
     """Markdown for people: what is in the bundle, how to make inputs, how to run it in ORT, TensorRT, Triton."""
     spec = parse_patch_spec(manifest, MANIFEST)
@@ -340,45 +348,21 @@ def render_readme(manifest: dict) -> str:
         "Run engines with `fbcompress eval --model exported/NAME/model.fp16.plan --device cuda` or any TensorRT "
         "runtime: set the optimisation profile that fits the batch, `set_input_shape` per call, then execute.",
         "",
-        "## Triton Inference Server",
-        "",
     ]
-    triton = manifest.get("triton")
-    if triton:
+    image = "--patches product.npy" if spec.patch_encoder == "features" else "--image shirt.jpg"
+    out += triton_section(manifest, SCORER_STEPS, f'--text "a red striped shirt" {image}')
+    triton = manifest.get("triton") or {}
+    out += [
+        f"The scorer `{triton['model_name']}` can also be called alone with the inputs above (HTTP/gRPC, "
+        "`tritonclient`), e.g. by a client that keeps products' patches.",
+    ] if triton else []
+    encoder = triton.get("image_encoder")
+    if encoder:
         out += [
-            f"`triton/` is a model repository holding model `{triton['model_name']}` ({triton['platform']}, "
-            f"max_batch_size {triton['max_batch_size']}, dynamic batching). Serve it with the tritonserver container:",
             "",
-            "```bash",
-            f"docker run --gpus all --rm -p 8000:8000 -p 8001:8001 -v $PWD/exported/{name}/triton:/models \\",
-            "    tritonserver:<release>-py3 tritonserver --model-repository=/models",
-            "```",
-            "",
-            "Triton owns the batch axis (`dims` omit it; text is -1). Its dynamic batcher merges only requests with "
-            "the same text length, so pad texts client-side to a few fixed lengths (e.g. 16/32/64) to batch well.",
-            "",
-            "```python",
-            "import tritonclient.http as httpclient",
-            "",
-            'client = httpclient.InferenceServerClient("localhost:8000")',
-            "requests = []",
-            "for name, array in feed.items():  # feed: the inputs built above",
-            '    dtype = "INT64" if array.dtype == np.int64 else "FP32"',
-            "    tensor = httpclient.InferInput(name, list(array.shape), dtype)",
-            "    tensor.set_data_from_numpy(array)",
-            "    requests.append(tensor)",
-            f'logits = client.infer("{triton["model_name"]}", requests).as_numpy("logits")',
-            "```",
+            f"Model `{encoder['model_name']}` ({encoder['platform']}, max_batch_size {encoder['max_batch_size']}) "
+            f"is the image encoder, for the offline pass over catalogue images: input `images` as described "
+            "above, output `patch_features`, which the product's stored features (the scorer's `patches`) are.",
         ]
-        encoder = triton.get("image_encoder")
-        if encoder:
-            out += [
-                "",
-                f"Model `{encoder['model_name']}` ({encoder['platform']}, max_batch_size {encoder['max_batch_size']}) "
-                f"is the image encoder, for the offline pass over catalogue images: input `images` as described "
-                "above, output `patch_features`, which the product's stored features (the scorer's `patches`) are.",
-            ]
-    else:
-        out += [f"Not generated yet: `fbcompress export --model CKPT --target triton --out exported/{name}`."]
     out.append("")
     return "\n".join(out)

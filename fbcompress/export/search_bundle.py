@@ -20,6 +20,7 @@ from fbcompress.bundle.names import (
     BUILD_SCRIPT,
     QUERY_ENCODER_FILE,
     QUERY_ENCODER_FP16_FILE,
+    QUERY_ENCODER_INT8_FILE,
     QUERY_ENCODER_INT8_TRT_FILE,
     SEARCH_KIND,
     TIMING_CACHE,
@@ -266,16 +267,18 @@ def _triton(writer: B.BundleWriter, opts: Any, profiles: list[Profile], summary:
     """`triton/`: `<name>_query` (the query encoder's engine where one was built, else its ONNX graph on Triton's ONNX
     Runtime backend, or `--triton-scorer python`: ONNX Runtime inside the Python backend), `<name>_query_preprocess`
     (the bundle's preprocess.py) and `<name>_query_ensemble` (query bytes -> embedding); `triton_client.py`."""
-    from fbcompress.bundle.names import TRITON_CLIENT_FILE
     from fbcompress.export.onnx_export import graph_io
-    from fbcompress.export.pipeline import write_triton_model
-    from fbcompress.export.triton_ensemble import client_script, write_python_scorer, write_query_ensemble
+    from fbcompress.export.pipeline import cpu_int8_source, write_triton_model
+    from fbcompress.export.triton_ensemble import write_python_scorer, write_query_ensemble, write_serving_files
 
-    plan = None
+    plan = cpu_int8 = None
     if opts.precision:
         plan = engine_file(opts.precision) if (writer.dir / engine_file(opts.precision)).is_file() else None
-        if plan is None and opts.precision != "fp32":
-            raise FbError(f"bundle has no {engine_file(opts.precision)}: build it first with --target tensorrt")
+        cpu_int8 = None if plan else cpu_int8_source(writer.dir, opts, QUERY_ENCODER_INT8_FILE)
+        if plan is None and cpu_int8 is None and opts.precision != "fp32":
+            raise FbError(f"bundle has no {engine_file(opts.precision)}: build it first with --target tensorrt"
+                          + (f" (on CPUs: --triton-kind cpu serves {QUERY_ENCODER_INT8_FILE} from `fbcompress "
+                             "quantize --index`)" if opts.precision == "int8" else ""))
     elif opts.triton_scorer != "python":
         plan = next((engine_file(p) for p in ("int8", "fp16", "fp32") if (writer.dir / engine_file(p)).is_file()),
                     None)
@@ -287,14 +290,15 @@ def _triton(writer: B.BundleWriter, opts: Any, profiles: list[Profile], summary:
     max_batch, preferred = max(p.batch[2] for p in profiles), [p.batch[1] for p in profiles]
     delay = int(opts.export.triton_max_queue_delay_us)
     io = graph_io(writer.dir / QUERY_ENCODER_FILE)
+    source = plan or cpu_int8 or QUERY_ENCODER_FILE
     if opts.triton_scorer == "python":
-        model = write_python_scorer(root, name, writer.dir / QUERY_ENCODER_FILE, io, max_batch, preferred, delay)
+        model = write_python_scorer(root, name, writer.dir / source, io, max_batch, preferred, delay)
     else:
-        model = write_triton_model(writer, opts, summary, root, name, plan or QUERY_ENCODER_FILE,
-                                   QUERY_ENCODER_FILE, max_batch, preferred, list(range(len(profiles))))
+        model = write_triton_model(writer, opts, summary, root, name, source, QUERY_ENCODER_FILE, max_batch,
+                                   preferred, list(range(len(profiles))))
     ensemble = write_query_ensemble(root, name, writer.dir, io, max_batch, preferred, delay)
-    writer.path(TRITON_CLIENT_FILE, B.ROLE_TRITON).write_text(client_script(None, ensemble["model_name"]))
+    kit = write_serving_files(writer, None, ensemble["model_name"])
     writer.manifest["triton"] = {"repository": "triton", **model, "scorer_backend": opts.triton_scorer,
                                  "ensemble": ensemble}
     summary["triton"] = writer.manifest["triton"]
-    summary["files_written"] += [f"triton/{ensemble['model_name']}", TRITON_CLIENT_FILE]
+    summary["files_written"] += [f"triton/{ensemble['model_name']}", *kit]

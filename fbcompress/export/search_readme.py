@@ -10,6 +10,7 @@ from fbcompress.bundle.names import (
     QUERY_ENCODER_INT8_FILE,
     QUERY_ENCODER_INT8_TRT_FILE,
 )
+from fbcompress.export.triton_readme import triton_section
 
 
 def _latency_lines(entry: dict[str, Any]) -> list[str]:
@@ -19,6 +20,12 @@ def _latency_lines(entry: dict[str, Any]) -> list[str]:
         return []
     return [f"Measured at export ({latency.get('device')}; real query lengths, no padding): "
             + ", ".join(f"batch {c['batch']} x {c['text']} tokens {c['p50_ms']:.2f} ms p50" for c in cases) + "."]
+
+
+QUERY_STEPS = {
+    "_preprocess": "`preprocess.py`: the query normalised and tokenized (segment Q), as `fbcompress search` does",
+    "": "the query encoder: `embedding`, unit length",
+}
 
 
 def render_search_readme(manifest: dict[str, Any]) -> str:
@@ -67,9 +74,7 @@ def render_search_readme(manifest: dict[str, Any]) -> str:
         if what:
             lines.append(f"| `{rel}` | {what} |")
     if "triton" in manifest:
-        triton = manifest["triton"]
-        lines.append(f"| `triton/{triton['model_name']}/` | Triton model ({triton['platform']}, max batch "
-                     f"{triton['max_batch_size']}, dynamic batching) |")
+        lines.append("| `triton/` | Triton model repository: query bytes in, embedding out (below) |")
     lines += ["", "Shape profiles (TensorRT, Triton): " + "; ".join(
         f"{p['name']}: batch {p['batch'][0]}-{p['batch'][2]} x query {p['text'][0]}-{p['text'][2]} tokens"
         for p in manifest.get("query_profiles", [])) + "."]
@@ -99,5 +104,6 @@ def render_search_readme(manifest: dict[str, Any]) -> str:
         "",
         "The same with fbcompress: `fbcompress search --index INDEX --model query_encoder.onnx --query \"...\"`.",
         "",
+        *triton_section(manifest, QUERY_STEPS, '--query "red floral maxi dress"'),
     ]
     return "\n".join(lines)

@@ -30,12 +30,13 @@ def triton_dims(shape: Sequence[Any]) -> list[int]:
     return [d if isinstance(d, int) and d > 0 else -1 for d in list(shape)[1:]]
 
 
-def tensor_block(item: dict) -> str:
+def tensor_block(item: dict, ragged: bool = False) -> str:
     dtype = TRITON_DTYPES.get(item["dtype"])
     if dtype is None:
         raise FbError(f"tensor {item['name']} has dtype {item['dtype']}, which this exporter cannot map to Triton")
     dims = ", ".join(str(d) for d in triton_dims(item["shape"]))
-    return f'  {{\n    name: "{item["name"]}"\n    data_type: {dtype}\n    dims: [ {dims} ]\n  }}'
+    extra = "\n    allow_ragged_batch: true" if ragged else ""
+    return f'  {{\n    name: "{item["name"]}"\n    data_type: {dtype}\n    dims: [ {dims} ]{extra}\n  }}'
 
 
 def make_config(

@@ -206,6 +206,11 @@ def build_student_stages(
     ]
 
 
+# The shipped bundles' Triton repositories: what a CPU serves from pip's tritonserver (serve_triton.py) with the
+# guarded INT8 graphs; a GPU team exports again with engines (the bundle README says how).
+TRITON_CPU = ("--precision", "int8", "--triton-kind", "cpu", "--triton-scorer", "python")
+
+
 def build_suffix(recipe_ref: str, overrides: tuple[str, ...], layout: Layout, shipped: str) -> list[Stage]:
     """After the ladder: ship the chosen student's bundle, build engines into it, benchmark every form."""
     recipe = _recipe_args(recipe_ref, overrides)
@@ -220,6 +225,10 @@ def build_suffix(recipe_ref: str, overrides: tuple[str, ...], layout: Layout, sh
               ["export", "--model", str(student), "--target", "tensorrt", "--out", str(bundle), *recipe],
               [bundle / "manifest.json"], ["ship"], gate=True, skip_reason=tensorrt_unavailable,
               sections=("export",), student=shipped),
+        Stage("triton", "Triton ensemble for CPUs (the INT8 scorer in ONNX Runtime, Python backend)",
+              ["export", "--model", str(student), "--target", "triton", "--out", str(bundle), *TRITON_CPU, *recipe],
+              [bundle / "triton" / "fashionbert_ensemble" / "config.pbtxt"], ["ship"], sections=("export",),
+              student=shipped),
         Stage("bench", "latency benchmark",
               ["bench", "--model", str(layout.teacher), "--model", str(student), "--model", str(onnx),
                "--model", str(int8), "--label", "teacher", "--label", "student", "--label", "student-onnx",
@@ -268,6 +277,10 @@ def build_search_stages(recipe_ref: str, overrides: tuple[str, ...], layout: Lay
         Stage("ship-search", f"ship the search bundle to {shipped}", [], [shipped / "manifest.json"],
               ["search-check", "ship"], action=lambda: ship_bundle(bundle, shipped),
               action_text=f"copy {bundle} -> {shipped}"),
+        Stage("search-triton", "Triton ensemble of the query encoder for CPUs (INT8)",
+              ["export", "--model", str(layout.query_encoder), "--target", "triton", "--out", str(shipped),
+               *TRITON_CPU, *recipe], [shipped / "triton" / "fashionbert_query_ensemble" / "config.pbtxt"],
+              ["ship-search"], sections=("export",)),
         Stage("search-bench", "search latency: query encoders and whole searches",
               ["bench", "--index", str(layout.index), "--data", data, "--model", str(layout.retriever), "--model",
                str(int8), "--label", "query tower (6L, PyTorch FP32)", "--label", "query encoder (2L VSL, INT8)",

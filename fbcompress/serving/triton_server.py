@@ -6,15 +6,15 @@ path ("output tensor shape does not match size") but correctly with numpy 1.26. 
 wheel (tritonserver, its libraries, the Python backend and one stub per Python version), tritonclient, and what
 the bundle's Python models import: numpy < 2, onnxruntime, tokenizers, Pillow. Nothing of fbcompress or torch.
 
-`serve()` copies the backends beside a stub for the environment's Python, starts the server on free loopback ports
-with a bounded wait for readiness, and stops it (SIGTERM to its process group, then SIGKILL) whatever happens.
+`serve()` starts the server with the bundle's `serve_triton.py` (what the bundle README tells a serving team to run:
+it puts the stub for the environment's Python beside a copy of the backends) on free loopback ports, waits a bounded
+time for readiness, and stops it (SIGTERM to its process group, then SIGKILL) whatever happens.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -26,47 +26,40 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from fbcompress.bundle.names import SERVE_SCRIPT_FILE
 from fbcompress.core.errors import BackendUnavailable, FbError
+from fbcompress.export.triton_ensemble import SERVING_FILES
 
 ENV_VARIABLE = "FBCOMPRESS_SERVE_ENV"
 DEFAULT_ENV = ".venv-serve"
+LAUNCHER = SERVING_FILES / "serve_triton.py"  # the bundle's serve_triton.py, as export copies it
 
 
 @dataclass(frozen=True)
 class TritonDist:
-    """What a serving environment provides: its Python, the server binary and libraries, backends and the stub."""
+    """A serving environment: its Python, and what the wheel provides there (the server binary, its libraries, the
+    backends and the Python-backend stub for that Python), as the bundle's launcher finds them."""
 
     python: Path
     binary: Path
     libs: Path
     backends: Path
     stub: Path
-    site_packages: Path
 
     @classmethod
     def find(cls, env: str | Path | None = None) -> TritonDist:
-        """The serving environment `env` (default: $FBCOMPRESS_SERVE_ENV, else ./.venv-serve), checked; one line
-        saying what is missing otherwise (BackendUnavailable: a test skips on it)."""
+        """The serving environment `env` (default: $FBCOMPRESS_SERVE_ENV, else ./.venv-serve), checked by the
+        launcher itself; one line saying what is missing otherwise (BackendUnavailable: a test skips on it)."""
         root = Path(env or os.environ.get(ENV_VARIABLE) or DEFAULT_ENV)
         python = root / "bin" / "python"
         if not python.is_file():
             raise BackendUnavailable(f"no serving environment at {root} (make serve-env; or set {ENV_VARIABLE})")
-        found = subprocess.run([str(python), "-c", "import sys, sysconfig, pytriton; print(sys.version_info[0], "
-                                "sys.version_info[1]); print(sysconfig.get_paths()['purelib']); "
-                                "print(pytriton.__file__)"], capture_output=True, text=True, timeout=60)
+        found = subprocess.run([str(python), str(LAUNCHER), "--check"], capture_output=True, text=True, timeout=60)
         if found.returncode:
-            raise BackendUnavailable(f"{root} has no nvidia-pytriton (make serve-env): "
-                                     f"{found.stderr.strip().splitlines()[-1] if found.stderr.strip() else ''}")
-        version, site, module = found.stdout.strip().splitlines()
-        package = Path(module).parent
-        dist = package / "tritonserver"
-        stub = dist / "python_backend_stubs" / version.replace(" ", ".") / "triton_python_backend_stub"
-        paths = cls(python, dist / "bin" / "tritonserver", package.parent / "nvidia_pytriton.libs",
-                    dist / "backends", stub, Path(site))
-        missing = [p for p in (paths.binary, paths.libs, paths.backends, paths.stub) if not p.exists()]
-        if missing:
-            raise BackendUnavailable(f"the nvidia-pytriton wheel in {root} lacks {missing[0]}")
-        return paths
+            said = found.stderr.strip().splitlines()
+            raise BackendUnavailable(f"{root}: {said[-1] if said else 'the launcher failed'} (make serve-env)")
+        binary, libs, backends, stub = (Path(line) for line in found.stdout.strip().splitlines())
+        return cls(python, binary, libs, backends, stub)
 
 
 @dataclass
@@ -76,9 +69,11 @@ class Server:
     process: subprocess.Popen
     log: Path
 
-    def log_tail(self, lines: int = 30) -> str:
-        text = self.log.read_text(errors="replace") if self.log.is_file() else ""
-        return "\n".join(text.splitlines()[-lines:])
+    def log_tail(self, lines: int = 12) -> str:
+        """The log's error lines (glog severity E, or a model's UNAVAILABLE status), then its last `lines`."""
+        text = self.log.read_text(errors="replace").splitlines() if self.log.is_file() else []
+        errors = [line for line in text if line.startswith("E1") or "UNAVAILABLE" in line]
+        return "\n".join([*errors, "...", *text[-lines:]])
 
 
 def free_ports(count: int) -> list[int]:
@@ -102,26 +97,21 @@ def _ready(http: str) -> bool:
 
 @contextlib.contextmanager
 def serve(repository: Path, dist: TritonDist, timeout: float = 180.0, log: Path | None = None) -> Iterator[Server]:
-    """`tritonserver` on `repository` (loopback, free ports) until the block ends; FbError with the log's tail when
-    it does not get ready within `timeout` seconds."""
-    if not Path(repository).is_dir():
+    """`tritonserver` on `repository` (loopback, free ports) until the block ends, started the way a serving team
+    starts it: the bundle's own `serve_triton.py` where the repository is a bundle's `triton/`, else fbcompress's
+    copy of it. FbError with the log's tail when it does not get ready within `timeout` seconds."""
+    repository = Path(repository).resolve()
+    if not repository.is_dir():
         raise FbError(f"model repository not found: {repository}")
+    launcher = repository.parent / SERVE_SCRIPT_FILE
+    launcher = launcher if launcher.is_file() else LAUNCHER
     with tempfile.TemporaryDirectory(prefix="fbcompress-triton-") as tmp:
-        backends = Path(tmp) / "backends"
-        shutil.copytree(dist.backends, backends)
-        shutil.copy2(dist.stub, backends / "python" / "triton_python_backend_stub")
         log_path = Path(log) if log is not None else Path(tmp) / "tritonserver.log"
         http, grpc, metrics = free_ports(3)
-        env = {**os.environ, "PYTHONPATH": str(dist.site_packages),
-               "LD_LIBRARY_PATH": ":".join(p for p in (str(dist.libs), os.environ.get("LD_LIBRARY_PATH", "")) if p),
-               "PATH": f"{dist.python.parent}:{os.environ.get('PATH', '')}"}
-        command = [str(dist.binary), "--model-repository", str(Path(repository).resolve()), "--backend-directory",
-                   str(backends), "--http-address", "127.0.0.1", "--http-port", str(http), "--grpc-address",
-                   "127.0.0.1", "--grpc-port", str(grpc), "--metrics-port", str(metrics), "--allow-metrics", "false",
-                   "--exit-on-error", "true"]
+        command = [str(dist.python), str(launcher), "--repository", str(repository), "--address", "127.0.0.1",
+                   "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics)]
         with open(log_path, "wb") as handle:
-            process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env,
-                                       start_new_session=True)
+            process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
         server = Server(f"127.0.0.1:{http}", f"127.0.0.1:{grpc}", process, log_path)
         try:
             deadline = time.monotonic() + timeout

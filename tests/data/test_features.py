@@ -354,6 +354,37 @@ def test_a_features_bundle_carries_encoder_engines_and_a_triton_model(tmp_path, 
     assert (bundle / triton["model_file"]).read_bytes() == (bundle / "image_encoder.onnx").read_bytes()
 
 
+@pytest.mark.slow
+def test_a_features_bundles_ensemble_scores_stored_patches_as_eval_does(tmp_path, features_run):
+    """A features model's Triton ensemble takes the text and the product's stored patch features (its images are
+    encoded offline): served by a real tritonserver, scores equal to eval's on the same pairs."""
+    from triton_helpers import probe, serving_env
+
+    from fbcompress.evaluation.metrics import score_pairs
+    from fbcompress.runtime.onnxruntime import OrtScorer
+    from fbcompress.serving.triton_server import serve
+
+    serving = serving_env()
+    bundle = _copy_bundle(features_run, tmp_path)
+    result = run("export", "--model", features_run["student"], "--target", "triton", "--out", bundle,
+                 "--triton-kind", "cpu", "--triton-scorer", "python")
+    assert result.exit_code == 0, result.output
+    ensemble = json.loads((bundle / "manifest.json").read_text())["triton"]["ensemble"]
+    assert set(ensemble["inputs"]) == {"text", "patches"}
+    scorer = OrtScorer.open(bundle / "model.ort.onnx")
+    dataset = DatasetDir.open(features_run["data"])
+    data = SplitData(dataset, "test", load_tokenizer(scorer.tokenizer_dir), scorer.spec)
+    pairs = dataset.eval_rows("pairs", "test")[:6]
+    expected = score_pairs(scorer, data, pairs)
+    cases = [{"model": ensemble["model_name"], "output": "score", "inputs": [
+        {"name": "text", "datatype": "BYTES", "data": [[data.records[data.position(p["text"])]["text"]]]},
+        {"name": "patches", "datatype": "FP32", "data": [data.patches(data.position(p["image"])).tolist()]}]}
+        for p in pairs]
+    with serve(bundle / "triton", serving, timeout=240) as server:
+        answers = probe(serving, server.http, "http", cases, tmp_path)
+    np.testing.assert_allclose([a["output"][0][0] for a in answers], expected, atol=1e-5)
+
+
 def test_the_crop_encoder_graph_batches_by_image(tmp_path, encoder_dir):
     """Crop mode's graph takes [B, 64, c, c, 3] and gives [B, 64, D]: the batch axis is the images' (Triton batches
     along it), and ONNX Runtime matches PyTorch at two batch sizes."""

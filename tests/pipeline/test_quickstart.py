@@ -116,9 +116,11 @@ def test_missing_output_reruns_the_stage(tmp_path):
     (tmp_path / "run" / "eval" / "teacher.json").unlink()
     again = FakeCommands(tmp_path)
     _run(tmp_path, again)
-    # the gate reads the teacher's eval; a re-checked student is shipped again, and benchmarked; the search stages
-    # that use the shipped scorer (re-ranking) run again, the ones that do not (retriever, index, INT8) are reused
-    assert again.names() == ["teacher-eval", CHECK, "bench", "search-eval", "search-bench"]
+    # the gate reads the teacher's eval; a re-checked student is shipped again (a new bundle: its Triton repository
+    # and the search bundle inside it are made again), and benchmarked; the search stages that use the shipped
+    # scorer (re-ranking) run again, the ones that do not (retriever, index, INT8) are reused
+    assert again.names() == ["teacher-eval", CHECK, "triton", "bench", "search-eval", "search-triton",
+                             "search-bench"]
 
 
 def test_force_redoes_everything(tmp_path):
@@ -240,7 +242,8 @@ def test_a_changed_recipe_section_reruns_only_the_stages_that_read_it(tmp_path):
     fake.stages = {tuple(s.args): s for s in stages}
     qs.run_quickstart("smoke", overrides, tmp_path / "run", tmp_path / "bundle", invoke=fake)
     # the scorer's INT8 and what follows it; the query encoder's INT8 reads the quantize section too
-    assert fake.names() == [INT8, CHECK, "bench", "search-int8", "search-eval", "search-check", "search-bench"]
+    assert fake.names() == [INT8, CHECK, "triton", "bench", "search-int8", "search-eval", "search-check",
+                            "search-triton", "search-bench"]
 
 
 def test_ctrl_c_in_a_stage_stops_the_pipeline_and_keeps_finished_stages(tmp_path):
@@ -365,12 +368,16 @@ def test_smoke_quickstart_end_to_end_then_reused(tmp_path):
     assert teacher["scored_by"].startswith("onnxruntime") and teacher["parity_vs_pytorch"]["max_abs_diff"] <= 1e-4
     # the search stack ran after the scorer's, and its gated bundle ships inside the scorer's, a bundle of its own
     names = [s["name"] for s in report["stages"]]
-    assert names[-9:] == ["retriever", "index", "query-encoder", "search-onnx", "search-int8", "search-eval",
-                          "search-check", "ship-search", "search-bench"]
+    assert names[-10:] == ["retriever", "index", "query-encoder", "search-onnx", "search-int8", "search-eval",
+                           "search-check", "ship-search", "search-triton", "search-bench"]
     from fbcompress.bundle.store import Bundle
 
     search = Bundle.open(bundle / "search")
     assert search.manifest["kind"] == "search" and "query_encoder.int8.onnx" in search.verify_all()
+    # both shipped bundles carry a Triton repository serving their guarded INT8 graph on CPUs
+    for served, int8 in ((bundle, "model.int8.onnx"), (bundle / "search", "query_encoder.int8.onnx")):
+        triton = Bundle.open(served).manifest["triton"]
+        assert triton["copy_of"] == int8 and (served / "triton" / triton["ensemble"]["model_name"]).is_dir()
     assert Bundle.open(bundle).verify_all() and not any(rel.startswith("search/") for rel in Bundle.open(bundle).files)
     assert set(report["search"]["retrieval"]["stages"]) == {"ann", "rerank"}
     assert "## Search" in (tmp_path / "run" / "report.md").read_text()

@@ -241,6 +241,11 @@ class Pipeline:
             self._write(bundle / "model.onnx", f"onnx of {flag(args, '--model')}")
             self._write(bundle / "manifest.json", "{}")
             self._write(Path(flag(args, "--json")), "{}")
+        elif command == "export" and flag(args, "--target") == "triton":  # the shipped bundle's INT8, served
+            out = Path(flag(args, "--out"))
+            assert flag(args, "--precision") == "int8"
+            self._read(str(out / "model.int8.onnx"), "int8 of ")
+            self._write(out / "triton" / "fashionbert_ensemble" / "config.pbtxt", "ensemble")
         elif command == "export":  # tensorrt, into the shipped bundle
             self._read(str(Path(flag(args, "--out")) / "manifest.json"), "")
             self._write(Path(flag(args, "--out")) / "model.plan", "engine")
@@ -276,6 +281,11 @@ class Pipeline:
         elif command == "distill":
             self._read(str(Path(flag(args, "--retriever")) / "model.safetensors"), "retriever")
             self._write(Path(flag(args, "--out")) / "model.safetensors", "query encoder")
+        elif command == "export" and flag(args, "--target") == "triton":  # the shipped search bundle's INT8
+            out = Path(flag(args, "--out"))
+            assert flag(args, "--precision") == "int8"
+            self._read(str(out / "query_encoder.int8.onnx"), "int8 of ")
+            self._write(out / "triton" / "fashionbert_query_ensemble" / "config.pbtxt", "query ensemble")
         elif command == "export":
             self._read(str(Path(flag(args, "--model")) / "model.safetensors"), "query encoder")
             bundle = Path(flag(args, "--out"))
@@ -582,7 +592,9 @@ def test_the_search_stages_run_in_order_after_the_scorer_and_ship_into_its_bundl
     results = run_pipeline(tmp_path, fake, SMOKE)
     names = [r.name for r in results]
     assert names[names.index("bench") + 1:] == ["retriever", "index", "query-encoder", "search-onnx", "search-int8",
-                                                "search-eval", "search-check", "ship-search", "search-bench"]
+                                                "search-eval", "search-check", "ship-search", "search-triton",
+                                                "search-bench"]
+    assert (tmp_path / "bundle" / "search" / "triton" / "fashionbert_query_ensemble" / "config.pbtxt").is_file()
     assert all(r.status == "ran" for r in results if r.name in names[names.index("retriever"):])
     assert (tmp_path / "bundle" / "search" / "query_encoder.int8.onnx").read_text().startswith("int8 of ")
 

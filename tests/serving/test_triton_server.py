@@ -12,19 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from cli_helpers import run
-
-PROBE = Path(__file__).with_name("triton_probe.py")
+from triton_helpers import probe, serving_env
 
 
 @pytest.fixture(scope="module")
 def serving():
-    from fbcompress.core.errors import BackendUnavailable
-    from fbcompress.serving.triton_server import TritonDist
-
-    try:
-        return TritonDist.find()
-    except BackendUnavailable as exc:
-        pytest.skip(f"no Triton server here: {exc}")
+    return serving_env()
 
 
 @pytest.fixture(scope="module")
@@ -39,16 +32,8 @@ def served(serving, smoke_bundle, tmp_path_factory):
                  "--target", "triton", "--out", bundle, "--triton-kind", "cpu", "--triton-scorer", "python")
     assert result.exit_code == 0, result.output
     with serve(bundle / "triton", serving, timeout=240) as server:
+        assert str(bundle / "serve_triton.py") in server.process.args  # started as the bundle README says
         yield bundle, server
-
-
-def probe(serving, url: str, protocol: str, cases: list[dict], tmp_path: Path) -> list[dict]:
-    path = tmp_path / f"cases-{protocol}.json"
-    path.write_text(json.dumps(cases))
-    done = subprocess.run([str(serving.python), str(PROBE), url, protocol, str(path)], capture_output=True, text=True,
-                          timeout=180)
-    assert done.returncode == 0, done.stderr
-    return [json.loads(line) for line in done.stdout.splitlines()]
 
 
 def pair_case(text: str, image: Path) -> dict:
@@ -77,6 +62,37 @@ def test_the_server_scores_raw_text_and_images_as_eval_does(served, serving, tin
     answers = probe(serving, server.http if protocol == "http" else server.grpc, protocol, cases, tmp_path)
     got = np.array([a["output"][0][0] for a in answers])
     np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_concurrent_requests_of_different_lengths_are_batched_and_score_as_alone(served, serving, tiny_data,
+                                                                                 tmp_path):
+    """Requests in flight together: the dynamic batcher hands the Python scorer requests of different text lengths
+    in one batch (ragged), it runs them padded to the longest, and each answer is the one the request gets alone
+    (which the test above holds to eval's). A copy whose batchers wait up to 200 ms makes the batches certain."""
+    import re
+    import urllib.request
+
+    from fbcompress.data.dataset_dir import DatasetDir
+    from fbcompress.serving.triton_server import serve
+
+    bundle, server = served
+    dataset = DatasetDir.open(tiny_data)
+    records = dataset.records("test")
+    cases = [pair_case(records[i % len(records)]["text"] + " with pockets" * (i % 5),
+                       dataset.root / records[(i * 7) % len(records)]["image"]) for i in range(32)]
+    alone = probe(serving, server.http, "http", cases, tmp_path)
+    waiting = tmp_path / "waiting"
+    shutil.copytree(bundle, waiting)
+    for config in (waiting / "triton").glob("*/config.pbtxt"):
+        config.write_text(re.sub(r"max_queue_delay_microseconds: \d+", "max_queue_delay_microseconds: 200000",
+                                 config.read_text()))
+    with serve(waiting / "triton", serving, timeout=240) as batching:
+        together = probe(serving, batching.http, "http", cases, tmp_path, concurrent=True)
+        with urllib.request.urlopen(f"http://{batching.http}/v2/models/fashionbert/stats", timeout=10) as response:
+            stats = json.loads(response.read())["model_stats"][0]
+    np.testing.assert_allclose([a["output"][0][0] for a in together], [a["output"][0][0] for a in alone], atol=1e-5)
+    assert int(stats["inference_count"]) == 32 and int(stats["execution_count"]) <= 16, stats
 
 
 @pytest.mark.slow
@@ -115,6 +131,13 @@ def test_the_bundles_client_script_calls_the_ensemble(served, serving, tiny_data
                            "a red shirt", "--image", str(image)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert 0.0 < json.loads(done.stdout)["score"] < 1.0
+    readme = (bundle / "README.md").read_text()
+    three = readme.split("three commands", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0].splitlines()
+    assert three[0].endswith("pip install -r serving-requirements.txt")
+    assert (bundle / "serving-requirements.txt").is_file()
+    assert three[1].startswith("serve/bin/python serve_triton.py")  # what the fixture's server was started by
+    assert three[2].startswith("serve/bin/python triton_client.py --url 127.0.0.1:8000 --text")
+    assert "This bundle's scorer: **python (ONNX Runtime CPU)** (served for real)" in readme
 
 
 @pytest.mark.slow
@@ -139,3 +162,49 @@ def test_the_query_encoder_ensemble_embeds_what_shoppers_type(serving, query_enc
         answers = probe(serving, server.grpc, "grpc", cases, tmp_path)
     np.testing.assert_allclose(np.array([a["output"][0] for a in answers[:3]]), expected, atol=1e-5)
     assert "empty" in answers[3]["error"]
+
+
+def test_the_launcher_refuses_what_it_cannot_serve(tmp_path):
+    """The bundle's serve_triton.py: a missing repository, or a Python without the wheel, is one line and exit 2."""
+    import sys
+
+    from fbcompress.serving.triton_server import LAUNCHER
+
+    (tmp_path / "triton").mkdir()
+    for args, said in ((["--repository", str(tmp_path / "nowhere")], "model repository not found"),
+                       (["--repository", str(tmp_path / "triton")], "nvidia-pytriton is not installed")):
+        done = subprocess.run([sys.executable, str(LAUNCHER), *args], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2 and said in done.stderr and len(done.stderr.strip().splitlines()) == 1, done
+
+
+def test_a_quantized_bundle_serves_its_cpu_int8_graph(quantized_smoke, serving, tiny_data, tmp_path):
+    """On CPUs `--precision int8` serves `fbcompress quantize`'s guarded INT8 graph (Triton's ONNX Runtime backend, or
+    ONNX Runtime in the Python backend), and the real server's scores are eval's of that graph."""
+    from fbcompress.data.dataset_dir import DatasetDir
+    from fbcompress.data.loader import SplitData
+    from fbcompress.evaluation.metrics import score_pairs
+    from fbcompress.modeling.backbone import load_tokenizer
+    from fbcompress.runtime.onnxruntime import OrtScorer
+    from fbcompress.serving.triton_server import serve
+
+    bundle = tmp_path / "int8"
+    shutil.copytree(quantized_smoke[0], bundle)
+    checkpoint = json.loads((bundle / "manifest.json").read_text())["source"]["checkpoint"]
+    result = run("export", "-m", checkpoint, "--target", "triton", "--out", bundle, "--precision", "int8",
+                 "--triton-kind", "cpu")
+    assert result.exit_code == 0, result.output
+    triton = json.loads((bundle / "manifest.json").read_text())["triton"]
+    assert (triton["platform"], triton["copy_of"]) == ("onnxruntime_onnx", "model.int8.onnx")
+    result = run("export", "-m", checkpoint, "--target", "triton", "--out", bundle, "--precision", "int8",
+                 "--triton-scorer", "python")
+    assert result.exit_code == 0, result.output
+    assert json.loads((bundle / "manifest.json").read_text())["triton"]["copy_of"] == "model.int8.onnx"
+    scorer = OrtScorer.open(bundle / "model.int8.onnx")
+    dataset = DatasetDir.open(tiny_data)
+    data = SplitData(dataset, "test", load_tokenizer(scorer.tokenizer_dir), scorer.spec)
+    pairs = dataset.eval_rows("pairs", "test")[:8]
+    cases = [pair_case(data.records[data.position(p["text"])]["text"],
+                       dataset.root / data.records[data.position(p["image"])]["image"]) for p in pairs]
+    with serve(bundle / "triton", serving, timeout=240) as server:
+        answers = probe(serving, server.http, "http", cases, tmp_path)
+    np.testing.assert_allclose([a["output"][0][0] for a in answers], score_pairs(scorer, data, pairs), atol=1e-5)

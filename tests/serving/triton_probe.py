@@ -1,5 +1,6 @@
 """Run in the serving environment (tritonclient, numpy < 2) by tests/serving: sends the requests a test asks for and
-prints one JSON line per request ({"output": [...]} or {"error": ...}). Arguments: URL PROTOCOL CASES_JSON, where each
+prints one JSON line per request ({"output": [...]} or {"error": ...}). Arguments: URL PROTOCOL CASES_JSON
+[--concurrent], where each
 case is {"model", "inputs": [{"name", "datatype", "shape", "data" (list) or "file" (bytes of a file)}], "output"}."""
 
 import json
@@ -30,6 +31,12 @@ def main():
         import tritonclient.grpc as module
     else:
         import tritonclient.http as module
+    if "--concurrent" in sys.argv:  # every case in flight at once (HTTP): the server may batch them
+        client = module.InferenceServerClient(url, concurrency=len(cases))
+        pending = [client.async_infer(case["model"], [tensor(module, s) for s in case["inputs"]]) for case in cases]
+        for case, request in zip(cases, pending, strict=True):
+            print(json.dumps({"output": request.get_result().as_numpy(case["output"]).tolist()}), flush=True)
+        return
     client = module.InferenceServerClient(url)
     for case in cases:
         try:
