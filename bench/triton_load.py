@@ -81,31 +81,47 @@ def server_rss_mib(session: int) -> float:
     return total / 2**20
 
 
-def model_counts(http: str, model: str) -> tuple[int, int]:
-    """(inference_count, execution_count) of `model` from Triton's statistics."""
+def model_stats(http: str, model: str) -> dict:
+    """Triton's statistics of `model`: inference and execution counts, and (count, ns) per timed phase."""
     with urllib.request.urlopen(f"http://{http}/v2/models/{model}/stats", timeout=10) as response:
-        stats = json.loads(response.read())["model_stats"][0]
-    return int(stats["inference_count"]), int(stats["execution_count"])
+        return json.loads(response.read())["model_stats"][0]
 
 
-def drive(serving, server, model: str, scorer: str, cases_path: Path, clients: int, seconds: float,
+def server_times(before: dict[str, dict], after: dict[str, dict]) -> dict[str, dict[str, float]]:
+    """Per model, over one level: mean ms a request spends in it (`request`: queue + compute, Triton's `success`),
+    of which waiting in its queue (`queue`), and the mean ms of one execution (`infer`, a whole batch)."""
+    out = {}
+    for model in after:
+        phases = {}
+        for name, key in (("request", "success"), ("queue", "queue"), ("infer", "compute_infer")):
+            old, new = before[model]["inference_stats"][key], after[model]["inference_stats"][key]
+            count = int(new["count"]) - int(old["count"])
+            phases[name] = (int(new["ns"]) - int(old["ns"])) / count / 1e6 if count else float("nan")
+        out[model] = phases
+    return out
+
+
+def drive(serving, server, models: list[str], scorer: str, cases_path: Path, clients: int, seconds: float,
           grpc: bool) -> dict:
-    before = model_counts(server.http, scorer)
-    command = [str(serving.python), str(CLIENT), server.grpc if grpc else server.http, model, str(cases_path),
+    """One level: `clients` clients on the ensemble `models[0]` for `seconds`; client latencies, Triton's counts and
+    per-model times (`models`: the ensemble and its steps)."""
+    before = {m: model_stats(server.http, m) for m in models}
+    command = [str(serving.python), str(CLIENT), server.grpc if grpc else server.http, models[0], str(cases_path),
                str(clients), str(seconds), *(["--grpc"] if grpc else [])]
     done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 300)
     if done.returncode:
         raise RuntimeError(f"load client failed: {done.stderr.strip()[-2000:]}")
     result = json.loads(done.stdout)
-    after = model_counts(server.http, scorer)
+    after = {m: model_stats(server.http, m) for m in models}
     latencies = np.asarray(result.pop("latencies_ms"))
     p50, p90, p99 = np.percentile(latencies, [50, 90, 99]) if len(latencies) else (float("nan"),) * 3
-    executions = after[1] - before[1]
+    executions = int(after[scorer]["execution_count"]) - int(before[scorer]["execution_count"])
+    inferences = int(after[scorer]["inference_count"]) - int(before[scorer]["inference_count"])
     return {"clients": clients, **result, "requests_per_s": result["requests"] / result["seconds"],
             "p50_ms": float(p50), "p90_ms": float(p90), "p99_ms": float(p99),
             "mean_ms": float(latencies.mean()) if len(latencies) else float("nan"),
-            "scorer_mean_batch": (after[0] - before[0]) / executions if executions else float("nan"),
-            "server_rss_mib": server_rss_mib(server.process.pid)}
+            "scorer_mean_batch": inferences / executions if executions else float("nan"),
+            "server_ms": server_times(before, after), "server_rss_mib": server_rss_mib(server.process.pid)}
 
 
 def markdown(record: dict) -> str:
@@ -123,6 +139,16 @@ def markdown(record: dict) -> str:
         lines.append(f"| {row['batching']} | {row['clients']} | {row['requests_per_s']:.1f} | {row['p50_ms']:.1f} | "
                      f"{row['p90_ms']:.1f} | {row['p99_ms']:.1f} | {row['errors']} | {row['scorer_mean_batch']:.2f} | "
                      f"{row['server_rss_mib']:.0f} |")
+    timed = [row for row in record["levels"] if row.get("server_ms")]
+    if timed:
+        models = list(timed[0]["server_ms"])
+        lines += ["", "Inside the server (Triton's statistics, mean ms per request: time in the model, queue wait in "
+                  "brackets; the ensemble's is the whole server path, the rest of the client's mean is HTTP and the "
+                  "client):", "", "| batching | clients | client mean ms | " + " | ".join(f"`{m}`" for m in models)
+                  + " |", "|---" * (3 + len(models)) + "|"]
+        lines += [f"| {row['batching']} | {row['clients']} | {row['mean_ms']:.2f} | " + " | ".join(
+            f"{row['server_ms'][m]['request']:.2f} ({row['server_ms'][m]['queue']:.2f})" for m in models) + " |"
+            for row in timed]
     soak = record.get("soak")
     if soak:
         lines += ["", f"Sustained load (batching {soak['batching']}, {soak['clients']} clients, "
@@ -159,6 +185,7 @@ def main() -> None:
     manifest = json.loads((args.bundle / "manifest.json").read_text())
     triton = manifest["triton"]
     model, scorer = triton["ensemble"]["model_name"], triton["model_name"]
+    models = [model, *triton["ensemble"]["steps"]]
     cases = cases_of(args.bundle, args.data, args.cases)
     levels = [int(n) for n in args.clients.split(",")]
     pytriton = subprocess.run([str(serving.python), "-c", "import importlib.metadata as m; "
@@ -175,10 +202,10 @@ def main() -> None:
                 parser.error(f"--batching: {batching!r} is neither off nor a number of microseconds")
             bundle = configured(args.bundle, Path(tmp) / f"batching-{batching}", batching)
             with serve(bundle / "triton", serving, timeout=300) as server:
-                drive(serving, server, model, scorer, cases_path, 2, args.warmup_seconds, args.grpc)  # warm-up
+                drive(serving, server, models, scorer, cases_path, 2, args.warmup_seconds, args.grpc)  # warm-up
                 record["rss_start_mib"][batching] = server_rss_mib(server.process.pid)
                 for clients in levels:
-                    row = drive(serving, server, model, scorer, cases_path, clients, args.seconds, args.grpc)
+                    row = drive(serving, server, models, scorer, cases_path, clients, args.seconds, args.grpc)
                     record["levels"].append({"batching": batching, **row})
                     print(json.dumps({k: v for k, v in record["levels"][-1].items() if k != "first_error"}),
                           flush=True)
@@ -189,7 +216,7 @@ def main() -> None:
                 record["soak"] = {"batching": args.soak_batching, "clients": max(levels),
                                   "rss_before_mib": server_rss_mib(server.process.pid), "rounds": []}
                 for round_ in range(args.soak_rounds):
-                    row = drive(serving, server, model, scorer, cases_path, max(levels), args.seconds, args.grpc)
+                    row = drive(serving, server, models, scorer, cases_path, max(levels), args.seconds, args.grpc)
                     record["soak"]["rounds"].append({"round": round_ + 1, **{k: row[k] for k in (
                         "requests", "errors", "requests_per_s", "p99_ms", "server_rss_mib")}})
                     print(json.dumps(record["soak"]["rounds"][-1]), flush=True)

@@ -544,11 +544,32 @@ def write_triton_model(w: B.BundleWriter, opts: Any, summary: dict[str, Any], ro
             "max_batch_size": max_batch, "instance_kind": kind, "config": f"triton/{name}/config.pbtxt"}
 
 
-def cpu_int8_source(bundle: Path, opts: Any, int8_file: str) -> str | None:
-    """The accuracy-guarded ONNX Runtime INT8 graph (`fbcompress quantize`) when INT8 is asked for on CPUs
-    (`--precision int8 --triton-kind cpu`, or the Python scorer, which is ONNX Runtime on CPU) and it exists."""
-    cpu = opts.triton_kind == "cpu" or opts.triton_scorer == "python"
-    return int8_file if opts.precision == "int8" and cpu and (bundle / int8_file).is_file() else None
+def triton_model_source(bundle: Path, opts: Any, onnx_file: str, int8_file: str, engines: tuple[str, ...],
+                        onnx_only: bool = False) -> str:
+    """The file Triton serves as the model. On CPUs (`--triton-kind cpu`, or the Python scorer, which is ONNX Runtime
+    on CPU) an ONNX graph: `int8_file` (`quantize`'s accuracy-guarded INT8) for `--precision int8`, else `onnx_file`.
+    On GPUs the engine of `--precision`, else the first engine built in `engines` order, else `onnx_file` (always,
+    with `onnx_only`: a repository that served ONNX keeps doing so when it is refreshed)."""
+    if opts.triton_kind == "cpu" or opts.triton_scorer == "python":
+        if opts.precision == "int8":
+            if not (bundle / int8_file).is_file():
+                raise FbError(f"bundle has no {int8_file}: run fbcompress quantize first (on CPUs INT8 is served "
+                              "from its ONNX Runtime graph)")
+            return int8_file
+        if opts.precision not in (None, "fp32"):
+            raise FbError(f"--precision {opts.precision} on CPUs: only int8 (quantize's ONNX Runtime graph) or fp32; "
+                          "TensorRT engines run on GPUs (--triton-kind gpu --triton-scorer onnxruntime)")
+        return onnx_file
+    if onnx_only:
+        return onnx_file
+    if opts.precision:
+        if (bundle / engine_file(opts.precision)).is_file():
+            return engine_file(opts.precision)
+        if opts.precision != "fp32":
+            raise FbError(f"bundle has no {engine_file(opts.precision)}: build it first with --target tensorrt "
+                          f"--precision {opts.precision}, or omit --precision for the ONNX Runtime model")
+        return onnx_file
+    return next((engine_file(p) for p in engines if (bundle / engine_file(p)).is_file()), onnx_file)
 
 
 def _triton_step(ctx: _Ctx, force_onnx: bool = False) -> None:
@@ -556,25 +577,9 @@ def _triton_step(ctx: _Ctx, force_onnx: bool = False) -> None:
     from fbcompress.export.triton_ensemble import write_python_scorer, write_scorer_ensemble, write_serving_files
 
     w, opts = ctx.w, ctx.opts
-    plan = cpu_int8 = None
-    if force_onnx:
-        pass
-    elif opts.precision:
-        if (w.dir / engine_file(opts.precision)).is_file():
-            plan = engine_file(opts.precision)
-        elif not (cpu_int8 := cpu_int8_source(w.dir, opts, INT8_CPU_FILE)) and opts.precision != "fp32":
-            raise FbError(f"bundle has no {engine_file(opts.precision)}: build it first with --target tensorrt "
-                          f"--precision {opts.precision}, or omit --precision for the ONNX Runtime model"
-                          + (f" (on CPUs: --triton-kind cpu serves {INT8_CPU_FILE} from `fbcompress quantize`)"
-                             if opts.precision == "int8" else ""))
-    else:
-        plan = next((engine_file(p) for p in ("fp16", "int8", "fp32") if (w.dir / engine_file(p)).is_file()), None)
-    if plan and opts.triton_kind != "gpu":
-        raise FbError("a TensorRT engine runs on a GPU: --triton-kind cpu only works with the ONNX model")
-    if plan and opts.triton_scorer == "python":
-        raise FbError("--triton-scorer python runs the ONNX graph in ONNX Runtime: it cannot serve a TensorRT engine "
-                      "(drop --precision, or use --triton-scorer onnxruntime)")
-    source = plan or cpu_int8 or (ORT_FILE if (w.dir / ORT_FILE).is_file() else ONNX_FILE)
+    source = triton_model_source(w.dir, opts, ORT_FILE if (w.dir / ORT_FILE).is_file() else ONNX_FILE,
+                                 INT8_CPU_FILE, ("fp16", "int8", "fp32"), onnx_only=force_onnx)
+    plan = source if source.endswith(".plan") else None
     root = w.replace_tree("triton", B.ROLE_TRITON)
     max_batch, preferred = max(p.batch[2] for p in ctx.profiles), [p.batch[1] for p in ctx.profiles]
     delay = int(opts.export.triton_max_queue_delay_us)
@@ -631,7 +636,7 @@ def _refresh_triton(ctx: _Ctx) -> None:
     ctx.opts.triton_name = triton["model_name"]
     ctx.opts.triton_kind = "cpu" if triton.get("instance_kind") == "KIND_CPU" else "gpu"
     plan = triton["copy_of"] if str(triton["copy_of"]).endswith(".plan") else None
-    ctx.opts.precision = plan.split(".")[1] if plan else None
+    ctx.opts.precision = plan.split(".")[1] if plan else "int8" if triton["copy_of"] == INT8_CPU_FILE else None
     try:
         _triton_step(ctx, force_onnx=plan is None)
     finally:

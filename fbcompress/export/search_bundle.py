@@ -268,29 +268,16 @@ def _triton(writer: B.BundleWriter, opts: Any, profiles: list[Profile], summary:
     Runtime backend, or `--triton-scorer python`: ONNX Runtime inside the Python backend), `<name>_query_preprocess`
     (the bundle's preprocess.py) and `<name>_query_ensemble` (query bytes -> embedding); `triton_client.py`."""
     from fbcompress.export.onnx_export import graph_io
-    from fbcompress.export.pipeline import cpu_int8_source, write_triton_model
+    from fbcompress.export.pipeline import triton_model_source, write_triton_model
     from fbcompress.export.triton_ensemble import write_python_scorer, write_query_ensemble, write_serving_files
 
-    plan = cpu_int8 = None
-    if opts.precision:
-        plan = engine_file(opts.precision) if (writer.dir / engine_file(opts.precision)).is_file() else None
-        cpu_int8 = None if plan else cpu_int8_source(writer.dir, opts, QUERY_ENCODER_INT8_FILE)
-        if plan is None and cpu_int8 is None and opts.precision != "fp32":
-            raise FbError(f"bundle has no {engine_file(opts.precision)}: build it first with --target tensorrt"
-                          + (f" (on CPUs: --triton-kind cpu serves {QUERY_ENCODER_INT8_FILE} from `fbcompress "
-                             "quantize --index`)" if opts.precision == "int8" else ""))
-    elif opts.triton_scorer != "python":
-        plan = next((engine_file(p) for p in ("int8", "fp16", "fp32") if (writer.dir / engine_file(p)).is_file()),
-                    None)
-    if plan and (opts.triton_kind != "gpu" or opts.triton_scorer == "python"):
-        raise FbError("a TensorRT engine runs on a GPU, on Triton's TensorRT backend: drop --precision for the ONNX "
-                      "model (--triton-kind cpu, --triton-scorer python)")
+    source = triton_model_source(writer.dir, opts, QUERY_ENCODER_FILE, QUERY_ENCODER_INT8_FILE,
+                                 ("int8", "fp16", "fp32"))
     root = writer.replace_tree("triton", B.ROLE_TRITON)
     name = f"{opts.triton_name}_query"
     max_batch, preferred = max(p.batch[2] for p in profiles), [p.batch[1] for p in profiles]
     delay = int(opts.export.triton_max_queue_delay_us)
     io = graph_io(writer.dir / QUERY_ENCODER_FILE)
-    source = plan or cpu_int8 or QUERY_ENCODER_FILE
     if opts.triton_scorer == "python":
         model = write_python_scorer(root, name, writer.dir / source, io, max_batch, preferred, delay)
     else:

@@ -105,6 +105,9 @@ def triton_section(manifest: dict[str, Any], what: dict[str, str], example: str)
         "- `python`: the same ONNX file in ONNX Runtime inside Triton's Python backend (CPU). For Triton builds with "
         "only the Python backend (the pip wheel above, CI); the ensemble and its answers are the same, each request "
         "pays the Python backend's inter-process copy.",
+        "- On CPUs (`--triton-kind cpu`, or the `python` scorer) `--precision int8` serves `fbcompress quantize`'s "
+        "accuracy-guarded INT8 ONNX graph, as the quickstart ships it; engines (`--precision fp16|int8` on "
+        "`--triton-kind gpu`) are for GPUs.",
         "",
         "### What has been proven",
         "",
