@@ -50,8 +50,8 @@ def triton_section(manifest: dict[str, Any], what: dict[str, str], example: str)
         f"Max batch {ensemble['max_batch_size']}; dynamic batching on every model ("
         + (f"preferred sizes {batching['preferred_batch_size']}, " if batching.get("preferred_batch_size") else "")
         + f"queue delay {batching.get('max_queue_delay_microseconds', '?')} µs). Text lengths vary (each input "
-        "costs its real length), and Triton merges only requests of equal shape: under load, requests of the same "
-        "length are batched together, the others run as they come.",
+        "costs its real length): the `python` scorer takes ragged batches (requests of any length, padded inside to "
+        "the longest), while Triton's ONNX Runtime and TensorRT backends merge only requests of equal shape.",
         "",
         "### Serve and call it on a CPU: three commands",
         "",
@@ -65,7 +65,7 @@ def triton_section(manifest: dict[str, Any], what: dict[str, str], example: str)
             "```",
             "",
             f"`{SERVING_REQUIREMENTS_FILE}` installs the `nvidia-pytriton` wheel, which carries a real `tritonserver` "
-            "with its Python backend (Linux x86-64/arm64, glibc ≥ 2.35, numpy < 2), and what the Python models import; "
+            "with its Python backend (Linux x86-64 with glibc ≥ 2.35; numpy < 2), and what the Python models import; "
             f"`{SERVE_SCRIPT_FILE}` puts the wheel's Python-backend stub in place and starts the server (SIGTERM or "
             f"Ctrl-C stops it). `{TRITON_CLIENT_FILE}` speaks HTTP, or gRPC with `--grpc` (port 8001); it prints one "
             "JSON line per request, `{\"error\": ...}` when the server refused it (missing or mistyped input, an "
