@@ -71,6 +71,13 @@ def _cli(*args):
     return run(*args)
 
 
+def _made(*args) -> Path:
+    """The `--out` of the command `args`, after the command made it (a failure shows the command's output)."""
+    result = _cli(*args)
+    assert result.exit_code == 0, result.output
+    return Path(args[args.index("--out") + 1])
+
+
 def _tree_state(root: Path) -> dict[str, str]:
     from fbcompress.core.artifacts import sha256_file
 
@@ -108,43 +115,32 @@ def quantized_smoke(smoke_bundle, tiny_data, tmp_path_factory) -> tuple[Path, di
 # and the retriever's index, each made once per session through the public commands (seconds).
 @pytest.fixture(scope="session")
 def search_data(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("search") / "data"
-    result = _cli("data", "synth", "-r", "smoke", "--out", out)
-    assert result.exit_code == 0, result.output
-    return out
+    return _made("data", "synth", "-r", "smoke", "--out", tmp_path_factory.mktemp("search") / "data")
 
 
 @pytest.fixture(scope="session")
 def search_teacher(search_data) -> Path:
-    out = search_data.parent / "teacher"
-    result = _cli("train-teacher", "-r", "smoke", "--data", search_data, "--out", out)
-    assert result.exit_code == 0, result.output
-    return out
+    return _made("train-teacher", "-r", "smoke", "--data", search_data, "--out", search_data.parent / "teacher")
 
 
 @pytest.fixture(scope="session")
 def retriever(search_teacher, search_data) -> Path:
-    out = search_data.parent / "retriever"
-    result = _cli("train-retriever", "-r", "smoke", "--teacher", search_teacher, "--data", search_data, "--out", out)
-    assert result.exit_code == 0, result.output
-    return out
+    return _made("train-retriever", "-r", "smoke", "--teacher", search_teacher, "--data", search_data,
+                 "--out", search_data.parent / "retriever")
 
 
 @pytest.fixture(scope="session")
 def query_encoder(retriever, search_data) -> Path:
     """The smoke retriever's 1-layer query encoder (`distill --retriever`)."""
-    out = search_data.parent / "query-encoder"
-    result = _cli("distill", "-r", "smoke", "--retriever", retriever, "--data", search_data, "--out", out)
-    assert result.exit_code == 0, result.output
-    return out
+    return _made("distill", "-r", "smoke", "--retriever", retriever, "--data", search_data,
+                 "--out", search_data.parent / "query-encoder")
 
 
 @pytest.fixture(scope="session")
 def search_bundle(query_encoder, search_index, search_data) -> Path:
     """The query encoder exported (ONNX) and quantized against the retriever's index: a search bundle."""
-    out = search_data.parent / "exported" / "search"
-    result = _cli("export", "-m", query_encoder, "--target", "onnx", "--out", out, "--latency-runs", "3")
-    assert result.exit_code == 0, result.output
+    out = _made("export", "-m", query_encoder, "--target", "onnx", "--latency-runs", "3",
+                "--out", search_data.parent / "exported" / "search")
     result = _cli("quantize", "-m", out, "--data", search_data, "--index", search_index)
     assert result.exit_code == 0, result.output
     return out
@@ -152,10 +148,7 @@ def search_bundle(query_encoder, search_index, search_data) -> Path:
 
 @pytest.fixture(scope="session")
 def search_index(retriever, search_data) -> Path:
-    out = search_data.parent / "index"
-    result = _cli("index", "build", "-m", retriever, "--data", search_data, "--out", out)
-    assert result.exit_code == 0, result.output
-    return out
+    return _made("index", "build", "-m", retriever, "--data", search_data, "--out", search_data.parent / "index")
 
 
 FILLER = ("soft", "cotton", "blend", "with", "long", "sleeves", "and", "a", "round", "neck", "made", "in", "italy",

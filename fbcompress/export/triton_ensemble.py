@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from fbcompress.bundle.store import link_or_copy
 from fbcompress.core.errors import FbError
 from fbcompress.export.triton import check_config_matches, read_config, tensor_block, triton_dims
 
@@ -65,11 +66,11 @@ class TritonPythonModel:
 
 
 def texts_of(request, name):
-    texts = [value.decode("utf-8") for value in strings(request, name)]
-    too_long = [len(t.encode("utf-8")) for t in texts if len(t.encode("utf-8")) > MAX_TEXT_BYTES]
+    values = strings(request, name)
+    too_long = [len(v) for v in values if len(v) > MAX_TEXT_BYTES]
     if too_long:
         raise FbError(f"a text of {too_long[0]} bytes is over the limit of {MAX_TEXT_BYTES}")
-    return texts
+    return [value.decode("utf-8") for value in values]
 '''
 
 SCORER_PREPROCESS = PREPROCESS_MODEL + '''
@@ -129,6 +130,8 @@ HERE = Path(__file__).resolve().parent
 
 def padded_concat(arrays):
     """Concatenate along the batch axis, zero-padding every other axis to the longest."""
+    if len(arrays) == 1:  # a lone request: as it came, no copy
+        return arrays[0]
     shape = [max(a.shape[d] for a in arrays) for d in range(1, arrays[0].ndim)]
     out = np.zeros((sum(len(a) for a in arrays), *shape), dtype=arrays[0].dtype)
     start = 0
@@ -222,7 +225,7 @@ def _write(model_dir: Path, config: str, files: dict[str, str | Path]) -> None:
         target = model_dir / "1" / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         if isinstance(content, Path):
-            shutil.copy2(content, target)
+            link_or_copy(content, target)
         else:
             target.write_text(content)
 

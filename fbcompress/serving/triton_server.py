@@ -37,14 +37,10 @@ LAUNCHER = SERVING_FILES / "serve_triton.py"  # the bundle's serve_triton.py, as
 
 @dataclass(frozen=True)
 class TritonDist:
-    """A serving environment: its Python, and what the wheel provides there (the server binary, its libraries, the
-    backends and the Python-backend stub for that Python), as the bundle's launcher finds them."""
+    """A serving environment whose Python has the nvidia-pytriton wheel, checked by the bundle's launcher (which
+    finds the server, its libraries and the stub itself when it starts them)."""
 
     python: Path
-    binary: Path
-    libs: Path
-    backends: Path
-    stub: Path
 
     @classmethod
     def find(cls, env: str | Path | None = None) -> TritonDist:
@@ -58,8 +54,7 @@ class TritonDist:
         if found.returncode:
             said = found.stderr.strip().splitlines()
             raise BackendUnavailable(f"{root}: {said[-1] if said else 'the launcher failed'} (make serve-env)")
-        binary, libs, backends, stub = (Path(line) for line in found.stdout.strip().splitlines())
-        return cls(python, binary, libs, backends, stub)
+        return cls(python)
 
 
 @dataclass
