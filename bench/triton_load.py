@@ -178,15 +178,27 @@ def main() -> None:
     parser.add_argument("--grpc", action="store_true")
     args = parser.parse_args()
 
+    from fbcompress.core.errors import FbError
     from fbcompress.evaluation.latency import machine_info
     from fbcompress.serving.triton_server import TritonDist, serve
 
-    serving = TritonDist.find()
-    manifest = json.loads((args.bundle / "manifest.json").read_text())
-    triton = manifest["triton"]
+    manifest_path = args.bundle / "manifest.json"
+    triton = json.loads(manifest_path.read_text()).get("triton", {}) if manifest_path.is_file() else {}
+    if "ensemble" not in triton:
+        parser.error(f"{args.bundle} has no Triton ensemble: fbcompress export --target triton --triton-scorer python")
+    modes = args.batching.split(",")
+    if any(mode != "off" and not mode.isdigit() for mode in modes) or not args.soak_batching.isdigit():
+        parser.error("--batching: off or microseconds, comma-separated; --soak-batching: microseconds")
+    try:
+        serving = TritonDist.find()
+    except FbError as exc:
+        parser.error(str(exc))
     model, scorer = triton["ensemble"]["model_name"], triton["model_name"]
     models = [model, *triton["ensemble"]["steps"]]
-    cases = cases_of(args.bundle, args.data, args.cases)
+    try:
+        cases = cases_of(args.bundle, args.data, args.cases)
+    except FbError as exc:
+        parser.error(str(exc))
     levels = [int(n) for n in args.clients.split(",")]
     pytriton = subprocess.run([str(serving.python), "-c", "import importlib.metadata as m; "
                                "print(m.version('nvidia-pytriton'))"], capture_output=True, text=True).stdout.strip()
@@ -197,9 +209,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="triton-load-") as tmp:
         cases_path = Path(tmp) / "cases.json"
         cases_path.write_text(json.dumps(cases))
-        for batching in args.batching.split(","):
-            if batching != "off" and not batching.isdigit():
-                parser.error(f"--batching: {batching!r} is neither off nor a number of microseconds")
+        for batching in modes:
             bundle = configured(args.bundle, Path(tmp) / f"batching-{batching}", batching)
             with serve(bundle / "triton", serving, timeout=300) as server:
                 drive(serving, server, models, scorer, cases_path, 2, args.warmup_seconds, args.grpc)  # warm-up

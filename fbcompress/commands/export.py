@@ -31,7 +31,8 @@ from fbcompress.core.errors import FbError
 @set_option("--set export.parity_tolerance=1e-5")
 @click.option("--opset", type=click.IntRange(min=17), help="ONNX opset (default: recipe export.opset, 17)")
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]),
-              help="tensorrt: the one engine to build (default: recipe export.precisions); triton: which engine")
+              help="tensorrt: the one engine to build (default: recipe export.precisions); triton: which engine "
+                   "(GPU), or on CPUs int8: quantize's INT8 ONNX graph")
 @data_option("dataset dir: measure AUC of the exported model vs the checkpoint and record it", required=False)
 @split_option()
 @click.option("--image-encoder", type=click.Path(path_type=Path),
@@ -77,6 +78,7 @@ def export_cmd(model_dir: Path, target: str, out: Path, recipe: str | None, over
       fbcompress export --model runs/qs/student --target tensorrt --precision fp16 --out exported/qs
       fbcompress export --model runs/qs/student --target tensorrt --engines require --device cuda:1 --out exported/qs
       fbcompress export --model runs/qs/student --target triton --out exported/qs --json exported/qs-triton.json
+      fbcompress export -m runs/qs/student -t triton --precision int8 --triton-scorer python -o exported/qs  # CPU
       fbcompress eval --model exported/qs/model.onnx --data runs/qs/data
       fbcompress export --model runs/qs/query-encoder --target onnx --out exported/qs/search
     """
