@@ -54,3 +54,8 @@ def test_int8_on_cpus_needs_quantize(tmp_path):
         triton_model_source(tmp_path, opts("cpu", precision="int8"), "model.ort.onnx", "model.int8.onnx", ENGINES)
     with pytest.raises(FbError, match="has no model.int8.plan"):
         triton_model_source(tmp_path, opts("gpu", precision="int8"), "model.ort.onnx", "model.int8.onnx", ENGINES)
+
+
+def test_without_engines_a_gpu_repository_serves_the_onnx_graph(tmp_path):
+    (tmp_path / "model.ort.onnx").write_bytes(b"x")
+    assert triton_model_source(tmp_path, opts("gpu"), "model.ort.onnx", "model.int8.onnx", ENGINES) == "model.ort.onnx"

@@ -208,3 +208,26 @@ def test_a_quantized_bundle_serves_its_cpu_int8_graph(quantized_smoke, serving, 
     with serve(bundle / "triton", serving, timeout=240) as server:
         answers = probe(serving, server.http, "http", cases, tmp_path)
     np.testing.assert_allclose([a["output"][0][0] for a in answers], score_pairs(scorer, data, pairs), atol=1e-5)
+
+
+def test_a_missing_serving_environment_or_repository_says_what_is_missing(tmp_path):
+    import sys
+
+    from fbcompress.core.errors import BackendUnavailable, FbError
+    from fbcompress.serving.triton_server import Server, TritonDist, free_ports, serve
+
+    with pytest.raises(BackendUnavailable, match="no serving environment at .*make serve-env"):
+        TritonDist.find(tmp_path / "nowhere")
+    fake = tmp_path / "env" / "bin"
+    fake.mkdir(parents=True)
+    (fake / "python").symlink_to(sys.executable)  # a Python without the wheel: the launcher's own words
+    with pytest.raises(BackendUnavailable, match="nvidia-pytriton is not installed"):
+        TritonDist.find(tmp_path / "env")
+    with pytest.raises(FbError, match="model repository not found"), serve(tmp_path / "none", TritonDist(fake)):
+        pass
+    ports = free_ports(3)
+    assert len(set(ports)) == 3 and all(1024 <= p < 65536 for p in ports)
+    log = tmp_path / "server.log"
+    log.write_text("I1 loading\nE1207 model fb: UNAVAILABLE: bad\n" + "".join(f"I1 line {i}\n" for i in range(20)))
+    tail = Server("h", "g", None, log).log_tail(lines=3)
+    assert tail.splitlines() == ["E1207 model fb: UNAVAILABLE: bad", "...", "I1 line 17", "I1 line 18", "I1 line 19"]
