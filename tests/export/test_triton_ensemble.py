@@ -10,6 +10,7 @@ import pytest
 from fbcompress.export.triton import read_config
 from fbcompress.export.triton_ensemble import (
     ORT_MODEL,
+    POSTPROCESS_MODEL,
     write_python_scorer,
     write_query_ensemble,
     write_scorer_ensemble,
@@ -64,9 +65,19 @@ def test_a_pixels_scorer_ensemble_takes_text_and_image_bytes(bundle, tmp_path):
     assert (root / "fb_preprocess" / "1" / "preprocess.py").read_text() == "# preprocess"
     assert (root / "fb_preprocess" / "1" / "tokenizer" / "tokenizer.json").is_file()
     assert 'strings(request, "image")' in (root / "fb_preprocess" / "1" / "model.py").read_text()
-    assert summary["inputs"] == {"text": "BYTES [1]", "image": "BYTES [1] (an encoded image)"}
-    assert summary["steps"] == ["fb_preprocess", "fb", "fb_postprocess"]
-    assert summary["dynamic_batching"] == {"preferred_batch_size": [4, 8], "max_queue_delay_microseconds": 100}
+    assert (config["name"], config["platform"], config["max_batch_size"]) == ("fb_ensemble", "ensemble", 8)
+    post = read_config((root / "fb_postprocess" / "config.pbtxt").read_text())
+    assert (post["name"], post["max_batch_size"], post["instance_group"][0]["kind"]) == ("fb_postprocess", 8,
+                                                                                         "KIND_CPU")
+    assert [i["name"] for i in post["inputs"]] == ["logits"] and [o["name"] for o in post["outputs"]] == ["score"]
+    assert post["dynamic_batching"] == pre["dynamic_batching"]
+    assert (root / "fb_postprocess" / "1" / "model.py").read_text() == POSTPROCESS_MODEL
+    assert pre["name"] == "fb_preprocess"
+    assert summary == {"model_name": "fb_ensemble", "inputs": {"text": "BYTES [1]",
+                                                               "image": "BYTES [1] (an encoded image)"},
+                       "outputs": {"score": "FP32 [1]"}, "steps": ["fb_preprocess", "fb", "fb_postprocess"],
+                       "max_batch_size": 8,
+                       "dynamic_batching": {"preferred_batch_size": [4, 8], "max_queue_delay_microseconds": 100}}
 
 
 def test_a_features_scorer_ensemble_takes_stored_patches(bundle, tmp_path):
@@ -143,3 +154,25 @@ def test_ragged_requests_are_padded_to_the_longest_in_order():
     assert concat([a]) is a  # a lone request passes through
     patches = [np.ones((1, 4, 2), np.float32), np.full((1, 4, 2), 2, np.float32)]
     np.testing.assert_array_equal(concat(patches), np.concatenate(patches))
+
+
+def test_the_serving_kit_is_written_beside_the_repository(tmp_path):
+    """triton_client.py names this bundle's ensembles; serve_triton.py and serving-requirements.txt are the files
+    fbcompress ships (the ones `make serve-env` and the real-server tests use)."""
+    from fbcompress.export.triton_ensemble import SERVING_FILES, client_script, write_serving_files
+
+    class Writer:
+        def path(self, rel, role):
+            assert role == "triton"
+            return tmp_path / rel
+
+    written = write_serving_files(Writer(), "fb_ensemble", None)
+    assert written == ["triton_client.py", "serve_triton.py", "serving-requirements.txt"]
+    assert (tmp_path / "serve_triton.py").read_bytes() == (SERVING_FILES / "serve_triton.py").read_bytes()
+    assert (tmp_path / "serving-requirements.txt").read_bytes() == (SERVING_FILES / "requirements.txt").read_bytes()
+    client = (tmp_path / "triton_client.py").read_text()
+    assert client == client_script("fb_ensemble", None)
+    assert "args.model or 'fb_ensemble'" in client and "args.model or None" in client
+    compile(client, "triton_client.py", "exec")
+    query = client_script(None, "fb_query_ensemble")
+    assert "args.model or 'fb_query_ensemble'" in query and "MODEL_" not in query
